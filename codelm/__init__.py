@@ -1,0 +1,3 @@
+"""codelm: build code language models end to end, from a directory of code to a served model."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,154 @@
+"""Run configuration: dataclasses, TOML files, and `--set section.key=value` overrides.
+
+A config is strict: an unknown key or a value of the wrong type stops the run
+at start with one line that names it, instead of being silently ignored an hour
+into training. The resolved config is written back as TOML into the run
+directory, so every run records exactly what it ran with.
+"""
+
+import dataclasses
+import json
+import tomllib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from codelm.errors import UserError
+from codelm.model.llama import ModelConfig
+
+
+@dataclass
+class DataConfig:
+    tokens: str = "data/tokens"  # `codelm tokenize` output: train/, val/, tokenizer.json
+    seq_len: int = 256
+    fim_rate: float = 0.5  # fraction of documents given the fill-in-the-middle transform
+    fim_spm_rate: float = 0.5  # of those, the fraction in SPM rather than PSM order
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 3e-3
+    min_lr_ratio: float = 0.0  # final learning rate as a fraction of lr
+    schedule: str = "cosine"  # "cosine" or "wsd" (warmup-stable-decay)
+    warmup_steps: int = 50
+    decay_frac: float = 0.3  # wsd only: the final fraction of steps that decays linearly
+    weight_decay: float = 0.1  # matrices only; norms and embeddings get none
+    beta1: float = 0.9
+    beta2: float = 0.95
+    eps: float = 1e-8
+    grad_clip: float = 1.0  # 0 disables clipping
+
+
+@dataclass
+class TrainConfig:
+    out_dir: str = "runs/default"
+    seed: int = 1337
+    micro_batch: int = 16  # rows per forward pass per process
+    batch_tokens: int = 0  # tokens per optimizer step over all processes; 0: one micro batch each
+    max_steps: int = 0  # 0: derived from max_minutes
+    max_minutes: float = 0.0  # wall-clock budget; steps are fixed after a short timing
+    precision: str = "bf16"  # "bf16" (autocast, fp32 master weights) or "fp32"
+    compile: bool = False
+    device: str = "auto"  # "auto", "cpu", "cuda", "cuda:1", ...
+    log_every: int = 10
+    eval_every: int = 200  # steps between validations; 0: only at the end
+    eval_tokens: int = 131072  # validation tokens per periodic evaluation (the final one uses all)
+    ckpt_every: int = 500  # steps between checkpoints; one is always written at the end
+    keep_checkpoints: int = 2
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+def _check_type(key: str, value, expected):
+    if expected is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if expected is int and isinstance(value, bool) or not isinstance(value, expected):
+        raise UserError(f"config key '{key}' expects {expected.__name__}, got {type(value).__name__} {value!r}")
+    return value
+
+
+def _apply(obj, values: dict, prefix: str = ""):
+    """Set dataclass fields from a nested dict, naming the first unknown key or wrong type."""
+    fields = {f.name: f for f in dataclasses.fields(obj)}
+    hints = typing.get_type_hints(type(obj))
+    for key, value in values.items():
+        name = f"{prefix}{key}"
+        if key not in fields:
+            raise UserError(f"unknown config key '{name}' (known: {', '.join(sorted(fields))})")
+        current = getattr(obj, key)
+        if dataclasses.is_dataclass(current):
+            if not isinstance(value, dict):
+                raise UserError(f"config key '{name}' is a section; set its keys as {name}.KEY")
+            _apply(current, value, f"{name}.")
+        else:
+            setattr(obj, key, _check_type(name, value, hints[key]))
+
+
+def _parse_override(text: str) -> dict:
+    """'a.b=3' -> {'a': {'b': 3}}; the value is read as TOML, else taken as a plain string."""
+    if "=" not in text:
+        raise UserError(f"--set expects section.key=value, got {text!r}")
+    key, raw = text.split("=", 1)
+    try:
+        value = tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw
+    nested: dict = {}
+    node = nested
+    parts = key.strip().split(".")
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+    node[parts[-1]] = value
+    return nested
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Config:
+    cfg = Config()
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise UserError(f"config file not found: {path}")
+        try:
+            _apply(cfg, tomllib.loads(path.read_text()))
+        except tomllib.TOMLDecodeError as e:
+            raise UserError(f"config file {path} is not valid TOML: {e}") from None
+    for text in overrides:
+        _apply(cfg, _parse_override(text))
+    try:
+        cfg.model.__post_init__()
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    if cfg.optim.schedule not in ("cosine", "wsd"):
+        raise UserError(f"optim.schedule must be 'cosine' or 'wsd', got {cfg.optim.schedule!r}")
+    if cfg.train.precision not in ("bf16", "fp32"):
+        raise UserError(f"train.precision must be 'bf16' or 'fp32', got {cfg.train.precision!r}")
+    if cfg.data.seq_len > cfg.model.max_seq_len:
+        raise UserError(f"data.seq_len={cfg.data.seq_len} exceeds model.max_seq_len={cfg.model.max_seq_len}")
+    return cfg
+
+
+def to_dict(cfg) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def from_dict(values: dict) -> Config:
+    cfg = Config()
+    _apply(cfg, values)
+    return cfg
+
+
+def to_toml(cfg: Config) -> str:
+    """The resolved config as TOML (flat sections of scalars, which is all a Config holds)."""
+    lines = []
+    for section, values in to_dict(cfg).items():
+        lines.append(f"[{section}]")
+        for key, value in values.items():
+            lines.append(f"{key} = {json.dumps(value) if not isinstance(value, bool) else str(value).lower()}")
+        lines.append("")
+    return "\n".join(lines)

@@ -1,0 +1,158 @@
+"""Checkpoints that survive crashes: written whole under a temporary name, then renamed.
+
+    run/checkpoints/step_000500/
+        model.safetensors   weights, HF Llama tensor names (lm_head omitted when tied, as HF does)
+        config.json         HF LlamaConfig fields plus codelm's own model config
+        tokenizer.json      the tokenizer the model was trained with
+        state.json          step, schedule, loader position, RNG states, run config
+        optimizer.pt        optimizer state (training checkpoints only)
+    run/checkpoints/latest  name of the newest complete checkpoint
+
+A process killed mid-write leaves only a `*.tmp*` directory, which loading
+ignores and the next save removes; `latest` is replaced atomically after the
+new directory is in place.
+"""
+
+import base64
+import json
+import os
+import random
+import shutil
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import safetensors.torch
+import torch
+
+from codelm.errors import UserError
+from codelm.model.llama import ModelConfig, Transformer
+from codelm.tokenizer import Tokenizer
+
+
+def hf_config(cfg: ModelConfig) -> dict:
+    """config.json: what transformers' LlamaConfig reads, plus our config under "codelm"."""
+    return {
+        "architectures": ["LlamaForCausalLM"],
+        "model_type": "llama",
+        "vocab_size": cfg.vocab_size,
+        "hidden_size": cfg.dim,
+        "intermediate_size": cfg.hidden_dim,
+        "num_hidden_layers": cfg.n_layers,
+        "num_attention_heads": cfg.n_heads,
+        "num_key_value_heads": cfg.n_kv_heads,
+        "head_dim": cfg.head_dim,
+        "max_position_embeddings": cfg.max_seq_len,
+        "rms_norm_eps": cfg.norm_eps,
+        "rope_theta": cfg.rope_theta,
+        "tie_word_embeddings": cfg.tie_embeddings,
+        "hidden_act": "silu",
+        "attention_bias": False,
+        "mlp_bias": False,
+        "torch_dtype": "float32",
+        "codelm": asdict(cfg),
+    }
+
+
+def rng_state() -> dict:
+    version, internal, gauss = random.getstate()
+    _, keys, pos, has_gauss, cached = np.random.get_state()
+    return {
+        "python": [version, list(internal), gauss],
+        "numpy": [keys.tolist(), pos, has_gauss, cached],
+        "torch": base64.b64encode(torch.get_rng_state().numpy().tobytes()).decode(),
+    }
+
+
+def set_rng_state(state: dict):
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state(("MT19937", np.array(keys, dtype=np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(torch.frombuffer(bytearray(base64.b64decode(state["torch"])), dtype=torch.uint8))
+
+
+def _write_json(path: Path, obj):
+    with open(path, "w") as f:
+        json.dump(obj, f, indent=2)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def save_checkpoint(
+    ckpt_root: str | Path,
+    step: int,
+    model: Transformer,
+    tokenizer_path: str | Path,
+    state: dict,
+    optimizer: torch.optim.Optimizer | None = None,
+    keep: int = 2,
+) -> Path:
+    root = Path(ckpt_root)
+    root.mkdir(parents=True, exist_ok=True)
+    for stale in root.glob("*.tmp*"):
+        shutil.rmtree(stale, ignore_errors=True) if stale.is_dir() else stale.unlink()
+    name = f"step_{step:06d}"
+    tmp = root / f"{name}.tmp{os.getpid()}"
+    tmp.mkdir()
+    weights = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    if model.config.tie_embeddings:
+        weights.pop("lm_head.weight")
+    safetensors.torch.save_file(weights, tmp / "model.safetensors", metadata={"format": "pt"})
+    _write_json(tmp / "config.json", hf_config(model.config))
+    shutil.copyfile(tokenizer_path, tmp / "tokenizer.json")
+    if optimizer is not None:
+        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+    _write_json(tmp / "state.json", {"step": step, **state})
+    final = root / name
+    if final.exists():
+        shutil.rmtree(final)
+    tmp.rename(final)
+    latest_tmp = root / f"latest.tmp{os.getpid()}"
+    latest_tmp.write_text(name)
+    latest_tmp.replace(root / "latest")
+    for old in sorted(p for p in root.glob("step_*") if p.is_dir() and ".tmp" not in p.name)[:-keep]:
+        shutil.rmtree(old)
+    return final
+
+
+def latest_checkpoint(ckpt_root: str | Path) -> Path | None:
+    pointer = Path(ckpt_root) / "latest"
+    if not pointer.is_file():
+        return None
+    path = Path(ckpt_root) / pointer.read_text().strip()
+    return path if path.is_dir() else None
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """Accept a checkpoint directory, a run's checkpoints/ directory, or a run directory."""
+    path = Path(path)
+    if (path / "model.safetensors").is_file():
+        return path
+    for root in (path, path / "checkpoints"):
+        found = latest_checkpoint(root)
+        if found is not None:
+            return found
+    raise UserError(f"no checkpoint at {path} (expected model.safetensors, or a run with checkpoints/latest)")
+
+
+def load_model(path: str | Path, device="cpu") -> tuple[Transformer, Tokenizer, Path]:
+    """Model (eval mode) and tokenizer from a checkpoint directory."""
+    ckpt = resolve_checkpoint(path)
+    config = json.loads((ckpt / "config.json").read_text())
+    model = Transformer(ModelConfig(**config["codelm"]))
+    load_weights(model, ckpt)
+    return model.to(device).eval(), Tokenizer.load(ckpt / "tokenizer.json"), ckpt
+
+
+def load_weights(model: Transformer, ckpt: Path):
+    weights = safetensors.torch.load_file(ckpt / "model.safetensors")
+    missing, unexpected = model.load_state_dict(weights, strict=False)
+    allowed_missing = {"lm_head.weight"} if model.config.tie_embeddings else set()
+    if set(missing) - allowed_missing or unexpected:
+        raise UserError(f"checkpoint {ckpt} does not match the model: missing {missing}, unexpected {unexpected}")
+
+
+def load_training_state(ckpt: Path, optimizer: torch.optim.Optimizer) -> dict:
+    optimizer.load_state_dict(torch.load(ckpt / "optimizer.pt", weights_only=True))
+    return json.loads((ckpt / "state.json").read_text())

@@ -1,0 +1,320 @@
+"""The one training loop, shared by every stage that updates weights.
+
+A stage (pretraining here; SFT, DPO and RL later) supplies a model, a resumable
+batch stream and a loss. The loop owns everything else: device and precision
+(bf16 autocast over fp32 master weights, or fp32), gradient accumulation to a
+global batch in tokens, AdamW with decay on matrices only, warmup then cosine
+or warmup-stable-decay, clipping, periodic validation, metrics.jsonl, progress
+lines with tokens/s and MFU, checkpoints, SIGINT/SIGTERM, exact resume, and
+DDP when launched by torchrun (the model code knows nothing of it).
+"""
+
+import contextlib
+import json
+import math
+import os
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+
+from codelm.config import Config, OptimConfig, to_dict, to_toml
+from codelm.errors import UserError
+from codelm.model.llama import Transformer
+from codelm.train import checkpoint as ckpt
+
+
+@dataclass
+class DistEnv:
+    rank: int
+    world: int
+    device: torch.device
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def setup_distributed(device: str = "auto") -> DistEnv:
+    """Single process, or one rank of a torchrun launch (gloo on CPU, NCCL on CUDA)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    dev = torch.device(device)
+    if dev.type == "cuda" and world > 1:
+        dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(dev)
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo")
+    return DistEnv(rank, world, dev)
+
+
+def autocast_context(device: torch.device, precision: str):
+    if precision == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def learning_rate(step: int, max_steps: int, o: OptimConfig) -> float:
+    """LR for the update with 0-based index `step`: linear warmup, then cosine or warmup-stable-decay."""
+    floor = o.lr * o.min_lr_ratio
+    if step < o.warmup_steps:
+        return o.lr * (step + 1) / o.warmup_steps
+    if o.schedule == "cosine":
+        progress = min(1.0, (step - o.warmup_steps) / max(1, max_steps - o.warmup_steps))
+        return floor + (o.lr - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+    decay_start = max(o.warmup_steps, int(max_steps * (1 - o.decay_frac)))
+    if step < decay_start:
+        return o.lr
+    progress = min(1.0, (step - decay_start + 1) / max(1, max_steps - decay_start))
+    return o.lr + (floor - o.lr) * progress
+
+
+def build_optimizer(model: nn.Module, o: OptimConfig, device: torch.device) -> torch.optim.AdamW:
+    """AdamW; weight decay on weight matrices only, none on norms and embeddings."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        (decay if p.ndim >= 2 and "embed" not in name else no_decay).append(p)
+    groups = [{"params": decay, "weight_decay": o.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=o.lr, betas=(o.beta1, o.beta2), eps=o.eps, fused=device.type in ("cpu", "cuda"))
+
+
+def measure_peak_flops(device: torch.device, dtype=torch.bfloat16, size: int = 2048, seconds: float = 0.5) -> float:
+    """Achieved FLOP/s of a large square matmul: the denominator of MFU on hardware without a spec sheet."""
+    a = torch.randn(size, size, dtype=dtype, device=device)
+    b = torch.randn(size, size, dtype=dtype, device=device)
+    for _ in range(2):
+        a @ b
+    n, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        a @ b
+        n += 1
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return 2 * size**3 * n / (time.perf_counter() - start)
+
+
+class StopSignal:
+    """SIGINT/SIGTERM ask the loop to checkpoint and stop after the current step."""
+
+    def __init__(self):
+        self.requested = False
+        self.previous = {}
+
+    def __enter__(self):
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self.previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        if self.requested:  # a second signal: stop now
+            raise KeyboardInterrupt
+        self.requested = True
+        print(f"\nreceived {signal.Signals(signum).name}: saving a checkpoint after this step", flush=True)
+
+    def __exit__(self, *exc):
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+
+
+def _all_reduce(value: float, env: DistEnv, op=None) -> float:
+    if env.world == 1:
+        return value
+    t = torch.tensor([value], dtype=torch.float64, device=env.device)
+    dist.all_reduce(t, op=op or dist.ReduceOp.SUM)
+    return float(t.item())
+
+
+def _truncate_metrics(path: Path, step: int):
+    """Drop records past the checkpoint a run resumes from (they were never saved)."""
+    if not path.is_file():
+        return
+    kept = [line for line in path.read_text().splitlines() if line and json.loads(line).get("step", 0) <= step]
+    path.write_text("".join(line + "\n" for line in kept))
+
+
+def _format_duration(seconds: float) -> str:
+    seconds = int(seconds)
+    return f"{seconds // 60}m{seconds % 60:02d}s"
+
+
+def train(
+    cfg: Config,
+    env: DistEnv,
+    model: Transformer,
+    loader,
+    loss_fn: Callable[[nn.Module, object], torch.Tensor],
+    evaluate: Callable[[Transformer, int | None], dict] | None,
+    tokenizer_path: Path,
+    resume: bool = False,
+) -> dict:
+    """Train until max_steps (or the time budget), then validate and checkpoint. Returns the final metrics."""
+    t = cfg.train
+    run_dir = Path(t.out_dir)
+    ckpt_root = run_dir / "checkpoints"
+    metrics_path = run_dir / "metrics.jsonl"
+    device = env.device
+    torch.manual_seed(t.seed)
+
+    raw_model = model.to(device)
+    optimizer = build_optimizer(raw_model, cfg.optim, device)
+    rows_per_micro = t.micro_batch * env.world
+    tokens_per_micro = rows_per_micro * cfg.data.seq_len
+    batch_tokens = t.batch_tokens or tokens_per_micro
+    if batch_tokens % tokens_per_micro:
+        raise UserError(
+            f"train.batch_tokens={batch_tokens} is not a multiple of micro_batch * seq_len * processes = {tokens_per_micro}"
+        )
+    accum = batch_tokens // tokens_per_micro
+
+    step, max_steps, elapsed_before = 0, t.max_steps, 0.0
+    if resume:
+        found = ckpt.latest_checkpoint(ckpt_root)
+        if found is None:
+            raise UserError(f"--resume: no checkpoint in {ckpt_root}")
+        ckpt.load_weights(raw_model, found)
+        state = ckpt.load_training_state(found, optimizer)
+        step, max_steps, elapsed_before = state["step"], state["max_steps"], state["elapsed"]
+        loader.load_state_dict(state["loader"])
+        ckpt.set_rng_state(state["rng"])
+        if env.is_main:
+            _truncate_metrics(metrics_path, step)
+            print(f"resuming from {found} at step {step}/{max_steps}", flush=True)
+    elif not (t.max_steps or t.max_minutes):
+        raise UserError("set train.max_steps or train.max_minutes")
+
+    if env.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.toml").write_text(to_toml(cfg))
+
+    model = raw_model
+    if env.world > 1:
+        model = nn.parallel.DistributedDataParallel(raw_model, device_ids=[device.index] if device.type == "cuda" else None)
+    if t.compile:
+        model = torch.compile(model)
+    autocast = autocast_context(device, t.precision)
+    flops_per_token = raw_model.flops_per_token(cfg.data.seq_len)
+    peak = measure_peak_flops(device) * env.world
+    if env.is_main:
+        print(
+            f"model: {raw_model.num_params() / 1e6:.2f}M parameters, {flops_per_token / 1e6:.1f} MFLOP/token | "
+            f"batch {batch_tokens} tokens = {accum} x {env.world} x {t.micro_batch} x {cfg.data.seq_len} | "
+            f"{t.precision} on {device}, peak {peak / 1e12:.2f} TFLOP/s measured",
+            flush=True,
+        )
+
+    def save(reason: str):
+        if env.is_main:
+            state = {
+                "max_steps": max_steps,
+                "elapsed": elapsed_before + train_seconds,
+                "loader": loader.state_dict(),
+                "rng": ckpt.rng_state(),
+                "reason": reason,
+                "config": to_dict(cfg),
+            }
+            path = ckpt.save_checkpoint(ckpt_root, step, raw_model, tokenizer_path, state, optimizer, t.keep_checkpoints)
+            print(f"checkpoint: {path}", flush=True)
+        if env.world > 1:
+            dist.barrier()
+
+    def log(record: dict):
+        if env.is_main:
+            with open(metrics_path, "a") as f:
+                f.write(json.dumps(record) + "\n")
+
+    def validate(max_tokens: int | None) -> dict:
+        result = evaluate(raw_model, max_tokens) if (evaluate and env.is_main) else {}
+        if env.world > 1:
+            dist.barrier()
+        return result
+
+    train_seconds, start_step = 0.0, step
+    window_start, window_tokens = time.perf_counter(), 0
+    step_times: list[float] = []
+    tokens_per_step = batch_tokens
+    with StopSignal() as stop:
+        while max_steps == 0 or step < max_steps:
+            step_start = time.perf_counter()
+            lr = learning_rate(step, max_steps or 10**9, cfg.optim)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            loss_sum = 0.0
+            for micro in range(accum):
+                batch = loader.next_batch().to(device)
+                sync = env.world == 1 or micro == accum - 1
+                with (contextlib.nullcontext() if sync else model.no_sync()):
+                    with autocast:
+                        loss = loss_fn(model, batch)
+                    (loss / accum).backward()
+                loss_sum += float(loss.detach())
+            grad_norm = 0.0
+            if cfg.optim.grad_clip > 0:
+                grad_norm = float(nn.utils.clip_grad_norm_(raw_model.parameters(), cfg.optim.grad_clip))
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            loss_avg = _all_reduce(loss_sum / accum, env) / env.world
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            dt = time.perf_counter() - step_start
+            train_seconds += dt
+            window_tokens += tokens_per_step
+
+            if max_steps == 0:  # time budget: time a few steps, then fix the schedule's length
+                step_times.append(dt)
+                if len(step_times) == 6:
+                    per_step = sorted(step_times[1:])[2]  # median, skipping the warm-up step
+                    budget = t.max_minutes * 60 - (elapsed_before + train_seconds)
+                    max_steps = step + max(1, int(budget / per_step))
+                    max_steps = int(_all_reduce(max_steps, env, dist.ReduceOp.MIN if env.world > 1 else None))
+                    if env.is_main:
+                        print(f"time budget {t.max_minutes:g} min at {per_step:.2f} s/step: {max_steps} steps", flush=True)
+
+            record = {"step": step, "loss": loss_avg, "lr": lr, "grad_norm": grad_norm, "tokens": step * tokens_per_step}
+            if step % t.log_every == 0 or step == max_steps:
+                window = time.perf_counter() - window_start
+                tok_s = window_tokens / window
+                record.update(tok_s=tok_s, mfu=tok_s * flops_per_token / peak, elapsed=elapsed_before + train_seconds)
+                if env.is_main:
+                    left = (max_steps - step) * train_seconds / max(1, step - start_step) if max_steps else 0
+                    print(
+                        f"step {step:5d}/{max_steps or '?'} | loss {loss_avg:.4f} | lr {lr:.2e} | "
+                        f"{tok_s:,.0f} tok/s | MFU {100 * record['mfu']:.1f}% | "
+                        f"{_format_duration(elapsed_before + train_seconds)} elapsed, ~{_format_duration(left)} left",
+                        flush=True,
+                    )
+                window_start, window_tokens = time.perf_counter(), 0
+            log(record)
+
+            if not math.isfinite(loss_avg):
+                raise RuntimeError(f"loss is {loss_avg} at step {step}: lower optim.lr or check the data")
+            finished = max_steps and step >= max_steps
+            if t.eval_every and step % t.eval_every == 0 and not finished:
+                result = validate(t.eval_tokens)
+                if env.is_main and result:
+                    log({"step": step, **{f"val_{k}": v for k, v in result.items()}})
+                    print(f"step {step:5d} | val loss {result['loss']:.4f} | val bpb {result['bpb']:.4f}", flush=True)
+                window_start = time.perf_counter()
+            stop_now = _all_reduce(float(stop.requested), env) > 0
+            if stop_now:
+                save("signal")
+                return {"step": step, "stopped": True}
+            if t.ckpt_every and step % t.ckpt_every == 0 and not finished:
+                save("periodic")
+                window_start = time.perf_counter()
+
+    final = validate(None)
+    if env.is_main and final:
+        log({"step": step, **{f"val_{k}": v for k, v in final.items()}, "final": True})
+        print(f"final | val loss {final['loss']:.4f} | val bpb {final['bpb']:.4f} | {final['tokens']:,} tokens", flush=True)
+    save("final")
+    return {"step": step, "stopped": False, "train_seconds": elapsed_before + train_seconds, **final}

@@ -1,0 +1,57 @@
+"""Pretraining: next-token prediction on packed documents, a fraction of them in FIM order.
+
+Everything generic (precision, accumulation, schedule, checkpoints, DDP) is in
+loop.py; this module only says which batches to draw and which loss to take.
+"""
+
+from pathlib import Path
+
+import torch.nn.functional as F
+
+from codelm.config import Config
+from codelm.data.loader import IGNORE, PackedLoader
+from codelm.data.shards import TokenShards
+from codelm.errors import UserError
+from codelm.eval.bpb import eval_loader, evaluate, token_bytes_tensor
+from codelm.model.llama import Transformer
+from codelm.tokenizer import Tokenizer
+from codelm.train.loop import autocast_context, setup_distributed, train
+
+
+def next_token_loss(model, batch):
+    logits = model(batch.inputs, batch.doc_ids)
+    return F.cross_entropy(logits.float().view(-1, logits.shape[-1]), batch.targets.view(-1), ignore_index=IGNORE)
+
+
+def pretrain(cfg: Config, resume: bool = False) -> dict:
+    env = setup_distributed(cfg.train.device)
+    tokens_dir = Path(cfg.data.tokens)
+    tokenizer_path = tokens_dir / "tokenizer.json"
+    tok = Tokenizer.load(tokenizer_path)
+    train_docs = TokenShards(tokens_dir / "train")
+    val_docs = TokenShards(tokens_dir / "val")
+    if cfg.model.vocab_size < tok.vocab_size:
+        raise UserError(f"model.vocab_size={cfg.model.vocab_size} is smaller than the tokenizer's {tok.vocab_size}")
+    model = Transformer(cfg.model)
+    loader = PackedLoader(
+        train_docs,
+        cfg.data.seq_len,
+        cfg.train.micro_batch,
+        tok.eot_id,
+        seed=cfg.train.seed,
+        tokenizer=tok,
+        fim_rate=cfg.data.fim_rate,
+        fim_spm_rate=cfg.data.fim_spm_rate,
+        rank=env.rank,
+        world=env.world,
+    )
+    token_bytes = token_bytes_tensor(tok)
+
+    def validate(model: Transformer, max_tokens: int | None) -> dict:
+        batches = eval_loader(val_docs, tok, cfg.data.seq_len, cfg.train.micro_batch)
+        if max_tokens:
+            n_batches = max(1, max_tokens // (cfg.train.micro_batch * cfg.data.seq_len))
+            batches = (b for _, b in zip(range(n_batches), batches))
+        return evaluate(model, batches, token_bytes, autocast_context(env.device, cfg.train.precision), env.device)
+
+    return train(cfg, env, model, loader, next_token_loss, validate, tokenizer_path, resume)
