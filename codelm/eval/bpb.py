@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from codelm.data.loader import IGNORE, Batch, PackedLoader
+from codelm.errors import UserError
 from codelm.model.llama import Transformer
 from codelm.tokenizer import Tokenizer
 
@@ -69,3 +70,21 @@ def unigram_entropy(docs, vocab_size: int, eot_id: int) -> float:
     counts[eot_id] += len(docs)
     p = counts[counts > 0] / counts.sum()
     return float(-(p * np.log(p)).sum())
+
+
+def evaluate_path(checkpoint: str, paths: list[str], seq_len: int = 0, batch_rows: int = 16) -> dict:
+    """bpb of a checkpoint on files or directories of code, tokenized with the checkpoint's own tokenizer."""
+    from codelm.data.sources import CorpusStats, read_documents
+    from codelm.train.checkpoint import load_model
+    from codelm.train.loop import autocast_context
+
+    model, tok, ckpt = load_model(checkpoint)
+    stats = CorpusStats()
+    docs = [np.asarray(tok.encode(d.text), dtype=np.int64) for d in read_documents(paths, stats)]
+    if not docs:
+        raise UserError(f"no usable code files in {paths} (skipped: {dict(stats.skipped)})")
+    seq_len = seq_len or model.config.max_seq_len
+    device = next(model.parameters()).device
+    result = evaluate(model, eval_loader(docs, tok, seq_len, batch_rows), token_bytes_tensor(tok),
+                      autocast_context(device, "bf16" if device.type == "cpu" else "fp32"), device)
+    return {"checkpoint": str(ckpt), **result, "files": stats.as_dict()}

@@ -102,6 +102,26 @@ def measure_peak_flops(device: torch.device, dtype=torch.bfloat16, size: int = 2
     return 2 * size**3 * n / (time.perf_counter() - start)
 
 
+def train_step(model, optimizer, loader, loss_fn, autocast, accum: int, grad_clip: float) -> tuple[float, float]:
+    """One optimizer step over `accum` micro batches; returns (mean loss, gradient norm before clipping)."""
+    ddp = isinstance(model, nn.parallel.DistributedDataParallel)
+    device = next(model.parameters()).device
+    loss_sum = 0.0
+    for micro in range(accum):
+        batch = loader.next_batch().to(device)
+        sync = not ddp or micro == accum - 1  # DDP all-reduces gradients on the last micro batch only
+        with contextlib.nullcontext() if sync else model.no_sync():
+            with autocast:
+                loss = loss_fn(model, batch)
+            (loss / accum).backward()
+        loss_sum += float(loss.detach())
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    grad_norm = float(nn.utils.clip_grad_norm_(params, grad_clip if grad_clip > 0 else float("inf")))
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return loss_sum / accum, grad_norm
+
+
 class StopSignal:
     """SIGINT/SIGTERM ask the loop to checkpoint and stop after the current step."""
 
@@ -247,22 +267,9 @@ def train(
             lr = learning_rate(step, max_steps or 10**9, cfg.optim)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            loss_sum = 0.0
-            for micro in range(accum):
-                batch = loader.next_batch().to(device)
-                sync = env.world == 1 or micro == accum - 1
-                with (contextlib.nullcontext() if sync else model.no_sync()):
-                    with autocast:
-                        loss = loss_fn(model, batch)
-                    (loss / accum).backward()
-                loss_sum += float(loss.detach())
-            grad_norm = 0.0
-            if cfg.optim.grad_clip > 0:
-                grad_norm = float(nn.utils.clip_grad_norm_(raw_model.parameters(), cfg.optim.grad_clip))
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
+            loss_avg, grad_norm = train_step(model, optimizer, loader, loss_fn, autocast, accum, cfg.optim.grad_clip)
             step += 1
-            loss_avg = _all_reduce(loss_sum / accum, env) / env.world
+            loss_avg = _all_reduce(loss_avg, env) / env.world
             if device.type == "cuda":
                 torch.cuda.synchronize()
             dt = time.perf_counter() - step_start

@@ -1,0 +1,72 @@
+"""Training throughput (tokens/s) and MFU on this machine, for the tiny config and a reference shape.
+
+Runs the training loop's own `train_step` (packing loader with document masks,
+AdamW, clipping) on synthetic documents, in fp32 and bf16 autocast, eager and
+torch.compile'd, and prints a table. MFU is relative to the bf16 matmul peak
+measured here first.
+
+    .venv/bin/python bench/train_throughput.py [--steps 8] [--micro-batch 16] [--no-compile]
+"""
+
+import argparse
+import time
+
+import numpy as np
+import torch
+
+from codelm.config import load_config
+from codelm.data.loader import PackedLoader
+from codelm.model.llama import ModelConfig, Transformer
+from codelm.train.loop import autocast_context, build_optimizer, measure_peak_flops, train_step
+from codelm.train.pretrain import next_token_loss
+
+REFERENCE = ModelConfig(vocab_size=8192, dim=384, n_layers=6, n_heads=6, n_kv_heads=6, max_seq_len=256)
+
+
+def synthetic_docs(vocab_size: int, n: int = 400, seed: int = 0):
+    """Documents with the length spread of source files (a few hundred to a few thousand tokens)."""
+    rng = np.random.default_rng(seed)
+    return [rng.integers(1, vocab_size, size=int(rng.lognormal(7.0, 1.0)) + 8) for _ in range(n)]
+
+
+def measure(shape: ModelConfig, precision: str, compiled: bool, micro_batch: int, steps: int) -> tuple[float, float]:
+    torch.manual_seed(0)
+    model = Transformer(shape)
+    optimizer = build_optimizer(model, load_config().optim, torch.device("cpu"))
+    loader = PackedLoader(synthetic_docs(shape.vocab_size), shape.max_seq_len, micro_batch, eot_id=0)
+    runner = torch.compile(model) if compiled else model
+    autocast = autocast_context(torch.device("cpu"), precision)
+    warmup = 2
+    times = []
+    for i in range(warmup + steps):
+        start = time.perf_counter()
+        train_step(runner, optimizer, loader, next_token_loss, autocast, 1, 1.0)
+        times.append(time.perf_counter() - start)
+    per_step = float(np.median(times[warmup:]))
+    tok_s = micro_batch * shape.max_seq_len / per_step
+    return tok_s, tok_s * model.flops_per_token(shape.max_seq_len)
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--steps", type=int, default=8)
+    p.add_argument("--micro-batch", type=int, default=16)
+    p.add_argument("--no-compile", action="store_true", help="skip the torch.compile rows (each compiles ~1 min)")
+    args = p.parse_args()
+    torch.manual_seed(0)
+    peak = measure_peak_flops(torch.device("cpu"), torch.bfloat16, size=2048, seconds=2.0)
+    print(f"bf16 matmul peak (2048^3, measured): {peak / 1e12:.2f} TFLOP/s; threads: {torch.get_num_threads()}")
+    shapes = {"tiny.toml": load_config("configs/tiny.toml").model, "reference 6x384x6h": REFERENCE}
+    print(f"{'shape':<20} {'params':>8} {'precision':>9} {'mode':>8} {'tok/s':>8} {'TFLOP/s':>8} {'MFU':>6}")
+    for name, shape in shapes.items():
+        n_params = Transformer(shape).num_params() / 1e6
+        for precision in ("fp32", "bf16"):
+            for compiled in (False, True) if not args.no_compile else (False,):
+                tok_s, flops = measure(shape, precision, compiled, args.micro_batch, args.steps)
+                mode = "compiled" if compiled else "eager"
+                print(f"{name:<20} {n_params:>7.1f}M {precision:>9} {mode:>8} {tok_s:>8,.0f} {flops / 1e12:>8.3f} "
+                      f"{100 * flops / peak:>5.1f}%", flush=True)
+
+
+if __name__ == "__main__":
+    main()

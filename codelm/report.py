@@ -1,0 +1,104 @@
+"""report.md for a run, built only from the files the stages wrote into the run directory.
+
+Reads config.toml, metrics.jsonl, the tokenized corpus's stats.json and
+samples.json, and writes report.md with a loss-curve PNG beside it.
+"""
+
+import json
+import tomllib
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+
+def _read_metrics(run_dir: Path) -> tuple[list[dict], list[dict]]:
+    train, val = [], []
+    for line in (run_dir / "metrics.jsonl").read_text().splitlines():
+        record = json.loads(line)
+        (val if "val_loss" in record else train).append(record)
+    return train, val
+
+
+def plot_losses(train: list[dict], val: list[dict], path: Path, baseline: float | None = None):
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=110)
+    ax.plot([r["step"] for r in train], [r["loss"] for r in train], lw=0.8, alpha=0.6, label="train loss")
+    if val:
+        ax.plot([r["step"] for r in val], [r["val_loss"] for r in val], "o-", label="validation loss")
+    if baseline:
+        ax.axhline(baseline, color="gray", ls="--", lw=0.8, label=f"unigram baseline ({baseline:.2f})")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss (nats/token)")
+    ax.set_ylim(top=min(max(r["loss"] for r in train), (baseline or 10) + 2))
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def _table(rows: list[tuple]) -> str:
+    lines = ["| | |", "|---|---|"]
+    lines += [f"| {k} | {v} |" for k, v in rows]
+    return "\n".join(lines)
+
+
+def write_report(run_dir: str | Path, title: str = "codelm run") -> Path:
+    run_dir = Path(run_dir)
+    cfg = tomllib.loads((run_dir / "config.toml").read_text())
+    train, val = _read_metrics(run_dir)
+    data_stats_path = Path(cfg["data"]["tokens"]) / "stats.json"
+    data_stats = json.loads(data_stats_path.read_text()) if data_stats_path.is_file() else {}
+    summary_path = run_dir / "summary.json"
+    summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
+    samples_path = run_dir / "samples.json"
+    samples = json.loads(samples_path.read_text()) if samples_path.is_file() else []
+    plot_losses(train, val, run_dir / "loss.png", summary.get("unigram_loss"))
+
+    m, o, t, d = cfg["model"], cfg["optim"], cfg["train"], cfg["data"]
+    final = next((r for r in reversed(val) if r.get("final")), val[-1] if val else {})
+    timed = [r for r in train if "tok_s" in r]
+    sections = [f"# {title}", ""]
+    sections += ["## Result", "", _table([
+        ("validation bits per byte", f"**{final.get('val_bpb', float('nan')):.4f}**"),
+        ("validation loss (nats/token)", f"{final.get('val_loss', float('nan')):.4f}"),
+        ("unigram baseline loss", f"{summary['unigram_loss']:.4f}" if "unigram_loss" in summary else "-"),
+        ("validation tokens / bytes", f"{final.get('val_tokens', 0):,} / {final.get('val_bytes', 0):,}"),
+        ("steps", f"{train[-1]['step'] if train else 0:,}"),
+        ("training tokens", f"{train[-1]['tokens'] if train else 0:,}"),
+        ("training time", f"{timed[-1]['elapsed'] / 60:.1f} min" if timed else "-"),
+        ("throughput", f"{sum(r['tok_s'] for r in timed) / len(timed):,.0f} tokens/s" if timed else "-"),
+        ("MFU (of measured bf16 matmul peak)", f"{100 * sum(r['mfu'] for r in timed) / len(timed):.1f}%" if timed else "-"),
+    ]), "", "![loss curve](loss.png)", ""]
+    sections += ["## Settings", "", _table([
+        ("model", f"{m['n_layers']} layers, dim {m['dim']}, {m['n_heads']} heads ({m['n_kv_heads']} kv), "
+                  f"vocab {m['vocab_size']}, context {d['seq_len']}, tied embeddings {m['tie_embeddings']}"),
+        ("parameters", f"{summary['params'] / 1e6:.2f}M" if "params" in summary else "-"),
+        ("optimizer", f"AdamW lr {o['lr']:g}, {o['schedule']} schedule, warmup {o['warmup_steps']}, "
+                      f"weight decay {o['weight_decay']:g}, clip {o['grad_clip']:g}"),
+        ("batch", f"{t['batch_tokens'] or t['micro_batch'] * d['seq_len']:,} tokens, micro batch {t['micro_batch']}"),
+        ("precision", t["precision"]),
+        ("FIM", f"rate {d['fim_rate']:g}, SPM share {d['fim_spm_rate']:g}"),
+        ("seed", t["seed"]),
+    ]), ""]
+    if data_stats:
+        skipped = ", ".join(f"{k} {v}" for k, v in data_stats["skipped"].items()) or "none"
+        splits = data_stats["splits"]
+        sections += ["## Data", "", _table([
+            ("sources", ", ".join(data_stats["sources"])),
+            ("files seen / kept", f"{data_stats['files_seen']:,} / {data_stats['files_kept']:,}"),
+            ("skipped", skipped),
+            ("train", f"{splits['train']['docs']:,} files, {splits['train']['bytes']:,} bytes, "
+                      f"{splits['train']['tokens']:,} tokens"),
+            ("validation", f"{splits['val']['docs']:,} files, {splits['val']['bytes']:,} bytes, "
+                           f"{splits['val']['tokens']:,} tokens (split by path hash, {data_stats['val_fraction']:g})"),
+        ]), ""]
+    if samples:
+        sections += ["## Samples (greedy)", ""]
+        for s in samples:
+            sections += [f"**{s['kind']}**", "", "```python", s["text"], "```", ""]
+    path = run_dir / "report.md"
+    path.write_text("\n".join(sections))
+    return path

@@ -1,0 +1,111 @@
+"""`codelm speedrun`: corpus -> tokenizer -> token shards -> pretraining -> evaluation -> samples -> report.md.
+
+Each step is the same stage function its own command runs, writing into the
+run directory; a step whose output is already there is reused, so rerunning
+with the same --out after a crash picks up where it stopped (training resumes
+from its last checkpoint).
+"""
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+from codelm.config import load_config
+from codelm.data.shards import TokenShards
+from codelm.data.tokenize import tokenize_corpus, train_tokenizer_on_corpus
+from codelm.errors import UserError
+from codelm.eval.bpb import unigram_entropy
+from codelm.inference.sampling import complete, fill_in_middle
+from codelm.report import write_report
+from codelm.train.checkpoint import latest_checkpoint, load_model
+from codelm.train.pretrain import pretrain
+
+DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "tiny.toml"
+
+COMPLETION_PROMPTS = [
+    "import os\n\n\ndef list_python_files(directory):\n    \"\"\"Return the paths of all .py files under directory.\"\"\"\n",
+    "class Stack:\n    \"\"\"A last-in, first-out stack.\"\"\"\n\n    def __init__(self):\n",
+    "def is_prime(n):\n",
+]
+FIM_PROMPTS = [
+    ("def add(a, b):\n    ", "\n\n\nprint(add(1, 2))\n"),
+    ("import sys\n\n\ndef main(argv):\n    if len(argv) < 2:\n", "    return 0\n\n\nif __name__ == '__main__':\n"
+     "    sys.exit(main(sys.argv))\n"),
+]
+
+
+def _banner(text: str):
+    print(f"\n=== {text} ===", flush=True)
+
+
+def write_samples(run_dir: Path, max_new_tokens: int = 64) -> list[dict]:
+    model, tok, _ = load_model(run_dir)
+    samples = []
+    for prompt in COMPLETION_PROMPTS:
+        samples.append({"kind": "completion", "text": prompt + complete(model, tok, prompt, max_new_tokens=max_new_tokens)})
+    for prefix, suffix in FIM_PROMPTS:
+        middle = fill_in_middle(model, tok, prefix, suffix, max_new_tokens=max_new_tokens)
+        samples.append({"kind": "fill-in-the-middle (middle between the markers)",
+                        "text": f"{prefix}⟪{middle}⟫{suffix}"})
+    (run_dir / "samples.json").write_text(json.dumps(samples, indent=2))
+    for s in samples:
+        print(f"--- {s['kind']}\n{s['text']}")
+    return samples
+
+
+def speedrun(data=None, out=None, minutes=None, max_steps=None, config=None, overrides=(), vocab_size=8192) -> Path:
+    start = time.time()
+    run_dir = Path(out or time.strftime("runs/speedrun-%Y%m%d-%H%M%S"))
+    data_dir = run_dir / "data"
+    tokenizer_path = data_dir / "tokenizer.json"
+    tokens_dir = data_dir / "tokens"
+    config = Path(config) if config else DEFAULT_CONFIG
+    if not config.is_file():
+        raise UserError(f"config not found: {config}")
+    settings = [*overrides, f'data.tokens="{tokens_dir}"', f'train.out_dir="{run_dir}"']
+    if max_steps is not None:
+        settings += [f"train.max_steps={max_steps}"]
+    if minutes is not None:
+        settings += [f"train.max_minutes={minutes}"]
+    cfg = load_config(config, settings)  # fail on a bad key before any work
+
+    _banner(f"1/5 tokenizer ({'stdlib' if not data else ', '.join(data)})")
+    if tokenizer_path.is_file():
+        print(f"reusing {tokenizer_path}")
+    else:
+        train_tokenizer_on_corpus(data, tokenizer_path, vocab_size)
+    _banner("2/5 tokenize")
+    if (tokens_dir / "stats.json").is_file():
+        print(f"reusing {tokens_dir}")
+    else:
+        tokenize_corpus(data, tokenizer_path, tokens_dir)
+    stats = json.loads((tokens_dir / "stats.json").read_text())
+    print(f"train {stats['splits']['train']['tokens']:,} tokens, val {stats['splits']['val']['tokens']:,} tokens; "
+          f"skipped {stats['skipped']}")
+
+    _banner(f"3/5 pretrain {config.name}")
+    resume = latest_checkpoint(run_dir / "checkpoints") is not None
+    result = pretrain(cfg, resume=resume)
+    if result.get("stopped"):
+        print(f"stopped by signal; rerun with --out {run_dir} to resume")
+        return run_dir
+
+    _banner("4/5 samples")
+    write_samples(run_dir)
+    train_docs = TokenShards(tokens_dir / "train")
+    model, _, _ = load_model(run_dir)
+    summary = {
+        **{k: v for k, v in result.items() if isinstance(v, (int, float))},
+        "params": model.num_params(),
+        "unigram_loss": unigram_entropy(train_docs, train_docs.vocab_size, eot_id=0),
+        "wall_minutes": (time.time() - start) / 60,
+    }
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=float))
+
+    _banner("5/5 report")
+    report = write_report(run_dir, title="codelm speedrun")
+    print(f"validation bpb {result['bpb']:.4f} (loss {result['loss']:.4f}; unigram baseline "
+          f"{summary['unigram_loss']:.4f}) | total {summary['wall_minutes']:.1f} min | report: {report}")
+    return run_dir
