@@ -55,7 +55,7 @@ def evaluate(model: Transformer, batches: Iterable[Batch], token_bytes: torch.Te
 
 def eval_loader(docs, tok: Tokenizer, seq_len: int, batch_rows: int) -> PackedLoader:
     """One ordered pass over docs, no FIM: every token is predicted exactly once."""
-    return PackedLoader(docs, seq_len, batch_rows, tok.eot_id, shuffle=False, passes=1)
+    return PackedLoader(docs, seq_len, batch_rows, tok.eot_id, shuffle=False, passes=1, streams=1)
 
 
 def token_bytes_tensor(tok: Tokenizer) -> torch.Tensor:

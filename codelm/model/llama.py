@@ -18,6 +18,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from codelm.model.fused_ce import IGNORE, linear_cross_entropy
+
 
 @dataclass
 class ModelConfig:
@@ -216,8 +218,15 @@ class Transformer(nn.Module):
             x = layer(x, cos, sin, mask)
         return self.model.norm(x)
 
-    def forward(self, input_ids, doc_ids=None, positions=None):
-        return self.lm_head(self.hidden_states(input_ids, doc_ids, positions))
+    def forward(self, input_ids, doc_ids=None, positions=None, targets=None):
+        """Logits (B, T, vocab); with targets, the mean next-token loss instead (IGNORE targets excluded)."""
+        hidden = self.hidden_states(input_ids, doc_ids, positions)
+        if targets is None:
+            return self.lm_head(hidden)
+        if torch.is_grad_enabled():
+            return linear_cross_entropy(hidden.flatten(0, 1), self.lm_head.weight, targets.flatten())
+        logits = self.lm_head(hidden).float()
+        return F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=IGNORE)
 
     def num_params(self, exclude_embedding: bool = False) -> int:
         n = sum(p.numel() for p in self.parameters())  # a tied matrix is counted once

@@ -61,6 +61,17 @@ def autocast_context(device: torch.device, precision: str):
     return contextlib.nullcontext()
 
 
+def accumulation_steps(cfg: Config, world: int) -> int:
+    """Micro batches per optimizer step so that a step sees train.batch_tokens over all processes."""
+    tokens_per_micro = cfg.train.micro_batch * world * cfg.data.seq_len
+    batch_tokens = cfg.train.batch_tokens or tokens_per_micro
+    if batch_tokens % tokens_per_micro:
+        raise UserError(
+            f"train.batch_tokens={batch_tokens} is not a multiple of micro_batch * seq_len * processes = {tokens_per_micro}"
+        )
+    return batch_tokens // tokens_per_micro
+
+
 def learning_rate(step: int, max_steps: int, o: OptimConfig) -> float:
     """LR for the update with 0-based index `step`: linear warmup, then cosine or warmup-stable-decay."""
     floor = o.lr * o.min_lr_ratio
@@ -186,15 +197,8 @@ def train(
 
     raw_model = model.to(device)
     optimizer = build_optimizer(raw_model, cfg.optim, device)
-    rows_per_micro = t.micro_batch * env.world
-    tokens_per_micro = rows_per_micro * cfg.data.seq_len
-    batch_tokens = t.batch_tokens or tokens_per_micro
-    if batch_tokens % tokens_per_micro:
-        raise UserError(
-            f"train.batch_tokens={batch_tokens} is not a multiple of micro_batch * seq_len * processes = {tokens_per_micro}"
-        )
-    accum = batch_tokens // tokens_per_micro
-
+    accum = accumulation_steps(cfg, env.world)
+    batch_tokens = accum * t.micro_batch * env.world * cfg.data.seq_len
     step, max_steps, elapsed_before = 0, t.max_steps, 0.0
     if resume:
         found = ckpt.latest_checkpoint(ckpt_root)

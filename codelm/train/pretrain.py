@@ -6,21 +6,18 @@ loop.py; this module only says which batches to draw and which loss to take.
 
 from pathlib import Path
 
-import torch.nn.functional as F
-
 from codelm.config import Config
-from codelm.data.loader import IGNORE, PackedLoader
+from codelm.data.loader import PackedLoader
 from codelm.data.shards import TokenShards
 from codelm.errors import UserError
 from codelm.eval.bpb import eval_loader, evaluate, token_bytes_tensor
 from codelm.model.llama import Transformer
 from codelm.tokenizer import Tokenizer
-from codelm.train.loop import autocast_context, setup_distributed, train
+from codelm.train.loop import accumulation_steps, autocast_context, setup_distributed, train
 
 
 def next_token_loss(model, batch):
-    logits = model(batch.inputs, batch.doc_ids)
-    return F.cross_entropy(logits.float().view(-1, logits.shape[-1]), batch.targets.view(-1), ignore_index=IGNORE)
+    return model(batch.inputs, batch.doc_ids, targets=batch.targets)
 
 
 def pretrain(cfg: Config, resume: bool = False) -> dict:
@@ -44,6 +41,7 @@ def pretrain(cfg: Config, resume: bool = False) -> dict:
         fim_spm_rate=cfg.data.fim_spm_rate,
         rank=env.rank,
         world=env.world,
+        streams=accumulation_steps(cfg, env.world) * cfg.train.micro_batch * env.world,  # every row of a step from its own stream
     )
     token_bytes = token_bytes_tensor(tok)
 

@@ -1,0 +1,27 @@
+# The two set-up commands: `make speedrun` (the main job) and `make test`.
+# Each first installs what it needs into .venv. torch is pinned to the CPU build
+# by default; GPU users override it: make speedrun TORCH_SPEC="torch==2.5.1".
+
+PYTHON ?= python3
+TORCH_SPEC ?= torch==2.13.0
+VENV := .venv
+STAMP := $(VENV)/.installed
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --upgrade pip
+	$(VENV)/bin/pip install --quiet "$(TORCH_SPEC)"
+	$(VENV)/bin/pip install --quiet -e ".[test]"
+	touch $(STAMP)
+
+.PHONY: install speedrun test bench
+install: $(STAMP)
+
+speedrun: $(STAMP)
+	$(VENV)/bin/codelm speedrun $(ARGS)
+
+test: $(STAMP)
+	$(VENV)/bin/python -m pytest -q $(ARGS)
+
+bench: $(STAMP)
+	$(VENV)/bin/python bench/train_throughput.py $(ARGS)

@@ -1,0 +1,79 @@
+"""Shared fixtures: a small real corpus (a few stdlib packages), its tokenizer and token shards, a tiny config."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from codelm.data.sources import stdlib_root
+from codelm.data.tokenize import tokenize_corpus, train_tokenizer_on_corpus
+
+REPO = Path(__file__).resolve().parent.parent
+SUBSET = ["json", "email", "http", "logging", "concurrent"]
+
+TINY_TOML = """
+[model]
+vocab_size = 2048
+dim = 128
+n_layers = 2
+n_heads = 2
+n_kv_heads = 1
+max_seq_len = 128
+
+[data]
+tokens = "{tokens}"
+seq_len = 128
+
+[optim]
+lr = 3e-3
+warmup_steps = 10
+schedule = "cosine"
+
+[train]
+out_dir = "{out}"
+micro_batch = 8
+max_steps = 20
+precision = "fp32"
+eval_every = 0
+eval_tokens = 8192
+ckpt_every = 0
+log_every = 5
+"""
+
+
+@pytest.fixture(scope="session")
+def corpus_paths() -> list[str]:
+    return [str(stdlib_root() / name) for name in SUBSET]
+
+
+@pytest.fixture(scope="session")
+def tokens_dir(tmp_path_factory, corpus_paths) -> Path:
+    root = tmp_path_factory.mktemp("corpus")
+    train_tokenizer_on_corpus(corpus_paths, root / "tokenizer.json", vocab_size=2048, val_fraction=0.05)
+    tokenize_corpus(corpus_paths, root / "tokenizer.json", root / "tokens", val_fraction=0.05)
+    return root / "tokens"
+
+
+@pytest.fixture
+def tiny_config(tmp_path, tokens_dir):
+    """Write a tiny training config; returns (config path, run dir)."""
+
+    def make(name: str = "run") -> tuple[Path, Path]:
+        out = tmp_path / name
+        path = tmp_path / f"{name}.toml"
+        path.write_text(TINY_TOML.format(tokens=tokens_dir, out=out))
+        return path, out
+
+    return make
+
+
+def run_codelm(*args, check=True, **kwargs) -> subprocess.CompletedProcess:
+    """The real CLI in a fresh process, as a user runs it."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.run([sys.executable, "-m", "codelm", *map(str, args)], capture_output=True, text=True,
+                          env=env, cwd=REPO, **kwargs)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"codelm {' '.join(map(str, args))} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+    return proc

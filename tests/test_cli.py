@@ -1,0 +1,66 @@
+"""The CLI as a user meets it: bad input gives one clear line; bad files are skipped and counted."""
+
+import json
+import os
+
+from conftest import run_codelm
+
+
+def error_line(proc) -> str:
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1, proc.stderr
+    return lines[0]
+
+
+def test_missing_corpus_path(tmp_path):
+    proc = run_codelm("tokenizer", "train", "--data", tmp_path / "nope", "--out", tmp_path / "t.json", check=False)
+    assert "corpus path not found" in error_line(proc) and "nope" in error_line(proc)
+
+
+def test_unknown_config_key_and_wrong_type(tiny_config):
+    config, _ = tiny_config()
+    proc = run_codelm("pretrain", "--config", config, "--set", "optim.learning_rate=1", check=False)
+    assert "unknown config key 'optim.learning_rate'" in error_line(proc)
+    proc = run_codelm("pretrain", "--config", config, "--set", "train.micro_batch=big", check=False)
+    assert "'train.micro_batch' expects int" in error_line(proc)
+    bad = config.with_name("bad.toml")
+    bad.write_text(config.read_text() + "\n[model]\nwidth = 3\n")
+    assert "not valid TOML" in error_line(run_codelm("pretrain", "--config", bad, check=False))
+
+
+def test_bad_files_are_skipped_and_counted(tmp_path, tokens_dir):
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(12):
+        (src / f"good{i}.py").write_text(f"def f{i}(x):\n    return x * {i}\n")
+    (src / "binary.py").write_bytes(b"\x00\x01\x02binary")
+    (src / "latin1.py").write_bytes("s = 'caf\xe9'\n".encode("latin-1"))
+    (src / "dup.py").write_text("def f0(x):\n    return x * 0\n")
+    (src / "empty.py").write_text("")
+    os.symlink(src / "missing-target.py", src / "dangling.py")
+    (src / "notes.bin").write_bytes(b"not code")
+    out = tmp_path / "tokens"
+    proc = run_codelm("tokenize", "--data", src, "--tokenizer", tokens_dir / "tokenizer.json", "--out", out,
+                      "--val-fraction", "0.2")
+    stats = json.loads((out / "stats.json").read_text())
+    assert stats["skipped"] == {"binary": 1, "not_utf8": 1, "duplicate": 1, "empty": 1, "unreadable": 1}
+    assert stats["files_kept"] == 12
+    assert stats["splits"]["train"]["docs"] + stats["splits"]["val"]["docs"] == 12
+    assert proc.returncode == 0
+
+
+def test_eval_loss_and_sample_on_a_checkpoint(tiny_config, corpus_paths):
+    config, run = tiny_config()
+    run_codelm("pretrain", "--config", config, "--set", "train.max_steps=5")
+    result = json.loads(run_codelm("eval-loss", "--checkpoint", run, "--data", corpus_paths[0]).stdout)
+    assert result["tokens"] > 1000 and 0 < result["bpb"] < 10
+    sample = run_codelm("sample", "--checkpoint", run, "--prompt", "def f(", "--max-new-tokens", "8").stdout
+    assert sample.startswith("def f(")
+    fim = run_codelm("sample", "--checkpoint", run, "--prompt", "x = ", "--suffix", "\n", "--max-new-tokens", "4")
+    assert fim.stdout.startswith("x = ")
+
+
+def test_help_explains_every_command():
+    for cmd in (["speedrun"], ["tokenizer", "train"], ["tokenize"], ["pretrain"], ["sample"], ["eval-loss"]):
+        out = run_codelm(*cmd, "--help").stdout
+        assert "usage: codelm" in out and len(out.splitlines()) > 5

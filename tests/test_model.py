@@ -1,0 +1,166 @@
+"""The transformer: document masking, causality, and agreement with a naive reference implementation."""
+
+import math
+
+import pytest
+import torch
+
+from codelm.model.llama import ModelConfig, Transformer, positions_from_doc_ids
+
+CFG = ModelConfig(vocab_size=97, dim=32, n_layers=2, n_heads=4, n_kv_heads=2, max_seq_len=64, rope_theta=500.0)
+
+
+def make_model(cfg=CFG, seed=0):
+    torch.manual_seed(seed)
+    model = Transformer(cfg).double().eval()
+    with torch.no_grad():  # norms away from 1 so the test sees their weights
+        for name, p in model.named_parameters():
+            if name.endswith("norm.weight"):
+                p.uniform_(0.5, 1.5)
+    return model
+
+
+def reference_forward(model: Transformer, ids: list[int]) -> torch.Tensor:
+    """One document, written out plainly: per-head loops, RoPE by rotating (i, i + D/2) pairs, GQA by index."""
+    c = model.config
+    sd = {k: v.double() for k, v in model.state_dict().items()}
+    D, half = c.head_dim, c.head_dim // 2
+
+    def rms(x, w):
+        return x / torch.sqrt((x * x).mean(-1, keepdim=True) + c.norm_eps) * w
+
+    def rope(x, pos):
+        out = x.clone()
+        for i in range(half):
+            angle = pos * c.rope_theta ** (-2 * i / D)
+            a, b = x[..., i], x[..., i + half]
+            out[..., i] = a * math.cos(angle) - b * math.sin(angle)
+            out[..., i + half] = a * math.sin(angle) + b * math.cos(angle)
+        return out
+
+    x = sd["model.embed_tokens.weight"][ids]
+    T = len(ids)
+    for layer in range(c.n_layers):
+        p = f"model.layers.{layer}."
+        h = rms(x, sd[p + "input_layernorm.weight"])
+        q = (h @ sd[p + "self_attn.q_proj.weight"].T).view(T, c.n_heads, D)
+        k = (h @ sd[p + "self_attn.k_proj.weight"].T).view(T, c.n_kv_heads, D)
+        v = (h @ sd[p + "self_attn.v_proj.weight"].T).view(T, c.n_kv_heads, D)
+        heads = []
+        for hd in range(c.n_heads):
+            kv = hd // (c.n_heads // c.n_kv_heads)
+            qh = torch.stack([rope(q[t, hd], t) for t in range(T)])
+            kh = torch.stack([rope(k[t, kv], t) for t in range(T)])
+            scores = qh @ kh.T / math.sqrt(D)
+            scores = scores.masked_fill(torch.ones(T, T).triu(1).bool(), float("-inf"))
+            heads.append(torch.softmax(scores, -1) @ v[:, kv])
+        x = x + torch.cat(heads, -1) @ sd[p + "self_attn.o_proj.weight"].T
+        h = rms(x, sd[p + "post_attention_layernorm.weight"])
+        gate = h @ sd[p + "mlp.gate_proj.weight"].T
+        x = x + (torch.nn.functional.silu(gate) * (h @ sd[p + "mlp.up_proj.weight"].T)) @ sd[p + "mlp.down_proj.weight"].T
+    return rms(x, sd["model.norm.weight"]) @ sd["lm_head.weight"].T
+
+
+def test_matches_naive_reference_with_rope_and_gqa():
+    model = make_model()
+    ids = torch.randint(0, CFG.vocab_size, (20,)).tolist()
+    expected = reference_forward(model, ids)
+    actual = model(torch.tensor([ids]))[0]
+    assert torch.allclose(actual, expected, atol=1e-9), (actual - expected).abs().max()
+
+
+def test_packed_document_equals_document_alone():
+    """Masking plus per-document positions: doc B in a packed row sees exactly what it sees alone."""
+    model = make_model()
+    a = torch.randint(0, CFG.vocab_size, (13,))
+    b = torch.randint(0, CFG.vocab_size, (9,))
+    packed = torch.cat([a, b])[None]
+    doc_ids = torch.tensor([[0] * 13 + [1] * 9])
+    logits = model(packed, doc_ids)
+    alone = model(b[None])
+    assert torch.allclose(logits[0, 13:], alone[0], atol=1e-10)
+
+
+def test_changing_document_a_leaves_document_b_unchanged():
+    model = make_model()
+    row = torch.randint(0, CFG.vocab_size, (1, 30))
+    doc_ids = torch.tensor([[0] * 12 + [1] * 18])
+    before = model(row, doc_ids)
+    changed = row.clone()
+    changed[0, :12] = (changed[0, :12] + 1) % CFG.vocab_size
+    after = model(changed, doc_ids)
+    assert torch.equal(before[0, 12:], after[0, 12:])
+    assert not torch.allclose(before[0, :12], after[0, :12])  # the change did reach document A
+
+
+def test_attention_is_causal():
+    model = make_model()
+    row = torch.randint(0, CFG.vocab_size, (1, 24))
+    before = model(row)
+    changed = row.clone()
+    changed[0, 15] = (changed[0, 15] + 1) % CFG.vocab_size
+    after = model(changed)
+    assert torch.equal(before[0, :15], after[0, :15])
+    assert not torch.allclose(before[0, 15:], after[0, 15:])
+
+
+def test_positions_restart_per_document():
+    doc_ids = torch.tensor([[0, 0, 0, 1, 1, 2, 2, 2, 2]])
+    assert positions_from_doc_ids(doc_ids).tolist() == [[0, 1, 2, 0, 1, 0, 1, 2, 3]]
+
+
+def test_hf_tensor_names_and_tied_embeddings():
+    names = set(Transformer(CFG).state_dict())
+    for n in ["model.embed_tokens.weight", "model.norm.weight", "lm_head.weight",
+              "model.layers.1.self_attn.q_proj.weight", "model.layers.1.self_attn.k_proj.weight",
+              "model.layers.1.mlp.gate_proj.weight", "model.layers.1.post_attention_layernorm.weight"]:
+        assert n in names
+    tied = Transformer(ModelConfig(vocab_size=97, dim=32, n_layers=1, n_heads=4, n_kv_heads=4, tie_embeddings=True))
+    assert tied.lm_head.weight is tied.model.embed_tokens.weight
+    assert tied.num_params() == Transformer(
+        ModelConfig(vocab_size=97, dim=32, n_layers=1, n_heads=4, n_kv_heads=4)).num_params() - 97 * 32
+
+
+def test_qk_norm_adds_norm_weights_and_runs():
+    cfg = ModelConfig(vocab_size=97, dim=32, n_layers=1, n_heads=4, n_kv_heads=2, qk_norm=True)
+    model = Transformer(cfg)
+    assert "model.layers.0.self_attn.q_norm.weight" in model.state_dict()
+    assert model(torch.randint(0, 97, (2, 10))).shape == (2, 10, 97)
+
+
+def test_parameter_and_flops_accounting():
+    cfg = ModelConfig(vocab_size=100, dim=64, n_layers=3, n_heads=4, n_kv_heads=2, ffn_dim=160, max_seq_len=32)
+    model = Transformer(cfg)
+    kv = 2 * 16
+    per_layer = 64 * 64 + 2 * 64 * kv + 64 * 64 + 3 * 64 * 160 + 2 * 64
+    expected = 2 * 100 * 64 + 3 * per_layer + 64
+    assert model.num_params() == expected
+    assert model.flops_per_token(32) == 6 * (expected - 100 * 64) + 12 * 3 * 64 * 32
+
+
+@pytest.mark.parametrize("bad", [dict(dim=30, n_heads=4), dict(n_heads=4, n_kv_heads=3)])
+def test_inconsistent_shapes_are_rejected(bad):
+    with pytest.raises(ValueError):
+        ModelConfig(**{"vocab_size": 10, "dim": 32, **bad})
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_fused_loss_matches_logits_cross_entropy_in_value_and_gradients(precision):
+    torch.manual_seed(1)
+    model = Transformer(ModelConfig(vocab_size=300, dim=32, n_layers=1, n_heads=2, n_kv_heads=1, max_seq_len=64))
+    ids = torch.randint(0, 300, (3, 40))
+    targets = torch.randint(0, 300, (3, 40))
+    targets[2, 30:] = -100
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16")
+    with autocast:
+        reference = torch.nn.functional.cross_entropy(model(ids).float().flatten(0, 1), targets.flatten(), ignore_index=-100)
+    reference.backward()
+    expected = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad()
+    with autocast:
+        fused = model(ids, targets=targets)
+    fused.backward()
+    tol = 1e-5 if precision == "fp32" else 2e-2
+    assert fused.item() == pytest.approx(reference.item(), rel=tol)
+    for n, p in model.named_parameters():
+        assert torch.allclose(p.grad, expected[n], rtol=tol, atol=tol * expected[n].abs().max()), n
