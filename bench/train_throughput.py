@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from codelm.config import load_config
 from codelm.data.loader import PackedLoader
 from codelm.model.llama import ModelConfig, Transformer
+from codelm.speedrun import DEFAULT_CONFIG
 from codelm.train.loop import autocast_context, build_optimizer, measure_peak_flops, train_step
 from codelm.train.pretrain import next_token_loss
 
@@ -101,7 +102,7 @@ def main():
     peak = measure_peak_flops(torch.device("cpu"), torch.bfloat16, size=2048, seconds=2.0)
     print(f"bf16 matmul peak (2048^3, measured): {peak / 1e12:.2f} TFLOP/s; threads: {torch.get_num_threads()}")
     rows = {
-        "codelm tiny.toml": (load_config("configs/tiny.toml").model, Transformer),
+        "codelm tiny.toml": (load_config(DEFAULT_CONFIG).model, Transformer),
         "codelm 6x384x6h": (REFERENCE, Transformer),
         "nanoGPT 6x384x6h": (REFERENCE, NanoGPT),
     }

@@ -4,6 +4,7 @@ import argparse
 import json
 import sys
 
+from codelm.data.tokenize import DEFAULT_VAL_FRACTION
 from codelm.errors import UserError
 
 DATA_HELP = "file or directory of code (repeatable); default: the Python standard library of this interpreter"
@@ -80,7 +81,8 @@ def build_parser() -> argparse.ArgumentParser:
     tt.add_argument("--data", action="append", help=DATA_HELP)
     tt.add_argument("--out", required=True, help="where to write tokenizer.json")
     tt.add_argument("--vocab-size", type=int, default=8192)
-    tt.add_argument("--val-fraction", type=float, default=0.02, help="fraction of files held out (by path hash)")
+    tt.add_argument("--val-fraction", type=float, default=DEFAULT_VAL_FRACTION,
+                    help="fraction of files held out, chosen by path hash (default %(default)s)")
     tt.set_defaults(func=cmd_tokenizer_train)
 
     k = sub.add_parser("tokenize", help="tokenize a corpus into train/val token shards",
@@ -89,7 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("--data", action="append", help=DATA_HELP)
     k.add_argument("--tokenizer", required=True, help="tokenizer.json")
     k.add_argument("--out", required=True, help="output directory")
-    k.add_argument("--val-fraction", type=float, default=0.02)
+    k.add_argument("--val-fraction", type=float, default=DEFAULT_VAL_FRACTION,
+                   help="fraction of files held out, chosen by path hash (default %(default)s)")
     k.set_defaults(func=cmd_tokenize)
 
     r = sub.add_parser("pretrain", help="pretrain a model (next-token + FIM); runs under torchrun too",

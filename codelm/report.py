@@ -25,8 +25,12 @@ def _read_metrics(run_dir: Path) -> tuple[list[dict], list[dict]]:
 def plot_losses(train: list[dict], val: list[dict], path: Path, baseline: float | None = None):
     fig, ax = plt.subplots(figsize=(7, 4), dpi=110)
     ax.plot([r["step"] for r in train], [r["loss"] for r in train], lw=0.8, alpha=0.6, label="train loss")
-    if val:
-        ax.plot([r["step"] for r in val], [r["val_loss"] for r in val], "o-", label="validation loss")
+    periodic = [r for r in val if not r.get("final")]
+    if periodic:
+        ax.plot([r["step"] for r in periodic], [r["val_loss"] for r in periodic], "o-", label="validation loss (subset)")
+    for r in val:
+        if r.get("final"):
+            ax.plot([r["step"]], [r["val_loss"]], "D", color="black", label="final, whole validation split")
     if baseline:
         ax.axhline(baseline, color="gray", ls="--", lw=0.8, label=f"unigram baseline ({baseline:.2f})")
     ax.set_xlabel("step")

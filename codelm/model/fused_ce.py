@@ -45,6 +45,7 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
         return grad_hidden * grad_loss, grad_weight * grad_loss, None, None, None
 
 
+@torch.compiler.disable  # a loop of large ops: nothing for the compiler to fuse, so the graph breaks here
 def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, chunk: int = 256):
     """Mean cross-entropy of softmax(hidden @ weight.T) against targets (IGNORE excluded).
 

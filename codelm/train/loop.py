@@ -193,7 +193,6 @@ def train(
     ckpt_root = run_dir / "checkpoints"
     metrics_path = run_dir / "metrics.jsonl"
     device = env.device
-    torch.manual_seed(t.seed)
 
     raw_model = model.to(device)
     optimizer = build_optimizer(raw_model, cfg.optim, device)
@@ -262,7 +261,7 @@ def train(
         return result
 
     train_seconds, start_step = 0.0, step
-    window_start, window_tokens = time.perf_counter(), 0
+    window_seconds, window_tokens = 0.0, 0  # step time only: evaluation and checkpoints are not throughput
     step_times: list[float] = []
     tokens_per_step = batch_tokens
     with StopSignal() as stop:
@@ -278,6 +277,7 @@ def train(
                 torch.cuda.synchronize()
             dt = time.perf_counter() - step_start
             train_seconds += dt
+            window_seconds += dt
             window_tokens += tokens_per_step
 
             if max_steps == 0:  # time budget: time a few steps, then fix the schedule's length
@@ -286,14 +286,13 @@ def train(
                     per_step = sorted(step_times[1:])[2]  # median, skipping the warm-up step
                     budget = t.max_minutes * 60 - (elapsed_before + train_seconds)
                     max_steps = step + max(1, int(budget / per_step))
-                    max_steps = int(_all_reduce(max_steps, env, dist.ReduceOp.MIN if env.world > 1 else None))
+                    max_steps = int(_all_reduce(max_steps, env, dist.ReduceOp.MIN))
                     if env.is_main:
                         print(f"time budget {t.max_minutes:g} min at {per_step:.2f} s/step: {max_steps} steps", flush=True)
 
             record = {"step": step, "loss": loss_avg, "lr": lr, "grad_norm": grad_norm, "tokens": step * tokens_per_step}
             if step % t.log_every == 0 or step == max_steps:
-                window = time.perf_counter() - window_start
-                tok_s = window_tokens / window
+                tok_s = window_tokens / window_seconds
                 record.update(tok_s=tok_s, mfu=tok_s * flops_per_token / peak, elapsed=elapsed_before + train_seconds)
                 if env.is_main:
                     left = (max_steps - step) * train_seconds / max(1, step - start_step) if max_steps else 0
@@ -303,7 +302,7 @@ def train(
                         f"{_format_duration(elapsed_before + train_seconds)} elapsed, ~{_format_duration(left)} left",
                         flush=True,
                     )
-                window_start, window_tokens = time.perf_counter(), 0
+                window_seconds, window_tokens = 0.0, 0
             log(record)
 
             if not math.isfinite(loss_avg):
@@ -314,15 +313,17 @@ def train(
                 if env.is_main and result:
                     log({"step": step, **{f"val_{k}": v for k, v in result.items()}})
                     print(f"step {step:5d} | val loss {result['loss']:.4f} | val bpb {result['bpb']:.4f}", flush=True)
-                window_start = time.perf_counter()
             stop_now = _all_reduce(float(stop.requested), env) > 0
             if stop_now:
                 save("signal")
                 return {"step": step, "stopped": True}
             if t.ckpt_every and step % t.ckpt_every == 0 and not finished:
                 save("periodic")
-                window_start = time.perf_counter()
 
+    if t.eval_every:  # the curve's last point, on the same subset as the periodic ones
+        result = validate(t.eval_tokens)
+        if env.is_main and result:
+            log({"step": step, **{f"val_{k}": v for k, v in result.items()}})
     final = validate(None)
     if env.is_main and final:
         log({"step": step, **{f"val_{k}": v for k, v in final.items()}, "final": True})

@@ -6,6 +6,8 @@ loop.py; this module only says which batches to draw and which loss to take.
 
 from pathlib import Path
 
+import torch
+
 from codelm.config import Config
 from codelm.data.loader import PackedLoader
 from codelm.data.shards import TokenShards
@@ -29,6 +31,7 @@ def pretrain(cfg: Config, resume: bool = False) -> dict:
     val_docs = TokenShards(tokens_dir / "val")
     if cfg.model.vocab_size < tok.vocab_size:
         raise UserError(f"model.vocab_size={cfg.model.vocab_size} is smaller than the tokenizer's {tok.vocab_size}")
+    torch.manual_seed(cfg.train.seed)  # the initial weights are part of what the seed fixes
     model = Transformer(cfg.model)
     loader = PackedLoader(
         train_docs,
@@ -46,10 +49,12 @@ def pretrain(cfg: Config, resume: bool = False) -> dict:
     token_bytes = token_bytes_tensor(tok)
 
     def validate(model: Transformer, max_tokens: int | None) -> dict:
-        batches = eval_loader(val_docs, tok, cfg.data.seq_len, cfg.train.micro_batch)
+        """The whole validation split, or (max_tokens) every k-th document: a subset spread over it, the same each time."""
+        docs = val_docs
         if max_tokens:
-            n_batches = max(1, max_tokens // (cfg.train.micro_batch * cfg.data.seq_len))
-            batches = (b for _, b in zip(range(n_batches), batches))
+            stride = max(1, val_docs.n_tokens // max_tokens)
+            docs = [val_docs[i] for i in range(0, len(val_docs), stride)]
+        batches = eval_loader(docs, tok, cfg.data.seq_len, cfg.train.micro_batch)
         return evaluate(model, batches, token_bytes, autocast_context(env.device, cfg.train.precision), env.device)
 
     return train(cfg, env, model, loader, next_token_loss, validate, tokenizer_path, resume)
