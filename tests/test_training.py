@@ -115,3 +115,12 @@ def test_ddp_on_two_gloo_processes_matches_one_process(tiny_config):
     for step in one:
         assert two[step] == pytest.approx(one[step], rel=1e-4, abs=1e-4), step
     assert one[steps] < one[1]  # and it trained
+
+
+def test_a_time_budget_fixes_the_number_of_steps(tiny_config):
+    config, run = tiny_config()
+    proc = run_codelm("pretrain", "--config", config, "--set", "train.max_steps=0", "--set", "train.max_minutes=0.15")
+    assert "time budget 0.15 min" in proc.stdout
+    steps = sorted(losses(run))
+    assert steps == list(range(1, steps[-1] + 1)) and steps[-1] > 3
+    assert json.loads((latest_checkpoint(run / "checkpoints") / "state.json").read_text())["max_steps"] == steps[-1]

@@ -19,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn as nn
@@ -280,12 +281,12 @@ def train(
             window_seconds += dt
             window_tokens += tokens_per_step
 
-            if max_steps == 0:  # time budget: time a few steps, then fix the schedule's length
+            if max_steps == 0:  # time budget: run at the flat post-warmup LR, time steady steps, then fix the length
                 step_times.append(dt)
-                if len(step_times) == 6:
-                    per_step = sorted(step_times[1:])[2]  # median, skipping the warm-up step
-                    budget = t.max_minutes * 60 - (elapsed_before + train_seconds)
-                    max_steps = step + max(1, int(budget / per_step))
+                budget = t.max_minutes * 60 - elapsed_before
+                if len(step_times) >= 30 or (len(step_times) >= 3 and train_seconds > budget / 4):
+                    per_step = float(np.median(step_times[len(step_times) // 3 :]))  # past compile and warm-up
+                    max_steps = step + max(1, int((budget - train_seconds) / per_step))
                     max_steps = int(_all_reduce(max_steps, env, dist.ReduceOp.MIN))
                     if env.is_main:
                         print(f"time budget {t.max_minutes:g} min at {per_step:.2f} s/step: {max_steps} steps", flush=True)
