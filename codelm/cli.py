@@ -57,6 +57,13 @@ def cmd_eval_loss(args):
     print(json.dumps(result, indent=2))
 
 
+def add_corpus_args(parser: argparse.ArgumentParser):
+    """--data and --val-fraction: the same corpus and split for the tokenizer and the shards."""
+    parser.add_argument("--data", action="append", help=DATA_HELP)
+    parser.add_argument("--val-fraction", type=float, default=DEFAULT_VAL_FRACTION,
+                        help="fraction of files held out, chosen by path hash (default %(default)s)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="codelm", description="Build code language models end to end.")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -78,21 +85,17 @@ def build_parser() -> argparse.ArgumentParser:
     tt = t.add_parser("train", help="train byte-level BPE on a corpus's training split",
                       description="Train byte-level BPE (digits split, whitespace runs kept, codelm's special tokens) "
                       "on the training split of a corpus and save tokenizer.json.")
-    tt.add_argument("--data", action="append", help=DATA_HELP)
+    add_corpus_args(tt)
     tt.add_argument("--out", required=True, help="where to write tokenizer.json")
     tt.add_argument("--vocab-size", type=int, default=8192)
-    tt.add_argument("--val-fraction", type=float, default=DEFAULT_VAL_FRACTION,
-                    help="fraction of files held out, chosen by path hash (default %(default)s)")
     tt.set_defaults(func=cmd_tokenizer_train)
 
     k = sub.add_parser("tokenize", help="tokenize a corpus into train/val token shards",
                        description="Read a corpus, drop exact duplicates and unusable files (counted), split by path "
                        "hash and write OUT/train, OUT/val token shards, OUT/tokenizer.json and OUT/stats.json.")
-    k.add_argument("--data", action="append", help=DATA_HELP)
+    add_corpus_args(k)
     k.add_argument("--tokenizer", required=True, help="tokenizer.json")
     k.add_argument("--out", required=True, help="output directory")
-    k.add_argument("--val-fraction", type=float, default=DEFAULT_VAL_FRACTION,
-                   help="fraction of files held out, chosen by path hash (default %(default)s)")
     k.set_defaults(func=cmd_tokenize)
 
     r = sub.add_parser("pretrain", help="pretrain a model (next-token + FIM); runs under torchrun too",
