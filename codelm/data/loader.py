@@ -133,7 +133,7 @@ class PackedLoader:
         """Up to n tokens of a stream from a position, and the position after them."""
         parts, have = [], 0
         state = StreamState(**asdict(state))
-        n_own = len(self._order(stream, 0))
+        n_own = len(range(stream, len(self.docs), self.n_streams))  # this stream's share of the documents
         while have < n and not self._exhausted(state):
             doc = self._document(stream, state.epoch, state.cursor)
             part = doc[state.offset : state.offset + n - have]
