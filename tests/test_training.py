@@ -44,12 +44,13 @@ def test_a_few_hundred_steps_beat_the_unigram_baseline(tiny_config, tokens_dir):
 
 
 def test_sigint_then_resume_reproduces_the_uninterrupted_losses(tiny_config):
+    steps = 200  # long enough that a test process starved for seconds still signals mid-run
     config, straight = tiny_config("straight")
-    run_codelm("pretrain", "--config", config, "--set", "train.max_steps=40")
+    run_codelm("pretrain", "--config", config, "--set", f"train.max_steps={steps}")
     expected = losses(straight)
 
     config, interrupted = tiny_config("interrupted")
-    cmd = [sys.executable, "-m", "codelm", "pretrain", "--config", str(config), "--set", "train.max_steps=40"]
+    cmd = [sys.executable, "-m", "codelm", "pretrain", "--config", str(config), "--set", f"train.max_steps={steps}"]
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     metrics = interrupted / "metrics.jsonl"
     deadline = time.time() + 120
@@ -59,9 +60,9 @@ def test_sigint_then_resume_reproduces_the_uninterrupted_losses(tiny_config):
     out, _ = proc.communicate(timeout=120)
     assert proc.returncode == 0, out
     stopped_at = json.loads((latest_checkpoint(interrupted / "checkpoints") / "state.json").read_text())
-    assert stopped_at["reason"] == "signal" and 8 <= stopped_at["step"] < 40, out
+    assert stopped_at["reason"] == "signal" and 8 <= stopped_at["step"] < steps, out
 
-    run_codelm("pretrain", "--config", config, "--set", "train.max_steps=40", "--resume")
+    run_codelm("pretrain", "--config", config, "--set", f"train.max_steps={steps}", "--resume")
     assert losses(interrupted) == expected  # bit for bit, every step
 
 
