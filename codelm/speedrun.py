@@ -10,8 +10,6 @@ import json
 import time
 from pathlib import Path
 
-import numpy as np
-
 from codelm.config import load_config
 from codelm.data.shards import TokenShards
 from codelm.data.tokenize import tokenize_corpus, train_tokenizer_on_corpus
@@ -40,8 +38,7 @@ def _banner(text: str):
     print(f"\n=== {text} ===", flush=True)
 
 
-def write_samples(run_dir: Path, max_new_tokens: int = 64) -> list[dict]:
-    model, tok, _ = load_model(run_dir)
+def write_samples(run_dir: Path, model, tok, max_new_tokens: int = 64) -> list[dict]:
     samples = []
     for prompt in COMPLETION_PROMPTS:
         samples.append({"kind": "completion", "text": prompt + complete(model, tok, prompt, max_new_tokens=max_new_tokens)})
@@ -93,13 +90,13 @@ def speedrun(data=None, out=None, minutes=None, max_steps=None, config=None, ove
         return run_dir
 
     _banner("4/5 samples")
-    write_samples(run_dir)
+    model, tok, _ = load_model(run_dir)
+    write_samples(run_dir, model, tok)
     train_docs = TokenShards(tokens_dir / "train")
-    model, _, _ = load_model(run_dir)
     summary = {
         **{k: v for k, v in result.items() if isinstance(v, (int, float))},
         "params": model.num_params(),
-        "unigram_loss": unigram_entropy(train_docs, train_docs.vocab_size, eot_id=0),
+        "unigram_loss": unigram_entropy(train_docs, train_docs.vocab_size, tok.eot_id),
         "wall_minutes": (time.time() - start) / 60,
     }
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=float))

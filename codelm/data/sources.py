@@ -119,13 +119,14 @@ def _iter_documents(roots: list[Path], stdlib: bool, stats: CorpusStats) -> Iter
             text = _read_text(path, stats)
             if text is None:
                 continue
-            digest = hashlib.sha256(text.encode()).digest()
+            data = text.encode()
+            digest = hashlib.sha256(data).digest()
             if digest in seen:
                 stats.skipped["duplicate"] += 1
                 continue
             seen.add(digest)
             stats.files_kept += 1
-            stats.bytes_kept += len(text.encode())
+            stats.bytes_kept += len(data)
             rel = path.name if root.is_file() else path.relative_to(root).as_posix()
             yield Document(text=text, path=rel, source=str(root), lang=lang or "unknown")
 

@@ -31,6 +31,7 @@ def evaluate(model: Transformer, batches: Iterable[Batch], token_bytes: torch.Te
     text_nats = torch.zeros((), dtype=torch.float64)
     n_tokens = 0
     n_bytes = 0
+    token_bytes = token_bytes.to(device)
     for batch in batches:
         batch = batch.to(device)
         with autocast:
@@ -39,7 +40,7 @@ def evaluate(model: Transformer, batches: Iterable[Batch], token_bytes: torch.Te
             logits.float().view(-1, logits.shape[-1]), batch.targets.view(-1), ignore_index=IGNORE, reduction="none"
         )
         valid = batch.targets.view(-1) != IGNORE
-        nbytes = token_bytes.to(device)[batch.targets.view(-1).clamp(min=0)] * valid
+        nbytes = token_bytes[batch.targets.view(-1).clamp(min=0)] * valid
         nats += losses.sum().double().cpu()
         text_nats += (losses * (nbytes > 0)).sum().double().cpu()
         n_tokens += int(valid.sum())

@@ -264,7 +264,6 @@ def train(
     train_seconds, start_step = 0.0, step
     window_seconds, window_tokens = 0.0, 0  # step time only: evaluation and checkpoints are not throughput
     step_times: list[float] = []
-    tokens_per_step = batch_tokens
     with StopSignal() as stop:
         while max_steps == 0 or step < max_steps:
             step_start = time.perf_counter()
@@ -279,7 +278,7 @@ def train(
             dt = time.perf_counter() - step_start
             train_seconds += dt
             window_seconds += dt
-            window_tokens += tokens_per_step
+            window_tokens += batch_tokens
 
             if max_steps == 0:  # time budget: run at the flat post-warmup LR, time steady steps, then fix the length
                 step_times.append(dt)
@@ -291,7 +290,7 @@ def train(
                     if env.is_main:
                         print(f"time budget {t.max_minutes:g} min at {per_step:.2f} s/step: {max_steps} steps", flush=True)
 
-            record = {"step": step, "loss": loss_avg, "lr": lr, "grad_norm": grad_norm, "tokens": step * tokens_per_step}
+            record = {"step": step, "loss": loss_avg, "lr": lr, "grad_norm": grad_norm, "tokens": step * batch_tokens}
             if step % t.log_every == 0 or step == max_steps:
                 tok_s = window_tokens / window_seconds
                 record.update(tok_s=tok_s, mfu=tok_s * flops_per_token / peak, elapsed=elapsed_before + train_seconds)
