@@ -7,7 +7,8 @@ import sys
 from codelm.data.tokenize import DEFAULT_VAL_FRACTION
 from codelm.errors import UserError
 
-DATA_HELP = "file or directory of code (repeatable); default: the Python standard library of this interpreter"
+DATA_HELP = ("a `codelm curate` output directory, or files/directories of code read as they are (repeatable); "
+             "default: the Python standard library of this interpreter")
 
 
 def cmd_speedrun(args):
@@ -17,11 +18,29 @@ def cmd_speedrun(args):
              config=args.config, overrides=args.set, vocab_size=args.vocab_size)
 
 
+def cmd_curate(args):
+    from codelm.data.pipeline import curate, load_curate_config
+
+    cfg = load_curate_config(args.config, args.data or [], args.set)
+    if args.tasks:
+        cfg.executor.tasks = args.tasks
+    out = curate(cfg, args.out)
+    if (out / "stats.json").is_file():
+        cmd_data_stats(argparse.Namespace(dir=out))
+        print(f"curated corpus -> {out} (DATA_CARD.md, stats.json, data/)")
+
+
+def cmd_data_stats(args):
+    from codelm.data.card import load_stats, stats_table
+
+    print(stats_table(load_stats(args.dir)), end="")
+
+
 def cmd_tokenizer_train(args):
     from codelm.data.tokenize import train_tokenizer_on_corpus
 
-    tok, stats = train_tokenizer_on_corpus(args.data, args.out, args.vocab_size, args.val_fraction)
-    print(f"tokenizer: {tok.vocab_size} tokens -> {args.out} | {json.dumps(stats.as_dict())}")
+    tok, docs = train_tokenizer_on_corpus(args.data, args.out, args.vocab_size, args.val_fraction)
+    print(f"tokenizer: {tok.vocab_size} tokens, trained on {docs} documents -> {args.out}")
 
 
 def cmd_tokenize(args):
@@ -69,7 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     s = sub.add_parser("speedrun", help="the whole pipeline on the stdlib (or --data) in about ten minutes",
-                       description="Read a corpus (default: this Python's standard library), drop exact duplicates, "
+                       description="Curate a corpus (default: this Python's standard library; file-level), "
                        "split train/validation by path hash, train a tokenizer, tokenize, pretrain configs/tiny.toml, "
                        "evaluate, sample, and write OUT/report.md.")
     s.add_argument("--data", action="append", help=DATA_HELP)
@@ -81,6 +100,25 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--vocab-size", type=int, default=8192)
     s.set_defaults(func=cmd_speedrun)
 
+    c = sub.add_parser("curate", help="curate a code corpus: filter, redact, dedup, decontaminate, order, mix",
+                       description="Run the datatrove curation pipeline (quality filters, PII/secret redaction, "
+                       "HumanEval decontamination, exact + MinHash near-dedup, optional repository-level documents) "
+                       "and write OUT/data/<source>/*.parquet, OUT/stats.json and OUT/DATA_CARD.md. With no config "
+                       "and no --data it curates this Python's standard library. See configs/data.toml.")
+    c.add_argument("--config", default=None, help="curation config TOML (sources, filters, dedup, mix, executor)")
+    c.add_argument("--data", action="append", help="directory, git work tree, or Stack-shaped .jsonl/.parquet "
+                   "(repeatable; replaces the config's sources)")
+    c.add_argument("--out", required=True, help="output directory (replaced atomically when done)")
+    c.add_argument("--tasks", type=int, default=0, help="parallel shards (default: one per CPU core)")
+    c.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config key, e.g. --set dedup.threshold=0.8 (repeatable)")
+    c.set_defaults(func=cmd_curate)
+
+    d = sub.add_parser("data", help="inspect curated data").add_subparsers(dest="sub", required=True, metavar="SUB")
+    ds = d.add_parser("stats", help="print the documents/languages/removals table of a curated corpus")
+    ds.add_argument("dir", help="a `codelm curate` output directory")
+    ds.set_defaults(func=cmd_data_stats)
+
     t = sub.add_parser("tokenizer", help="tokenizer commands").add_subparsers(dest="sub", required=True, metavar="SUB")
     tt = t.add_parser("train", help="train byte-level BPE on a corpus's training split",
                       description="Train byte-level BPE (digits split, whitespace runs kept, codelm's special tokens) "
@@ -91,8 +129,9 @@ def build_parser() -> argparse.ArgumentParser:
     tt.set_defaults(func=cmd_tokenizer_train)
 
     k = sub.add_parser("tokenize", help="tokenize a corpus into train/val token shards",
-                       description="Read a corpus, drop exact duplicates and unusable files (counted), split by path "
-                       "hash and write OUT/train, OUT/val token shards, OUT/tokenizer.json and OUT/stats.json.")
+                       description="Read a curated corpus (or raw files), split by path hash, apply the curated "
+                       "source mix to the training split, and write OUT/train, OUT/val token shards, "
+                       "OUT/tokenizer.json and OUT/stats.json (with the mix realized in tokens).")
     add_corpus_args(k)
     k.add_argument("--tokenizer", required=True, help="tokenizer.json")
     k.add_argument("--out", required=True, help="output directory")

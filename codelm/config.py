@@ -66,6 +66,20 @@ class Config:
 
 
 def _check_type(key: str, value, expected):
+    if typing.get_origin(expected) is list:
+        (item_type,) = typing.get_args(expected)
+        if not isinstance(value, list):
+            raise UserError(f"config key '{key}' expects a list, got {type(value).__name__} {value!r}")
+        if dataclasses.is_dataclass(item_type):  # [[sources]] tables
+            items = []
+            for i, item in enumerate(value):
+                if not isinstance(item, dict):
+                    raise UserError(f"config key '{key}[{i}]' is a table; got {item!r}")
+                obj = item_type()
+                _apply(obj, item, f"{key}[{i}].")
+                items.append(obj)
+            return items
+        return [_check_type(f"{key}[{i}]", v, item_type) for i, v in enumerate(value)]
     if expected is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if expected is int and isinstance(value, bool) or not isinstance(value, expected):
@@ -108,8 +122,8 @@ def _parse_override(text: str) -> dict:
     return nested
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Config:
-    cfg = Config()
+def fill(cfg, path: str | Path | None = None, overrides: list[str] = ()):
+    """Fill any config dataclass from a TOML file, then `--set` overrides; returns it."""
     if path is not None:
         path = Path(path)
         if not path.is_file():
@@ -120,6 +134,11 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Co
             raise UserError(f"config file {path} is not valid TOML: {e}") from None
     for text in overrides:
         _apply(cfg, _parse_override(text))
+    return cfg
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Config:
+    cfg = fill(Config(), path, overrides)
     try:
         cfg.model.__post_init__()
     except ValueError as e:

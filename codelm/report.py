@@ -88,17 +88,21 @@ def write_report(run_dir: str | Path, title: str = "codelm run") -> Path:
         ("seed", t["seed"]),
     ]), ""]
     if data_stats:
-        skipped = ", ".join(f"{k} {v}" for k, v in data_stats["skipped"].items()) or "none"
         splits = data_stats["splits"]
+        mix = ", ".join(f"{name} {m['share']:.1%} of tokens ({m['epochs']:g} epochs)" for name, m in data_stats["mix"].items())
         sections += ["## Data", "", _table([
             ("sources", ", ".join(data_stats["sources"])),
-            ("files seen / kept", f"{data_stats['files_seen']:,} / {data_stats['files_kept']:,}"),
-            ("skipped", skipped),
+            ("mix", mix),
             ("train", f"{splits['train']['docs']:,} files, {splits['train']['bytes']:,} bytes, "
                       f"{splits['train']['tokens']:,} tokens"),
             ("validation", f"{splits['val']['docs']:,} files, {splits['val']['bytes']:,} bytes, "
                            f"{splits['val']['tokens']:,} tokens (split by path hash, {data_stats['val_fraction']:g})"),
         ]), ""]
+        curated = data_stats["sources"][0] if len(data_stats["sources"]) == 1 else ""
+        if (Path(curated) / "stats.json").is_file():
+            from codelm.data.card import load_stats, stats_table
+
+            sections += [f"### Curation ({curated}/DATA_CARD.md)", "", stats_table(load_stats(curated)), ""]
     if samples:
         sections += ["## Samples (greedy)", ""]
         for s in samples:

@@ -1,4 +1,4 @@
-"""`codelm speedrun`: corpus -> tokenizer -> token shards -> pretraining -> evaluation -> samples -> report.md.
+"""`codelm speedrun`: curated corpus -> tokenizer -> token shards -> pretraining -> evaluation -> samples -> report.md.
 
 Each step is the same stage function its own command runs, writing into the
 run directory; a step whose output is already there is reused, so rerunning
@@ -11,6 +11,8 @@ import time
 from pathlib import Path
 
 from codelm.config import load_config
+from codelm.data.card import load_stats, stats_table
+from codelm.data.pipeline import curate, load_curate_config
 from codelm.data.shards import TokenShards
 from codelm.data.tokenize import tokenize_corpus, train_tokenizer_on_corpus
 from codelm.errors import UserError
@@ -56,6 +58,7 @@ def speedrun(data=None, out=None, minutes=None, max_steps=None, config=None, ove
     start = time.time()
     run_dir = Path(out or time.strftime("runs/speedrun-%Y%m%d-%H%M%S"))
     data_dir = run_dir / "data"
+    curated_dir = data_dir / "curated"
     tokenizer_path = data_dir / "tokenizer.json"
     tokens_dir = data_dir / "tokens"
     config = Path(config) if config else DEFAULT_CONFIG
@@ -68,28 +71,33 @@ def speedrun(data=None, out=None, minutes=None, max_steps=None, config=None, ove
         settings += [f"train.max_minutes={minutes}"]
     cfg = load_config(config, settings)  # fail on a bad key before any work
 
-    _banner(f"1/5 tokenizer ({'stdlib' if not data else ', '.join(data)})")
+    _banner(f"1/6 curate ({'stdlib' if not data else ', '.join(data)})")
+    if (curated_dir / "stats.json").is_file():
+        print(f"reusing {curated_dir}")
+    else:
+        curate(load_curate_config(None, data or []), curated_dir)
+    print(stats_table(load_stats(curated_dir)))
+    _banner("2/6 tokenizer")
     if tokenizer_path.is_file():
         print(f"reusing {tokenizer_path}")
     else:
-        train_tokenizer_on_corpus(data, tokenizer_path, vocab_size)
-    _banner("2/5 tokenize")
+        train_tokenizer_on_corpus([str(curated_dir)], tokenizer_path, vocab_size)
+    _banner("3/6 tokenize")
     if (tokens_dir / "stats.json").is_file():
         print(f"reusing {tokens_dir}")
     else:
-        tokenize_corpus(data, tokenizer_path, tokens_dir)
+        tokenize_corpus([str(curated_dir)], tokenizer_path, tokens_dir)
     stats = json.loads((tokens_dir / "stats.json").read_text())
-    print(f"train {stats['splits']['train']['tokens']:,} tokens, val {stats['splits']['val']['tokens']:,} tokens; "
-          f"skipped {stats['skipped']}")
+    print(f"train {stats['splits']['train']['tokens']:,} tokens, val {stats['splits']['val']['tokens']:,} tokens")
 
-    _banner(f"3/5 pretrain {config.name}")
+    _banner(f"4/6 pretrain {config.name}")
     resume = latest_checkpoint(run_dir / "checkpoints") is not None
     result = pretrain(cfg, resume=resume)
     if result.get("stopped"):
         print(f"stopped by signal; rerun with --out {run_dir} to resume")
         return run_dir
 
-    _banner("4/5 samples")
+    _banner("5/6 samples")
     model, tok, _ = load_model(run_dir)
     write_samples(run_dir, model, tok)
     train_docs = TokenShards(tokens_dir / "train")
@@ -101,7 +109,7 @@ def speedrun(data=None, out=None, minutes=None, max_steps=None, config=None, ove
     }
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=float))
 
-    _banner("5/5 report")
+    _banner("6/6 report")
     report = write_report(run_dir, title="codelm speedrun")
     print(f"validation bpb {result['bpb']:.4f} (loss {result['loss']:.4f}; unigram baseline "
           f"{summary['unigram_loss']:.4f}) | total {summary['wall_minutes']:.1f} min | report: {report}")

@@ -1,44 +1,128 @@
 """The corpus stages: train a tokenizer on the training split, and tokenize a corpus into shards.
 
-Both read the corpus as a stream (sources.read_documents), so memory stays flat
-however large it is. `tokenize_corpus` writes
+A corpus is either a curated directory (`codelm curate` output: Parquet
+shards, sources and their mix) or raw files and directories, read as they are
+(no filters: that is curation's job). `tokenize_corpus` writes
 
-    OUT/train/  OUT/val/   token shards (shards.py)
+    OUT/train/  OUT/val/   token shards (shards.py); train follows the source mix
     OUT/tokenizer.json     a copy, so the directory is all that training needs
-    OUT/stats.json         files seen, kept, skipped by reason; documents, bytes, tokens per split
+    OUT/stats.json         documents, bytes, tokens per split; the mix realized in tokens
 
-into a temporary directory that replaces OUT only when complete.
+into a temporary directory that replaces OUT only when complete. The split is
+a hash of each document's path, so it is stable across runs and corpus growth.
 """
 
 import json
 import shutil
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from itertools import islice
 from pathlib import Path
 
+import pyarrow.parquet as pq
 from tqdm import tqdm
 
-from codelm.data.shards import ShardWriter
-from codelm.data.sources import CorpusStats, read_documents, is_validation
+from codelm.data.mix import mix_order, plan_epochs
+from codelm.data.shards import ShardWriter, TokenShards
+from codelm.data.sources import CodeTreeReader, is_validation, stdlib_root
 from codelm.errors import UserError
 from codelm.tokenizer import Tokenizer, train_tokenizer
 
 DEFAULT_VAL_FRACTION = 0.05  # 2% of the stdlib is 34 files, one of them a quarter of the tokens: too noisy
 
 
-def train_tokenizer_on_corpus(
-    paths: list[str] | None, out: str | Path, vocab_size: int = 8192, val_fraction: float = DEFAULT_VAL_FRACTION
-) -> tuple[Tokenizer, CorpusStats]:
-    """Train BPE on the training split only, so validation text stays unseen."""
-    stats = CorpusStats()
-    docs = (d.text for d in tqdm(read_documents(paths, stats), desc="tokenizer: reading", unit=" files")
-            if not is_validation(d.path, val_fraction))
-    tok = train_tokenizer(docs, vocab_size=vocab_size)
-    if stats.files_kept == 0:
-        raise UserError(f"no usable files in {paths or 'the stdlib'} (skipped: {dict(stats.skipped)})")
+@dataclass
+class CorpusDoc:
+    key: str  # what the train/validation split hashes
+    source: str
+    text: str
+    specials: list  # [start, end] character spans that are special tokens (repository documents)
+
+
+@dataclass
+class Corpus:
+    """Documents plus what the mix needs: source weights and epoch caps (raw files: one source)."""
+
+    paths: list[str] | None
+    skipped: Counter = field(default_factory=Counter)  # raw files only: unusable files by reason
+
+    def __post_init__(self):
+        for path in self.paths or []:  # checked here, before any work, so a typo fails at once
+            if not Path(path).exists():
+                raise UserError(f"corpus path not found: {path}")
+
+    @property
+    def curated(self) -> Path | None:
+        if self.paths and len(self.paths) == 1 and (Path(self.paths[0]) / "stats.json").is_file():
+            return Path(self.paths[0])
+        return None
+
+    def describe(self) -> list[str]:
+        return [str(p) for p in self.paths] if self.paths else ["stdlib"]
+
+    def mix(self) -> tuple[dict[str, float], dict[str, float], int, int]:
+        """(weights, max_epochs, token budget, seed)."""
+        if self.curated is None:
+            return {"data": 1.0}, {"data": 1.0}, 0, 0
+        cfg = json.loads((self.curated / "stats.json").read_text())["config"]
+        sources = cfg["sources"]
+        return ({s["name"]: s["weight"] for s in sources}, {s["name"]: s["max_epochs"] for s in sources},
+                cfg["mix"]["tokens"], cfg["mix"]["seed"])
+
+    def documents(self) -> Iterator[CorpusDoc]:
+        if self.curated is not None:
+            yield from self._curated_documents(self.curated)
+            return
+        for root in self.paths or [str(stdlib_root())]:
+            reader = CodeTreeReader(root, source="data", only_python=not self.paths)
+            for doc in reader():
+                yield CorpusDoc(doc.metadata["path"], "data", doc.text, [])
+            self.skipped.update({k[len("skipped_"):]: v.total for k, v in reader.stats.stats.items()
+                                 if k.startswith("skipped_")})
+
+    @staticmethod
+    def _curated_documents(directory: Path) -> Iterator[CorpusDoc]:
+        files = sorted((directory / "data").glob("**/*.parquet"))
+        if not files:
+            raise UserError(f"curated corpus {directory} has no shards under data/")
+        for path in files:
+            table = pq.read_table(path, columns=["text", "metadata"])
+            for text, meta in zip(table.column("text").to_pylist(), table.column("metadata").to_pylist()):
+                specials = json.loads(meta.get("specials") or "[]")
+                yield CorpusDoc(f"{meta['repo']}/{meta['path']}", meta["source"], text, specials)
+
+
+def encode_document(tok: Tokenizer, doc: CorpusDoc) -> list[int]:
+    """Text as plain text, except the spans the curator marked as special tokens."""
+    ids, pos = [], 0
+    for start, end in doc.specials:
+        ids += tok.encode(doc.text[pos:start]) if start > pos else []
+        ids.append(tok.special[doc.text[start:end]])
+        pos = end
+    return ids + tok.encode(doc.text[pos:])
+
+
+def train_tokenizer_on_corpus(paths: list[str] | None, out: str | Path, vocab_size: int = 8192,
+                              val_fraction: float = DEFAULT_VAL_FRACTION) -> tuple[Tokenizer, int]:
+    """Train BPE on the training split only, so validation text stays unseen; returns (tokenizer, documents)."""
+    count = 0
+    corpus = Corpus(paths)
+
+    def texts():
+        nonlocal count
+        for d in tqdm(corpus.documents(), desc="tokenizer: reading", unit=" docs"):
+            if not is_validation(d.key, val_fraction):
+                count += 1
+                yield d.text
+
+    tok = train_tokenizer(texts(), vocab_size=vocab_size)
+    if count == 0:
+        raise UserError(f"no usable documents in {paths or 'the stdlib'}")
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tok.save(out)
-    return tok, stats
+    return tok, count
 
 
 def _batched(iterable, n):
@@ -47,32 +131,58 @@ def _batched(iterable, n):
         yield chunk
 
 
-def tokenize_corpus(
-    paths: list[str] | None, tokenizer_path: str | Path, out_dir: str | Path, val_fraction: float = DEFAULT_VAL_FRACTION
-) -> dict:
+def tokenize_corpus(paths: list[str] | None, tokenizer_path: str | Path, out_dir: str | Path,
+                    val_fraction: float = DEFAULT_VAL_FRACTION) -> dict:
     tok = Tokenizer.load(tokenizer_path)
+    corpus = Corpus(paths)
+    weights, max_epochs, budget, seed = corpus.mix()
     out = Path(out_dir)
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    writers = {split: ShardWriter(tmp / split, tok.vocab_size) for split in ("train", "val")}
-    split_stats = {split: {"docs": 0, "bytes": 0, "tokens": 0} for split in writers}
-    stats = CorpusStats()
-    docs = tqdm(read_documents(paths, stats), desc="tokenize", unit=" files")
-    for chunk in _batched(docs, 64):
-        for doc, ids in zip(chunk, tok.encode_batch([d.text for d in chunk])):
-            split = "val" if is_validation(doc.path, val_fraction) else "train"
-            writers[split].add(ids)
+    val = ShardWriter(tmp / "val", tok.vocab_size)
+    by_source = {name: ShardWriter(tmp / "sources" / name, tok.vocab_size) for name in weights}
+    doc_tokens: dict[str, list[int]] = {name: [] for name in weights}
+    split_stats = {split: {"docs": 0, "bytes": 0, "tokens": 0} for split in ("train", "val")}
+    for chunk in _batched(tqdm(corpus.documents(), desc="tokenize", unit=" docs"), 64):
+        plain = tok.encode_batch([d.text for d in chunk])
+        for doc, ids in zip(chunk, plain):
+            ids = encode_document(tok, doc) if doc.specials else ids
+            split = "val" if is_validation(doc.key, val_fraction) else "train"
+            if split == "val":
+                val.add(ids)
+            else:
+                by_source[doc.source].add(ids)
+                doc_tokens[doc.source].append(len(ids))
             s = split_stats[split]
             s["docs"] += 1
             s["bytes"] += len(doc.text.encode())
             s["tokens"] += len(ids)
-    for split, writer in writers.items():
-        if split_stats[split]["docs"] == 0:
-            raise UserError(f"the {split} split is empty: the corpus has too few usable files ({stats.files_kept} kept)")
-        writer.close({"split": split})
+    for split, s in split_stats.items():
+        if s["docs"] == 0:
+            raise UserError(f"the {split} split is empty: {corpus.describe()} has too few usable documents")
+    val.close({"split": "val"})
+    for writer in by_source.values():
+        writer.close({"split": "source"})
+
+    tokens = {name: sum(t) for name, t in doc_tokens.items()}
+    epochs = plan_epochs(tokens, weights, max_epochs, budget)
+    train = ShardWriter(tmp / "train", tok.vocab_size)
+    source_shards = {name: TokenShards(tmp / "sources" / name) for name in weights}
+    realized = {name: 0 for name in weights}
+    for name, i in mix_order(doc_tokens, epochs, seed):
+        ids = source_shards[name][i]
+        train.add(ids)
+        realized[name] += len(ids)
+    train.close({"split": "train"})
+    shutil.rmtree(tmp / "sources")
+    total = sum(realized.values())
+    mix = {name: {"weight": weights[name], "max_epochs": max_epochs[name], "source_tokens": tokens[name],
+                  "epochs": round(epochs[name], 4), "tokens": realized[name], "share": round(realized[name] / total, 4),
+                  "target_share": round(weights[name] / sum(weights.values()), 4)} for name in weights}
+    split_stats["train"]["tokens"] = total  # after mixing: what training will see
     shutil.copyfile(tokenizer_path, tmp / "tokenizer.json")
-    result = {"sources": [str(p) for p in paths] if paths else ["stdlib"], "val_fraction": val_fraction,
-              **stats.as_dict(), "splits": split_stats}
+    result = {"sources": corpus.describe(), "val_fraction": val_fraction, "skipped": dict(sorted(corpus.skipped.items())),
+              "splits": split_stats, "mix": mix}
     (tmp / "stats.json").write_text(json.dumps(result, indent=2))
     if out.exists():
         shutil.rmtree(out)

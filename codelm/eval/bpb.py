@@ -75,17 +75,17 @@ def unigram_entropy(docs, vocab_size: int, eot_id: int) -> float:
 
 def evaluate_path(checkpoint: str, paths: list[str], seq_len: int = 0, batch_rows: int = 16) -> dict:
     """bpb of a checkpoint on files or directories of code, tokenized with the checkpoint's own tokenizer."""
-    from codelm.data.sources import CorpusStats, read_documents
+    from codelm.data.tokenize import Corpus
     from codelm.train.checkpoint import load_model
     from codelm.train.loop import autocast_context
 
     model, tok, ckpt = load_model(checkpoint)
-    stats = CorpusStats()
-    docs = [np.asarray(tok.encode(d.text), dtype=np.int64) for d in read_documents(paths, stats)]
+    corpus = Corpus(paths)
+    docs = [np.asarray(tok.encode(d.text), dtype=np.int64) for d in corpus.documents()]
     if not docs:
-        raise UserError(f"no usable code files in {paths} (skipped: {dict(stats.skipped)})")
+        raise UserError(f"no usable code files in {paths} (skipped: {dict(corpus.skipped)})")
     seq_len = seq_len or model.config.max_seq_len
     device = next(model.parameters()).device
     result = evaluate(model, eval_loader(docs, tok, seq_len, batch_rows), token_bytes_tensor(tok),
                       autocast_context(device, "bf16" if device.type == "cpu" else "fp32"), device)
-    return {"checkpoint": str(ckpt), **result, "files": stats.as_dict()}
+    return {"checkpoint": str(ckpt), **result, "documents": len(docs), "skipped": dict(corpus.skipped)}

@@ -1,0 +1,271 @@
+"""`codelm curate`: assemble the curation stages as datatrove pipelines and run them.
+
+    1. read sources -> quality filters -> PII redaction -> decontamination
+       -> write documents + MinHash signatures            (one task per shard)
+    2. LSH buckets -> candidate pairs                      (one task per band)
+    3. exact groups + verified near-duplicate clusters     (one task)
+    4. drop duplicates -> write curated Parquet shards     (one task per shard)
+    5. (repo layout) group files into dependency-ordered repository documents
+    6. stats.json + DATA_CARD.md, then the output directory appears atomically
+
+With `dedup.level = "repo"` the repository grouping runs before the
+signatures instead, so whole repositories are near-deduplicated. Stages run in
+sequence on the local executor, as one Ray job each, or as chained Slurm jobs
+(`[executor] kind`). Work happens in OUT.tmp/; a rerun with the same config
+reuses the tasks already finished there, and OUT is replaced only at the end.
+"""
+
+import json
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from datatrove.pipeline.base import PipelineStep
+from datatrove.pipeline.dedup.minhash import MinhashDedupBuckets, MinhashDedupFilter
+from datatrove.pipeline.readers import ParquetReader
+from datatrove.pipeline.writers import ParquetWriter
+
+from codelm.config import fill, to_dict
+from codelm.data.card import write_card
+from codelm.data.decontam import DecontamConfig, Decontaminate
+from codelm.data.dedup import CodeMinhashSignature, DedupClusters, DedupConfig, minhash_config
+from codelm.data.filters import CodeQualityFilter, FilterConfig
+from codelm.data.pii import PIIConfig, RedactPII
+from codelm.data.repo_order import RepoDocuments
+from codelm.data.sources import CodeTreeReader, KeepSchema, StackFields, stack_reader, stdlib_root
+from codelm.errors import UserError
+
+
+@dataclass
+class SourceConfig:
+    name: str = "stdlib"
+    kind: str = "stdlib"  # "stdlib", "dir" (a directory or git work tree), "jsonl", "parquet"
+    path: str = ""
+    repo: str = ""  # dir only: the repository name (default: the directory's name)
+    weight: float = 1.0  # share of the training mix (normalised over sources)
+    max_epochs: float = 1.0  # at most this many passes over the source in the mix
+    fields: StackFields = field(default_factory=StackFields)
+
+
+@dataclass
+class ExecutorConfig:
+    kind: str = "local"  # "local", "slurm" or "ray"
+    tasks: int = 0  # shards of the per-document stages; 0: one per CPU core
+    workers: int = 0  # tasks run at once (local/ray); 0: one per CPU core
+    slurm_partition: str = ""
+    slurm_time: str = "04:00:00"
+    slurm_cpus_per_task: int = 1
+    slurm_mem_per_cpu_gb: int = 2
+    venv_path: str = ""  # slurm: activated in each job (default: this interpreter's venv)
+
+
+@dataclass
+class MixConfig:
+    seed: int = 0
+    tokens: int = 0  # training tokens to draw; 0: as many as the sources' epoch caps allow
+
+
+@dataclass
+class CurateConfig:
+    sources: list[SourceConfig] = field(default_factory=lambda: [SourceConfig()])
+    layout: str = "file"  # "file": one document per file; "repo": dependency-ordered repository documents
+    filters: FilterConfig = field(default_factory=FilterConfig)
+    pii: PIIConfig = field(default_factory=PIIConfig)
+    decontam: DecontamConfig = field(default_factory=DecontamConfig)
+    dedup: DedupConfig = field(default_factory=DedupConfig)
+    mix: MixConfig = field(default_factory=MixConfig)
+    executor: ExecutorConfig = field(default_factory=ExecutorConfig)
+
+
+def load_curate_config(path: str | None, data_paths: list[str] = (), overrides: list[str] = ()) -> CurateConfig:
+    """A config file, or the stdlib default; `--data` paths replace the configured sources."""
+    cfg = fill(CurateConfig(), path, overrides)
+    if data_paths:
+        cfg.sources = [SourceConfig(name=Path(p).name or "data", kind=_kind_of(p), path=p) for p in data_paths]
+    names = [s.name for s in cfg.sources]
+    if not cfg.sources or len(set(names)) != len(names):
+        raise UserError(f"sources need distinct names, got {names}")
+    for s in cfg.sources:
+        if s.kind not in ("stdlib", "dir", "jsonl", "parquet"):
+            raise UserError(f"source '{s.name}': kind must be stdlib, dir, jsonl or parquet, got {s.kind!r}")
+        if s.kind != "stdlib" and not Path(s.path).exists():
+            raise UserError(f"source '{s.name}': path not found: {s.path!r}")
+        if s.weight <= 0 or s.max_epochs <= 0:
+            raise UserError(f"source '{s.name}': weight and max_epochs must be positive")
+    if cfg.layout not in ("file", "repo"):
+        raise UserError(f"layout must be 'file' or 'repo', got {cfg.layout!r}")
+    if cfg.dedup.level not in ("file", "repo") or cfg.dedup.level == "repo" and cfg.layout != "repo":
+        raise UserError("dedup.level must be 'file', or 'repo' together with layout = 'repo'")
+    if cfg.executor.kind not in ("local", "slurm", "ray"):
+        raise UserError(f"executor.kind must be local, slurm or ray, got {cfg.executor.kind!r}")
+    if cfg.executor.kind == "slurm" and not cfg.executor.slurm_partition:
+        raise UserError("executor.slurm_partition is required for the slurm executor")
+    return cfg
+
+
+def _kind_of(path: str) -> str:
+    name = Path(path).name
+    if name.endswith((".jsonl", ".jsonl.gz")):
+        return "jsonl"
+    if name.endswith(".parquet"):
+        return "parquet"
+    return "dir"
+
+
+def source_readers(cfg: CurateConfig) -> list[PipelineStep]:
+    readers = []
+    for s in cfg.sources:
+        if s.kind == "stdlib":
+            readers.append(CodeTreeReader(str(stdlib_root()), repo="python-stdlib", source=s.name, only_python=True,
+                                          max_bytes=cfg.filters.max_bytes))
+        elif s.kind == "dir":
+            readers.append(CodeTreeReader(s.path, repo=s.repo, source=s.name, max_bytes=cfg.filters.max_bytes))
+        else:
+            readers.append(stack_reader(s.path, s.kind, s.fields, s.name))
+    return readers
+
+
+class RankReader(KeepSchema, ParquetReader):
+    """Reads what task `rank` of an earlier stage wrote: `pattern` formatted with the rank.
+
+    datatrove readers deal files out round-robin, which misaligns ranks when an
+    earlier task wrote nothing; the dedup filter needs task r to see exactly
+    the documents that task r signed.
+    """
+
+    name = "📒 rank shard"
+
+    def __init__(self, folder: str, pattern: str):
+        super().__init__(folder, file_progress=False)
+        self.pattern = pattern
+
+    def run(self, data=None, rank: int = 0, world_size: int = 1):
+        if data:
+            yield from data
+        files = self.data_folder.list_files(glob_pattern=self.pattern.format(rank=rank))
+        yield from self.read_files_shard(sorted(files))
+
+
+class AssignRepoBucket(PipelineStep):
+    """Tags each document with the task that will collect its repository (a shuffle by repository)."""
+
+    name = "🪣 repo bucket"
+
+    def run(self, data, rank: int = 0, world_size: int = 1):
+        from zlib import crc32
+
+        for doc in data:
+            doc.metadata["repo_bucket"] = f"{crc32(doc.metadata['repo'].encode()) % world_size:05d}"
+            yield doc
+
+
+def _writer(folder: Path, filename: str) -> ParquetWriter:
+    return ParquetWriter(str(folder), output_filename=filename, compression="zstd")
+
+
+def build_stages(cfg: CurateConfig, work: Path, final: Path) -> list[tuple[str, list, int]]:
+    """(title, pipeline, tasks) for each stage, in order."""
+    tasks = cfg.executor.tasks or os.cpu_count() or 1
+    mh = minhash_config(cfg.dedup)
+    sigs, dups, removes = work / "sigs", work / "dups", work / "remove"
+    front = [*source_readers(cfg), CodeQualityFilter(cfg.filters)]
+    if cfg.pii.enabled:
+        front.append(RedactPII(cfg.pii))
+    if cfg.decontam.humaneval or cfg.decontam.extra:
+        front.append(Decontaminate(cfg.decontam, str(work / "decontam")))
+    final_name = "${source}/${rank}.parquet"
+    dedup_on = cfg.dedup.exact or cfg.dedup.near
+    sign = [_writer(work / "signed", "${rank}.parquet"), CodeMinhashSignature(str(sigs), mh)]
+    stages = []
+    if cfg.layout == "repo" and cfg.dedup.level == "repo":
+        stages.append(("read, filter, redact, decontaminate", [*front, AssignRepoBucket(),
+                                                               _writer(work / "byrepo", "${repo_bucket}/${rank}.parquet")], tasks))
+        stages.append(("repository documents, signatures",
+                       [RankReader(str(work / "byrepo"), "{rank:05d}/*.parquet"), RepoDocuments(), *sign], tasks))
+    else:
+        stages.append(("read, filter, redact, decontaminate, sign", [*front, *sign], tasks))
+    if dedup_on:
+        stages.append(("near-duplicate candidates (LSH buckets)", [MinhashDedupBuckets(str(sigs), str(dups), config=mh)],
+                       mh.num_buckets))
+        stages.append(("exact + near duplicate clusters", [DedupClusters(str(sigs), str(dups), str(removes), cfg.dedup)], 1))
+    keep = [RankReader(str(work / "signed"), "{rank:05d}.parquet")]
+    if dedup_on:
+        keep.append(MinhashDedupFilter(str(removes)))
+    if cfg.layout == "repo" and cfg.dedup.level == "file":
+        stages.append(("drop duplicates", [*keep, AssignRepoBucket(),
+                                           _writer(work / "byrepo", "${repo_bucket}/${rank}.parquet")], tasks))
+        stages.append(("repository documents", [RankReader(str(work / "byrepo"), "{rank:05d}/*.parquet"),
+                                                RepoDocuments(), _writer(final / "data", final_name)], tasks))
+    else:
+        stages.append(("drop duplicates, write shards", [*keep, _writer(final / "data", final_name)], tasks))
+    return stages
+
+
+class FinishCuration(PipelineStep):
+    """The last stage: stats.json and DATA_CARD.md from the logs, then OUT.tmp/final replaces OUT by renames."""
+
+    name = "📝 data card"
+
+    def __init__(self, cfg: CurateConfig, out: str, titles: list[str]):
+        super().__init__()
+        self.cfg, self.out, self.titles = cfg, out, titles
+
+    def run(self, data=None, rank: int = 0, world_size: int = 1):
+        out = Path(self.out)
+        tmp = out.with_name(out.name + ".tmp")
+        final = tmp / "final"
+        write_card(final, tmp / "work", self.titles, to_dict(self.cfg))
+        old = out.with_name(out.name + ".old")
+        shutil.rmtree(old, ignore_errors=True)
+        if out.exists():
+            out.rename(old)
+        final.rename(out)
+        shutil.rmtree(old, ignore_errors=True)
+        return iter(())
+
+
+def _executor(cfg: ExecutorConfig, pipeline: list, tasks: int, logs: Path, depends, title: str):
+    workers = min(tasks, cfg.workers or os.cpu_count() or 1)
+    if cfg.kind == "local":
+        from datatrove.executor import LocalPipelineExecutor
+
+        return LocalPipelineExecutor(pipeline, tasks=tasks, workers=workers, logging_dir=str(logs))
+    if cfg.kind == "ray":
+        from datatrove.executor.ray import RayPipelineExecutor
+
+        return RayPipelineExecutor(pipeline, tasks=tasks, workers=workers, logging_dir=str(logs), depends=depends)
+    from datatrove.executor import SlurmPipelineExecutor
+
+    venv = cfg.venv_path or os.environ.get("VIRTUAL_ENV", "")
+    return SlurmPipelineExecutor(pipeline, tasks=tasks, time=cfg.slurm_time, partition=cfg.slurm_partition,
+                                 cpus_per_task=cfg.slurm_cpus_per_task, mem_per_cpu_gb=cfg.slurm_mem_per_cpu_gb,
+                                 job_name=f"codelm-curate-{title.split()[0]}", logging_dir=str(logs),
+                                 venv_path=f"{venv}/bin/activate" if venv else None, depends=depends)
+
+
+def curate(cfg: CurateConfig, out: str | Path) -> Path:
+    """Run every stage (local/ray: to completion; slurm: submits the chained jobs and returns)."""
+    out = Path(out).absolute()
+    tmp = out.with_name(out.name + ".tmp")
+    fingerprint = json.dumps(to_dict(cfg), sort_keys=True, default=str)
+    marker = tmp / "config.json"
+    if not (marker.is_file() and marker.read_text() == fingerprint):
+        shutil.rmtree(tmp, ignore_errors=True)  # a different config: nothing in there can be reused
+        tmp.mkdir(parents=True)
+        marker.write_text(fingerprint)
+    stages = build_stages(cfg, tmp / "work", tmp / "final")
+    titles = [title for title, _, _ in stages]
+    stages.append(("data card", [FinishCuration(cfg, str(out), titles)], 1))
+    previous = None
+    for i, (title, pipeline, tasks) in enumerate(stages):
+        print(f"[curate] stage {i + 1}/{len(stages)}: {title} ({tasks} task{'s' * (tasks > 1)})", flush=True)
+        executor = _executor(cfg.executor, pipeline, tasks, tmp / "work" / "logs" / f"{i + 1:02d}", previous, title)
+        executor.run()
+        previous = executor
+    if cfg.executor.kind == "slurm":
+        print(f"[curate] submitted {len(stages)} chained Slurm jobs; {out} appears when the last one finishes "
+              f"(logs and intermediate files stay in {tmp})")
+    else:
+        shutil.rmtree(tmp)
+    return out
