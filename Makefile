@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml
 	$(VENV)/bin/pip install --quiet -e ".[test]"
 	touch $(STAMP)
 
-.PHONY: install speedrun test bench
+.PHONY: install speedrun test bench bench-curate
 install: $(STAMP)
 
 speedrun: $(STAMP)
@@ -25,3 +25,6 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(VENV)/bin/python bench/train_throughput.py $(ARGS)
+
+bench-curate: $(STAMP)
+	$(VENV)/bin/python bench/curate.py $(ARGS)

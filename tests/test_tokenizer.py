@@ -4,15 +4,14 @@ from pathlib import Path
 
 import pytest
 
-from codelm.data.sources import CorpusStats, read_documents
+from codelm.data.tokenize import Corpus
 from codelm.tokenizer import EOT, SPECIAL_TOKENS, Tokenizer, train_tokenizer
 
 
 @pytest.fixture(scope="module")
 def stdlib_docs():
-    stats = CorpusStats()
-    docs = list(read_documents(None, stats))
-    assert stats.files_kept > 1000
+    docs = list(Corpus(None).documents())
+    assert len(docs) > 1000
     return docs
 
 
