@@ -80,7 +80,7 @@ def near_dedup_quality(pairs: int, tasks: int, work: Path) -> dict:
                                                    "decontam.humaneval=false"])
     curate(cfg, work / "planted_out")
     hasher = TokenHasher()
-    planted_j = [jaccard(texts[f"{Path(n).stem}.py"], texts[n], hasher) for n in texts if n.endswith("_planted.py")]
+    planted_j = [jaccard(texts[n.replace("_planted.py", ".py")], texts[n], hasher) for n in texts if n.endswith("_planted.py")]
     found, correct, removed = 0, 0, 0
     for line in (work / "planted_out" / "near_duplicates.jsonl").read_text().splitlines():
         cluster = json.loads(line)
