@@ -25,8 +25,10 @@ def cmd_curate(args):
     if args.tasks:
         cfg.executor.tasks = args.tasks
     out = curate(cfg, args.out)
-    if (out / "stats.json").is_file():
-        cmd_data_stats(argparse.Namespace(dir=out))
+    if (out / "stats.json").is_file():  # not yet when Slurm jobs were only submitted
+        from codelm.data.card import load_stats, stats_table
+
+        print(stats_table(load_stats(out)), end="")
         print(f"curated corpus -> {out} (DATA_CARD.md, stats.json, data/)")
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
+from codelm.data.dedup import DedupConfig, describe_lsh
 from codelm.errors import UserError
 
 WHY = {
@@ -155,6 +156,8 @@ Layout: **{cfg['layout']}** ({'one document per file' if cfg['layout'] == 'file'
 
 ## Pipeline
 {stages}
+
+Near-dedup: {describe_lsh(DedupConfig(**cfg['dedup']))}.
 
 ## Contents and removals
 {stats_table(stats)}

@@ -183,7 +183,7 @@ class DedupClusters(PipelineStep):
         assert world_size == 1, "the cluster step runs as one task"
         docs, sigs, has_sig = self._load()
         key = {(r, i): tuple(d["key"]) + (r, i) for r, rows in docs.items() for i, d in enumerate(rows)}
-        remove: dict[tuple, str] = {}
+        remove: set[tuple] = set()
         clusters: list[dict] = []
 
         # Exact: one survivor per content hash
@@ -198,7 +198,7 @@ class DedupClusters(PipelineStep):
                 for m in members:
                     representative[m] = members[0]
                 for m in members[1:]:
-                    remove[m] = "exact_duplicate"
+                    remove.add(m)
                     self.stat_update("exact_duplicate")
 
         # Near: verify LSH candidates on the whole signature, cluster, keep the preferred member
@@ -220,7 +220,7 @@ class DedupClusters(PipelineStep):
                 members = sorted(set(members), key=key.get)
                 keep = members[0]
                 for m in members[1:]:
-                    remove[m] = "near_duplicate"
+                    remove.add(m)
                     self.stat_update("near_duplicate")
                 clusters.append({"kept": self._name(docs, keep), "removed": [self._name(docs, m) for m in members[1:]]})
 

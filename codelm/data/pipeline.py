@@ -20,6 +20,7 @@ import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
+from zlib import crc32
 
 from datatrove.pipeline.base import PipelineStep
 from datatrove.pipeline.dedup.minhash import MinhashDedupBuckets, MinhashDedupFilter
@@ -153,8 +154,6 @@ class AssignRepoBucket(PipelineStep):
     name = "🪣 repo bucket"
 
     def run(self, data, rank: int = 0, world_size: int = 1):
-        from zlib import crc32
-
         for doc in data:
             doc.metadata["repo_bucket"] = f"{crc32(doc.metadata['repo'].encode()) % world_size:05d}"
             yield doc

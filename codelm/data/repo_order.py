@@ -21,6 +21,7 @@ from collections import defaultdict
 from datatrove.data import Document
 from datatrove.pipeline.base import PipelineStep
 
+from codelm.data.dedup import UnionFind
 from codelm.data.sources import document
 from codelm.tokenizer import FILE_SEP, REPO_NAME
 
@@ -161,22 +162,13 @@ def dependency_order(deps: dict[str, set[str]]) -> list[str]:
 
 def connected_groups(deps: dict[str, set[str]], order: list[str]) -> list[list[str]]:
     """Files linked by imports in either direction, each group in `order`'s order; groups by first file."""
-    root = {p: p for p in deps}
-
-    def find(p):
-        while root[p] != p:
-            root[p] = root[root[p]]
-            p = root[p]
-        return p
-
+    uf = UnionFind()
     for path, ds in deps.items():
         for d in ds:
-            a, b = find(path), find(d)
-            if a != b:
-                root[max(a, b)] = min(a, b)
+            uf.union(path, d)
     groups: dict[str, list[str]] = {}
     for path in order:
-        groups.setdefault(find(path), []).append(path)
+        groups.setdefault(uf.find(path), []).append(path)
     return list(groups.values())
 
 

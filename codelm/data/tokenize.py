@@ -23,6 +23,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
+from codelm.data.card import load_stats
 from codelm.data.mix import mix_order, plan_epochs
 from codelm.data.shards import ShardWriter, TokenShards
 from codelm.data.sources import CodeTreeReader, is_validation, stdlib_root
@@ -65,7 +66,7 @@ class Corpus:
         """(weights, max_epochs, token budget, seed)."""
         if self.curated is None:
             return {"data": 1.0}, {"data": 1.0}, 0, 0
-        cfg = json.loads((self.curated / "stats.json").read_text())["config"]
+        cfg = load_stats(self.curated)["config"]
         sources = cfg["sources"]
         return ({s["name"]: s["weight"] for s in sources}, {s["name"]: s["max_epochs"] for s in sources},
                 cfg["mix"]["tokens"], cfg["mix"]["seed"])
@@ -144,9 +145,9 @@ def tokenize_corpus(paths: list[str] | None, tokenizer_path: str | Path, out_dir
     doc_tokens: dict[str, list[int]] = {name: [] for name in weights}
     split_stats = {split: {"docs": 0, "bytes": 0, "tokens": 0} for split in ("train", "val")}
     for chunk in _batched(tqdm(corpus.documents(), desc="tokenize", unit=" docs"), 64):
-        plain = tok.encode_batch([d.text for d in chunk])
-        for doc, ids in zip(chunk, plain):
-            ids = encode_document(tok, doc) if doc.specials else ids
+        plain = iter(tok.encode_batch([d.text for d in chunk if not d.specials]))
+        for doc in chunk:
+            ids = encode_document(tok, doc) if doc.specials else next(plain)
             split = "val" if is_validation(doc.key, val_fraction) else "train"
             if split == "val":
                 val.add(ids)
