@@ -231,8 +231,11 @@ def _executor(cfg: ExecutorConfig, pipeline: list, tasks: int, logs: Path, depen
 
         return LocalPipelineExecutor(pipeline, tasks=tasks, workers=workers, logging_dir=str(logs))
     if cfg.kind == "ray":
+        import ray
         from datatrove.executor.ray import RayPipelineExecutor
 
+        if not ray.is_initialized():  # joins the cluster `ray start` made (or RAY_ADDRESS); else starts a local one
+            ray.init(include_dashboard=False)
         return RayPipelineExecutor(pipeline, tasks=tasks, workers=workers, logging_dir=str(logs), depends=depends)
     from datatrove.executor import SlurmPipelineExecutor
 
