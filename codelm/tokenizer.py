@@ -35,28 +35,43 @@ SPLIT_PATTERN = (
 
 
 class Tokenizer:
-    """A thin wrapper that fixes the conventions: plain-text encoding, named special ids."""
+    """A thin wrapper that fixes the conventions: plain-text encoding, named special ids.
 
-    def __init__(self, hf: HFTokenizer):
+    A tokenizer codelm trained has every special token; one imported with a model
+    may lack some (SmolLM2 has no FIM tokens): `require` names what is missing.
+    `prefix_ids` start every document (codelm: <|endoftext|>, the separator its
+    models saw before each document) and `stop_ids` end generation; an imported
+    model's checkpoint sets both from its own config."""
+
+    def __init__(self, hf: HFTokenizer, required=tuple(SPECIAL_TOKENS)):
         self.hf = hf
         self.hf.encode_special_tokens = True  # document text never yields special tokens
-        missing = [t for t in SPECIAL_TOKENS if hf.token_to_id(t) is None]
+        self.special = {t: i for t in SPECIAL_TOKENS if (i := hf.token_to_id(t)) is not None}
+        self.require(*required)
+        self.eot_id = self.special.get(EOT)
+        self.prefix_ids = [self.eot_id] if self.eot_id is not None else []
+        self.stop_ids = {self.eot_id} if self.eot_id is not None else set()
+
+    def require(self, *names: str) -> list[int]:
+        """Ids of these special tokens, or a UserError naming the missing ones."""
+        missing = [t for t in names if t not in self.special]
         if missing:
-            raise UserError(f"tokenizer lacks special tokens {missing}; train it with `codelm tokenizer train`")
-        self.special = {t: hf.token_to_id(t) for t in SPECIAL_TOKENS}
-        self.eot_id = self.special[EOT]
+            raise UserError(f"tokenizer lacks special tokens {missing} (a codelm-trained tokenizer has them all: "
+                            "`codelm tokenizer train`)")
+        return [self.special[t] for t in names]
 
     @classmethod
-    def load(cls, path: str | Path) -> "Tokenizer":
+    def load(cls, path: str | Path, required=tuple(SPECIAL_TOKENS)) -> "Tokenizer":
         path = Path(path)
         if path.is_dir():
             path = path / "tokenizer.json"
         if not path.is_file():
             raise UserError(f"tokenizer not found: {path}")
         try:
-            return cls(HFTokenizer.from_file(str(path)))
+            hf = HFTokenizer.from_file(str(path))
         except Exception as e:  # the Rust side raises a bare Exception on malformed JSON
             raise UserError(f"cannot read tokenizer {path}: {e}") from None
+        return cls(hf, required)
 
     def save(self, path: str | Path):
         path = Path(path)

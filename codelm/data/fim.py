@@ -21,7 +21,7 @@ def fim_transform(ids, tok: Tokenizer, rng: np.random.Generator, spm_rate: float
     text = tok.decode(ids)
     cut_a, cut_b = sorted(int(c) for c in rng.integers(0, len(text) + 1, size=2))
     prefix, middle, suffix = tok.encode_batch([text[:cut_a], text[cut_a:cut_b], text[cut_b:]])
-    pre, suf, mid = tok.special[FIM_PREFIX], tok.special[FIM_SUFFIX], tok.special[FIM_MIDDLE]
+    pre, suf, mid = tok.require(FIM_PREFIX, FIM_SUFFIX, FIM_MIDDLE)
     if rng.random() < spm_rate:
         return [pre, suf, *suffix, mid, *prefix, *middle]
     return [pre, *prefix, suf, *suffix, mid, *middle]
@@ -29,14 +29,14 @@ def fim_transform(ids, tok: Tokenizer, rng: np.random.Generator, spm_rate: float
 
 def fim_prompt(prefix: str, suffix: str, tok: Tokenizer) -> list[int]:
     """The PSM prompt for completing the middle between prefix and suffix."""
-    pre, suf, mid = tok.special[FIM_PREFIX], tok.special[FIM_SUFFIX], tok.special[FIM_MIDDLE]
-    return [tok.eot_id, pre, *tok.encode(prefix), suf, *tok.encode(suffix), mid]
+    pre, suf, mid = tok.require(FIM_PREFIX, FIM_SUFFIX, FIM_MIDDLE)
+    return [*tok.prefix_ids, pre, *tok.encode(prefix), suf, *tok.encode(suffix), mid]
 
 
 def fim_untransform(ids, tok: Tokenizer) -> str:
     """Inverse of fim_transform: the original document text from a PSM or SPM sequence."""
     ids = list(ids)
-    pre, suf, mid = tok.special[FIM_PREFIX], tok.special[FIM_SUFFIX], tok.special[FIM_MIDDLE]
+    pre, suf, mid = tok.require(FIM_PREFIX, FIM_SUFFIX, FIM_MIDDLE)
     if ids[:1] != [pre] or ids.count(suf) != 1 or ids.count(mid) != 1:
         raise ValueError("not a FIM sequence: expected one <fim_prefix>, <fim_suffix> and <fim_middle>")
     i_suf, i_mid = ids.index(suf), ids.index(mid)

@@ -9,6 +9,9 @@ checkpoint as is.
 Packed rows hold several documents. `doc_ids` (B, T) gives each position's
 document within its row; attention is then causal *and* confined to the
 document, so one document never sees another.
+
+For generation, `cache` (codelm.inference.cache.KVCache) holds the keys and
+values of earlier positions; each forward appends T positions to it.
 """
 
 import math
@@ -90,6 +93,20 @@ def attention_mask(doc_ids: torch.Tensor) -> torch.Tensor:
     return (same_doc & causal)[:, None]
 
 
+def fused_weight(module: nn.Module, names: tuple[str, ...]) -> torch.Tensor:
+    """The row-wise concatenation of several Linear weights, for one wide GEMM.
+
+    Under autograd it is rebuilt each call; at inference it is cached until any
+    part is modified in place or replaced, so decoding does not copy weights every step."""
+    weights = [getattr(module, n).weight for n in names]
+    if torch.is_grad_enabled():
+        return torch.cat(weights)
+    key = tuple((w.data_ptr(), w._version, w.dtype) for w in weights)
+    if getattr(module, "_fused_key", None) != key:
+        module._fused, module._fused_key = torch.cat(weights), key
+    return module._fused
+
+
 def positions_from_doc_ids(doc_ids: torch.Tensor) -> torch.Tensor:
     """Position of each token within its document: restarts at 0 where doc_ids changes."""
     B, T = doc_ids.shape
@@ -113,10 +130,10 @@ class Attention(nn.Module):
             self.k_norm = RMSNorm(cfg.head_dim, cfg.norm_eps)
         self.qk_norm = cfg.qk_norm
 
-    def forward(self, x, cos, sin, mask):
+    def forward(self, x, cos, sin, mask, cache=None, layer=0):
         B, T, _ = x.shape
         # one matmul for q, k and v: wider GEMMs run much closer to peak on CPU
-        qkv = F.linear(x, torch.cat([self.q_proj.weight, self.k_proj.weight, self.v_proj.weight]))
+        qkv = F.linear(x, fused_weight(self, ("q_proj", "k_proj", "v_proj")))
         q, k, v = qkv.split([self.n_heads * self.head_dim] + [self.n_kv_heads * self.head_dim] * 2, dim=-1)
         q = q.view(B, T, self.n_heads, self.head_dim)
         k = k.view(B, T, self.n_kv_heads, self.head_dim)
@@ -125,6 +142,10 @@ class Attention(nn.Module):
             q, k = self.q_norm(q), self.k_norm(k)
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if cache is not None:  # attend to every cached position; SDPA broadcasts the kv heads
+            k, v = cache.update(layer, k, v)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=self.n_kv_heads != self.n_heads)
+            return self.o_proj(y.transpose(1, 2).reshape(B, T, -1))
         if self.n_kv_heads != self.n_heads:
             repeat = self.n_heads // self.n_kv_heads
             k, v = k.repeat_interleave(repeat, dim=1), v.repeat_interleave(repeat, dim=1)
@@ -143,7 +164,7 @@ class MLP(nn.Module):
         self.down_proj = nn.Linear(cfg.hidden_dim, cfg.dim, bias=False)
 
     def forward(self, x):
-        gate, up = F.linear(x, torch.cat([self.gate_proj.weight, self.up_proj.weight])).chunk(2, dim=-1)
+        gate, up = F.linear(x, fused_weight(self, ("gate_proj", "up_proj"))).chunk(2, dim=-1)
         return self.down_proj(F.silu(gate) * up)
 
 
@@ -155,8 +176,8 @@ class DecoderLayer(nn.Module):
         self.post_attention_layernorm = RMSNorm(cfg.dim, cfg.norm_eps)
         self.mlp = MLP(cfg)
 
-    def forward(self, x, cos, sin, mask):
-        x = x + self.self_attn(self.input_layernorm(x), cos, sin, mask)
+    def forward(self, x, cos, sin, mask, cache=None, layer=0):
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, mask, cache, layer)
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
@@ -195,12 +216,19 @@ class Transformer(nn.Module):
             else:
                 p.normal_(0.0, std)
 
-    def hidden_states(self, input_ids, doc_ids=None, positions=None):
-        """Final-norm hidden states (B, T, dim). doc_ids=None means one document per row."""
+    def hidden_states(self, input_ids, doc_ids=None, positions=None, cache=None, valid=None):
+        """Final-norm hidden states (B, T, dim). doc_ids=None means one document per row.
+
+        With a cache, the T new tokens follow the cached ones: `positions` (B, T) are
+        their RoPE positions and `valid` (B, T) marks real tokens (False: left padding)."""
         B, T = input_ids.shape
-        if T > self.config.max_seq_len:
+        if cache is not None:
+            mask = cache.append_mask(valid if valid is not None else torch.ones_like(input_ids, dtype=torch.bool))
+            if positions is None:
+                positions = (cache.length + torch.arange(T, device=input_ids.device)).expand(B, T)
+        elif T > self.config.max_seq_len:
             raise ValueError(f"sequence of {T} tokens exceeds model.max_seq_len={self.config.max_seq_len}")
-        if doc_ids is None:
+        elif doc_ids is None:
             mask = None
             if positions is None:
                 positions = torch.arange(T, device=input_ids.device).expand(B, T)
@@ -214,8 +242,10 @@ class Transformer(nn.Module):
         sin = self.rope_sin[positions][:, None].to(dtype)
         if mask is not None:  # additive, built once: SDPA would convert a boolean mask in every layer
             mask = torch.zeros(mask.shape, dtype=dtype, device=x.device).masked_fill_(~mask, float("-inf"))
-        for layer in self.model.layers:
-            x = layer(x, cos, sin, mask)
+        for i, layer in enumerate(self.model.layers):
+            x = layer(x, cos, sin, mask, cache, i)
+        if cache is not None:
+            cache.length += T
         return self.model.norm(x)
 
     def forward(self, input_ids, doc_ids=None, positions=None, targets=None):

@@ -1,0 +1,68 @@
+"""A preallocated key/value cache for a batch of sequences of different lengths.
+
+Per layer, keys and values are (batch, kv_heads, max_len, head_dim): sized by
+GQA's kv heads, not the query heads. Prompts of different lengths are left-padded
+to one length, so every row writes its next token at the same slot; `valid`
+(batch, max_len) marks which slots hold real tokens and the attention mask hides
+the rest. Rows can be copied (n samples after one prefill), reordered (beam
+search) and the whole cache truncated (speculative decoding rolls back rejected
+draft tokens).
+"""
+
+import torch
+
+from codelm.errors import UserError
+from codelm.model.llama import ModelConfig
+
+
+class KVCache:
+    def __init__(self, cfg: ModelConfig, batch: int, max_len: int, dtype=torch.float32, device="cpu"):
+        if max_len > cfg.max_seq_len:
+            raise UserError(f"{max_len} tokens (prompt + new tokens) exceed the model's context of {cfg.max_seq_len}")
+        shape = (batch, cfg.n_kv_heads, max_len, cfg.head_dim)
+        self.k = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(cfg.n_layers)]
+        self.v = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(cfg.n_layers)]
+        self.valid = torch.zeros(batch, max_len, dtype=torch.bool, device=device)
+        self.length = 0  # slots in use, the same for every row
+
+    @property
+    def batch(self) -> int:
+        return self.valid.shape[0]
+
+    @property
+    def max_len(self) -> int:
+        return self.valid.shape[1]
+
+    def append_mask(self, valid: torch.Tensor) -> torch.Tensor:
+        """Record which of the T new slots are real; the boolean (B, 1, T, length + T) attention mask.
+
+        A query sees the valid keys up to itself. It always sees itself, so a padding
+        query has one key and never a softmax over nothing (its output is unused)."""
+        T = valid.shape[1]
+        start, end = self.length, self.length + T
+        if end > self.max_len:
+            raise UserError(f"the cache holds {self.max_len} tokens; {end} were asked for")
+        self.valid[:, start:end] = valid
+        slots = torch.arange(end, device=valid.device)
+        query_slots = slots[start:, None]
+        causal = slots[None, :] <= query_slots
+        visible = (self.valid[:, None, :end] & causal) | (slots[None, :] == query_slots)
+        return visible[:, None]
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Write the new keys/values (B, H_kv, T, D) at the current slots; all keys/values so far."""
+        end = self.length + k.shape[2]
+        self.k[layer][:, :, self.length:end] = k
+        self.v[layer][:, :, self.length:end] = v
+        return self.k[layer][:, :, :end], self.v[layer][:, :, :end]
+
+    def truncate(self, length: int):
+        """Forget every slot from `length` on."""
+        self.valid[:, length:] = False
+        self.length = length
+
+    def select(self, rows: torch.Tensor):
+        """Keep, copy or reorder rows: row i becomes old row rows[i] (the batch size may change)."""
+        self.k = [k.index_select(0, rows) for k in self.k]
+        self.v = [v.index_select(0, rows) for v in self.v]
+        self.valid = self.valid.index_select(0, rows)

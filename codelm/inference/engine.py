@@ -1,0 +1,222 @@
+"""The generation engine every stage uses: evaluation, post-training samples, serving, the CLI.
+
+One prefill forward per batch of prompts (left-padded to one length), then one
+token per step through the KV cache. n samples of a prompt share its prefill:
+the cache rows are copied after it. Rows that finish leave the batch, so a long
+sample never makes short ones pay for its steps. Beam search runs one prompt at
+a time with its beams as the batch.
+
+    engine = Engine.from_checkpoint("runs/x")
+    [[c]] = engine.generate(["def fib(n):"], SamplingParams(max_new_tokens=64, stop=["\\ndef"]))
+    print(c.text, c.finish_reason)
+"""
+
+import hashlib
+from array import array
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from codelm.data.fim import fim_prompt
+from codelm.inference.cache import KVCache
+from codelm.inference.sampling import SamplingParams, apply_processors, processors, sample_rows
+from codelm.inference.stops import StopTracker
+from codelm.model.llama import Transformer
+from codelm.tokenizer import Tokenizer
+
+TextCallback = Callable[[int, int, str], None]  # (prompt index, sample index, new text)
+
+
+@dataclass
+class Completion:
+    text: str  # decoded, cut before any stop string; special tokens at the end are not included
+    token_ids: list[int]  # every generated token, the one that ended generation included
+    logprobs: list[float] = field(default_factory=list)  # of each token under the model, before any processor
+    finish_reason: str = "length"  # "stop": end-of-text token or stop string; "length": max_new_tokens
+    score: float | None = None  # beam search: length-normalized log-probability
+
+
+def sample_seed(seed: int, prompt: list[int], sample: int) -> int:
+    """Seed of sample j of a prompt: fixed by (seed, prompt, j), whatever else is in the batch."""
+    digest = hashlib.blake2b(array("q", [seed, sample, *prompt]).tobytes(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") >> 1
+
+
+class Engine:
+    def __init__(self, model: Transformer, tokenizer: Tokenizer):
+        self.model = model.eval()
+        self.tok = tokenizer
+        param = next(model.parameters())
+        self.device, self.dtype = param.device, param.dtype
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, dtype: torch.dtype = torch.float32, device: str = "cpu") -> "Engine":
+        from codelm.train.checkpoint import load_model
+
+        model, tok, _ = load_model(path, device=device)
+        return cls(model.to(dtype), tok)
+
+    def encode(self, prompt: str) -> list[int]:
+        """A text prompt as the start of a document."""
+        return [*self.tok.prefix_ids, *self.tok.encode(prompt)]
+
+    def generate(self, prompts: list[str | list[int]], params: SamplingParams,
+                 on_text: TextCallback | None = None) -> list[list[Completion]]:
+        """params.n completions for each prompt (text, or token ids used as they are)."""
+        ids = [self.encode(p) if isinstance(p, str) else list(p) for p in prompts]
+        if not all(ids):
+            raise ValueError("empty prompt: give at least one token")
+        if params.strategy == "beam":
+            return [self._beam_search(p, params) for p in ids]
+        return self._decode(ids, params, on_text)
+
+    def complete_middle(self, prefix: str, suffix: str, params: SamplingParams) -> list[Completion]:
+        """Fill-in-the-middle: completions of the PSM prompt, ending at end-of-text."""
+        return self.generate([fim_prompt(prefix, suffix, self.tok)], params)[0]
+
+    @torch.no_grad()
+    def forward(self, tokens: torch.Tensor, cache: KVCache, positions: torch.Tensor | None = None,
+                valid: torch.Tensor | None = None, last_only: bool = True) -> torch.Tensor:
+        """fp32 logits of the new tokens (B, V) for the last position, else (B, T, V)."""
+        hidden = self.model.hidden_states(tokens, positions=positions, cache=cache, valid=valid)
+        if last_only:
+            hidden = hidden[:, -1]
+        return self.model.lm_head(hidden).float()
+
+    def new_cache(self, batch: int, max_len: int) -> KVCache:
+        return KVCache(self.model.config, batch, max_len, self.dtype, self.device)
+
+    def prefill(self, prompts: list[list[int]], max_new_tokens: int) -> tuple[KVCache, torch.Tensor, torch.Tensor]:
+        """Left-pad, run the prompts in one forward: (cache, last logits (B, V), next positions (B,))."""
+        length = max(len(p) for p in prompts)
+        cache = self.new_cache(len(prompts), length + max_new_tokens)
+        tokens = torch.zeros(len(prompts), length, dtype=torch.long, device=self.device)
+        valid = torch.zeros(len(prompts), length, dtype=torch.bool, device=self.device)
+        for i, p in enumerate(prompts):
+            tokens[i, length - len(p):] = torch.tensor(p)
+            valid[i, length - len(p):] = True
+        positions = (valid.long().cumsum(1) - 1).clamp(min=0)
+        logits = self.forward(tokens, cache, positions, valid)
+        return cache, logits, positions[:, -1] + 1
+
+    def _decode(self, prompts: list[list[int]], params: SamplingParams, on_text: TextCallback | None):
+        cache, logits, next_pos = self.prefill(prompts, params.max_new_tokens)
+        n = params.n
+        if n > 1:  # the samples of a prompt share its prefill
+            copies = torch.arange(len(prompts), device=self.device).repeat_interleave(n)
+            cache.select(copies)
+            logits, next_pos = logits[copies], next_pos[copies]
+        rows = [(i, j) for i in range(len(prompts)) for j in range(n)]  # (prompt, sample) of each batch row
+        generators = [torch.Generator(device=self.device).manual_seed(sample_seed(params.seed, prompts[i], j))
+                      for i, j in rows]
+        trackers = [StopTracker(self.tok, params.stop) for _ in rows]
+        results = [Completion("", []) for _ in rows]
+        history = [list(prompts[i]) for i, _ in rows]  # for the repetition penalty
+        active = list(range(len(rows)))  # batch row b is rows[active[b]]
+        for step in range(params.max_new_tokens):
+            tokens = self._choose(logits, params, [history[r] for r in active], [generators[r] for r in active])
+            logprobs = logits.log_softmax(-1).gather(1, tokens[:, None])[:, 0].tolist()
+            keep = []
+            for b, r in enumerate(active):
+                token, result = int(tokens[b]), results[r]
+                result.token_ids.append(token)
+                result.logprobs.append(logprobs[b])
+                history[r].append(token)
+                delta = "" if token in self.tok.stop_ids else trackers[r].push(token)
+                if token in self.tok.stop_ids or trackers[r].stopped:
+                    result.finish_reason = "stop"
+                    delta += trackers[r].flush()
+                elif step == params.max_new_tokens - 1:
+                    delta += trackers[r].flush()
+                else:
+                    keep.append(b)
+                if delta and on_text is not None:
+                    on_text(*rows[r], delta)
+            if not keep:
+                break
+            if len(keep) < len(active):  # finished rows leave the batch
+                index = torch.tensor(keep, device=self.device)
+                cache.select(index)
+                tokens, next_pos = tokens[index], next_pos[index]
+                active = [active[b] for b in keep]
+            logits = self.forward(tokens[:, None], cache, next_pos[:, None])
+            next_pos = next_pos + 1
+        for result, tracker in zip(results, trackers):
+            result.text = tracker.text
+        return [results[i * n:(i + 1) * n] for i in range(len(prompts))]
+
+    def _choose(self, logits, params, history, generators) -> torch.Tensor:
+        if params.repetition_penalty != 1.0:
+            width = max(len(h) for h in history)
+            ids = torch.zeros(len(history), width, dtype=torch.long, device=self.device)
+            mask = torch.zeros(len(history), width, dtype=torch.bool, device=self.device)
+            for b, h in enumerate(history):
+                ids[b, :len(h)], mask[b, :len(h)] = torch.tensor(h), True
+            chain = processors(params, ids, mask)
+        else:
+            chain = processors(params)
+        processed = apply_processors(logits, chain)
+        if params.strategy == "greedy":
+            return processed.argmax(-1)
+        return sample_rows(processed.softmax(-1), generators)
+
+    def _beam_search(self, prompt: list[int], params: SamplingParams) -> list[Completion]:
+        """Beam search with length penalty; the best params.n hypotheses, best first."""
+        width, alpha = params.num_beams, params.length_penalty
+        cache, logits, next_pos = self.prefill([prompt], params.max_new_tokens)
+        cache.select(torch.zeros(width, dtype=torch.long, device=self.device))
+        logits, next_pos = logits.expand(width, -1), next_pos.expand(width)
+        scores = torch.full((width,), float("-inf"), device=self.device)
+        scores[0] = 0.0  # all beams start equal: expand only the first
+        beams: list[tuple[list[int], list[float]]] = [([], [])] * width
+        finished: list[Completion] = []
+
+        def normalized(score: float, length: int) -> float:
+            return score / length**alpha
+
+        for step in range(params.max_new_tokens):
+            logprobs = apply_processors(logits, processors(params)).log_softmax(-1)
+            candidates = (scores[:, None] + logprobs).flatten()
+            top_scores, top_index = candidates.topk(min(2 * width, candidates.numel()))
+            survivors = []
+            for rank, (score, index) in enumerate(zip(top_scores.tolist(), top_index.tolist())):
+                beam, token = divmod(index, logprobs.shape[1])
+                ids, lps = beams[beam]
+                ids, lps = ids + [token], lps + [float(logprobs[beam, token])]
+                text, stopped = self._beam_text(ids, params.stop)
+                if stopped:
+                    if rank < width:  # as in HF: a hypothesis ends only from the top `width` candidates
+                        finished.append(Completion(text, ids, lps, "stop", normalized(score, len(ids))))
+                else:
+                    survivors.append((beam, token, score, ids, lps))
+                if len(survivors) == width:
+                    break
+            finished = sorted(finished, key=lambda c: -c.score)[:width]
+            if not survivors:
+                break
+            best_running = max(s[2] for s in survivors)
+            if len(finished) == width and (params.early_stopping or
+                                           finished[-1].score >= normalized(best_running, step + 1)):
+                break
+            if step == params.max_new_tokens - 1:
+                for _, _, score, ids, lps in survivors:
+                    finished.append(Completion(self._beam_text(ids, [])[0], ids, lps, "length",
+                                               normalized(score, len(ids))))
+                break
+            cache.select(torch.tensor([s[0] for s in survivors], device=self.device))
+            scores = torch.tensor([s[2] for s in survivors], device=self.device)
+            beams = [(s[3], s[4]) for s in survivors]
+            tokens = torch.tensor([[s[1]] for s in survivors], device=self.device)
+            logits = self.forward(tokens, cache, next_pos[:, None])
+            next_pos = next_pos + 1
+        return sorted(finished, key=lambda c: -c.score)[:params.n]
+
+    def _beam_text(self, ids: list[int], stops: list[str]) -> tuple[str, bool]:
+        """Decoded text of a hypothesis, cut at a stop string; whether it has ended."""
+        if ids[-1] in self.tok.stop_ids:
+            return self.tok.decode(ids[:-1]), True
+        text = self.tok.decode(ids)
+        hits = [i for s in stops if (i := text.find(s)) >= 0]
+        return (text[:min(hits)], True) if hits else (text, False)

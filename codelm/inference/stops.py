@@ -1,0 +1,52 @@
+"""Stop strings matched on decoded text, and streaming text that never shows them.
+
+A stop string can span token boundaries ("\\ndef" may arrive as "\\n" + "def"
+or inside one token "):\\ndef"), so matching runs on the decoded text of all
+tokens so far, never on single tokens. While streaming, text that could still
+turn out to be the start of a stop string, or an incomplete UTF-8 character,
+is held back until the next token settles it.
+"""
+
+from codelm.tokenizer import Tokenizer
+
+INCOMPLETE = "\ufffd"  # what decoding shows for a partial UTF-8 character
+
+
+class StopTracker:
+    def __init__(self, tok: Tokenizer, stops: list[str]):
+        self.tok, self.stops = tok, list(stops)
+        self.longest = max((len(s) for s in self.stops), default=0)
+        self.ids: list[int] = []
+        self.text = ""
+        self.emitted = 0
+        self.stopped = False
+
+    def push(self, token_id: int) -> str:
+        """Add one token; the new text that is safe to show (sets `stopped` when a stop string appears)."""
+        self.ids.append(token_id)
+        text = self.tok.decode(self.ids)
+        start = max(0, len(self.text) - self.longest - 1)  # a new match must reach into the new text
+        hits = [i for s in self.stops if (i := text.find(s, start)) >= 0]
+        if hits:
+            self.text, self.stopped = text[: min(hits)], True
+            return self.flush()
+        self.text = text
+        safe = len(text) - self._undecided_tail(text)
+        delta = text[self.emitted : safe]
+        self.emitted = max(self.emitted, safe)
+        return delta
+
+    def flush(self) -> str:
+        """Whatever is held back, at the end of generation."""
+        delta = self.text[self.emitted :]
+        self.emitted = len(self.text)
+        return delta
+
+    def _undecided_tail(self, text: str) -> int:
+        tail = len(text) - len(text.rstrip(INCOMPLETE))
+        for s in self.stops:  # the longest end of text that begins some stop string
+            for n in range(min(len(s) - 1, len(text)), 0, -1):
+                if text.endswith(s[:n]):
+                    tail = max(tail, n)
+                    break
+        return tail
