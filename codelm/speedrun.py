@@ -17,7 +17,8 @@ from codelm.data.shards import TokenShards
 from codelm.data.tokenize import tokenize_corpus, train_tokenizer_on_corpus
 from codelm.errors import UserError
 from codelm.eval.bpb import unigram_entropy
-from codelm.inference.sampling import complete, fill_in_middle
+from codelm.inference.engine import Engine
+from codelm.inference.sampling import SamplingParams
 from codelm.report import write_report
 from codelm.train.checkpoint import latest_checkpoint, load_model
 from codelm.train.pretrain import pretrain
@@ -41,11 +42,11 @@ def _banner(text: str):
 
 
 def write_samples(run_dir: Path, model, tok, max_new_tokens: int = 64) -> list[dict]:
-    samples = []
-    for prompt in COMPLETION_PROMPTS:
-        samples.append({"kind": "completion", "text": prompt + complete(model, tok, prompt, max_new_tokens=max_new_tokens)})
+    engine, greedy = Engine(model, tok), SamplingParams(max_new_tokens=max_new_tokens)
+    samples = [{"kind": "completion", "text": prompt + c.text}
+               for prompt, [c] in zip(COMPLETION_PROMPTS, engine.generate(COMPLETION_PROMPTS, greedy))]
     for prefix, suffix in FIM_PROMPTS:
-        middle = fill_in_middle(model, tok, prefix, suffix, max_new_tokens=max_new_tokens)
+        middle = engine.complete_middle(prefix, suffix, greedy)[0].text
         samples.append({"kind": "fill-in-the-middle (middle between the markers)",
                         "text": f"{prefix}⟪{middle}⟫{suffix}"})
     (run_dir / "samples.json").write_text(json.dumps(samples, indent=2))

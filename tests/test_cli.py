@@ -49,18 +49,28 @@ def test_bad_files_are_skipped_and_counted(tmp_path, tokens_dir):
     assert proc.returncode == 0
 
 
-def test_eval_loss_and_sample_on_a_checkpoint(tiny_config, corpus_paths):
+def test_eval_loss_generate_and_complete_on_a_checkpoint(tiny_config, corpus_paths, tmp_path):
     config, run = tiny_config()
     run_codelm("pretrain", "--config", config, "--set", "train.max_steps=5")
     result = json.loads(run_codelm("eval-loss", "--checkpoint", run, "--data", corpus_paths[0]).stdout)
     assert result["tokens"] > 1000 and 0 < result["bpb"] < 10
-    sample = run_codelm("sample", "--checkpoint", run, "--prompt", "def f(", "--max-new-tokens", "8").stdout
+    sample = run_codelm("generate", "--checkpoint", run, "--prompt", "def f(", "--max-new-tokens", "8").stdout
     assert sample.startswith("def f(")
-    fim = run_codelm("sample", "--checkpoint", run, "--prompt", "x = ", "--suffix", "\n", "--max-new-tokens", "4")
-    assert fim.stdout.startswith("x = ")
+    beams = run_codelm("generate", "--checkpoint", run, "--prompt", "def f(", "--max-new-tokens", "8",
+                       "--strategy", "beam", "--num-beams", "3", "--n", "2").stdout
+    assert beams.count("--- completion") == 2 and "score" in beams
+    (tmp_path / "a.py").write_text("x = ")
+    (tmp_path / "b.py").write_text("\n")
+    fim = run_codelm("complete", "--checkpoint", run, "--prefix-file", tmp_path / "a.py", "--suffix-file",
+                     tmp_path / "b.py", "--max-new-tokens", "4")
+    assert fim.stdout.startswith("x = ") and fim.stdout.endswith("\n")
+    spec = run_codelm("generate", "--checkpoint", run, "--prompt", "def f(", "--max-new-tokens", "8",
+                      "--draft-checkpoint", run)
+    assert spec.stdout.startswith(sample.rstrip("\n")) and "acceptance 1.00" in spec.stderr
 
 
 def test_help_explains_every_command():
-    for cmd in (["speedrun"], ["tokenizer", "train"], ["tokenize"], ["pretrain"], ["sample"], ["eval-loss"]):
+    for cmd in (["speedrun"], ["tokenizer", "train"], ["tokenize"], ["pretrain"], ["generate"], ["complete"],
+                ["import"], ["export"], ["eval-loss"]):
         out = run_codelm(*cmd, "--help").stdout
         assert "usage: codelm" in out and len(out.splitlines()) > 5

@@ -49,7 +49,6 @@ def hf_config(cfg: ModelConfig) -> dict:
         "hidden_act": "silu",
         "attention_bias": False,
         "mlp_bias": False,
-        "torch_dtype": "float32",
         "codelm": asdict(cfg),
     }
 
@@ -79,6 +78,31 @@ def _write_json(path: Path, obj):
         os.fsync(f.fileno())
 
 
+def write_model_files(directory: Path, model: Transformer, extra_config: dict | None = None):
+    """model.safetensors and config.json, the part of a checkpoint that HF tools read."""
+    weights = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    if model.config.tie_embeddings:
+        weights.pop("lm_head.weight")
+    safetensors.torch.save_file(weights, directory / "model.safetensors", metadata={"format": "pt"})
+    config = hf_config(model.config)
+    config["torch_dtype"] = str(next(iter(weights.values())).dtype).removeprefix("torch.")
+    _write_json(directory / "config.json", config | (extra_config or {}))
+
+
+def save_model(out: str | Path, model: Transformer, tokenizer: Tokenizer, extra_config: dict | None = None) -> Path:
+    """A checkpoint with no training state (an imported model), written whole or not at all."""
+    out = Path(out)
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    write_model_files(tmp, model, extra_config)
+    tokenizer.save(tmp / "tokenizer.json")
+    if out.exists():
+        shutil.rmtree(out)
+    tmp.rename(out)
+    return out
+
+
 def save_checkpoint(
     ckpt_root: str | Path,
     step: int,
@@ -95,11 +119,7 @@ def save_checkpoint(
     name = f"step_{step:06d}"
     tmp = root / f"{name}.tmp{os.getpid()}"
     tmp.mkdir()
-    weights = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    if model.config.tie_embeddings:
-        weights.pop("lm_head.weight")
-    safetensors.torch.save_file(weights, tmp / "model.safetensors", metadata={"format": "pt"})
-    _write_json(tmp / "config.json", hf_config(model.config))
+    write_model_files(tmp, model)
     shutil.copyfile(tokenizer_path, tmp / "tokenizer.json")
     if optimizer is not None:
         torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
@@ -137,16 +157,23 @@ def resolve_checkpoint(path: str | Path) -> Path:
 
 
 def load_model(path: str | Path, device="cpu") -> tuple[Transformer, Tokenizer, Path]:
-    """Model (eval mode) and tokenizer from a checkpoint directory."""
+    """Model (eval mode, fp32) and tokenizer from a checkpoint directory.
+
+    An imported model's config.json sets where documents start (`codelm_prefix_ids`)
+    and which tokens end generation (`eos_token_id`, with <|endoftext|> if present)."""
     ckpt = resolve_checkpoint(path)
     config = json.loads((ckpt / "config.json").read_text())
     model = Transformer(ModelConfig(**config["codelm"]))
     load_weights(model, ckpt)
-    return model.to(device).eval(), Tokenizer.load(ckpt / "tokenizer.json"), ckpt
+    tok = Tokenizer.load(ckpt / "tokenizer.json", required=())
+    tok.prefix_ids = config.get("codelm_prefix_ids", tok.prefix_ids)
+    eos = config.get("eos_token_id")
+    tok.stop_ids |= set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
+    return model.float().to(device).eval(), tok, ckpt
 
 
 def load_weights(model: Transformer, ckpt: Path):
-    weights = safetensors.torch.load_file(ckpt / "model.safetensors")
+    weights = {k: v.float() for k, v in safetensors.torch.load_file(ckpt / "model.safetensors").items()}
     missing, unexpected = model.load_state_dict(weights, strict=False)
     allowed_missing = {"lm_head.weight"} if model.config.tie_embeddings else set()
     if set(missing) - allowed_missing or unexpected:

@@ -1,0 +1,128 @@
+"""Hugging Face Llama folders in and out.
+
+codelm's parameter names are HF's and its RoPE is HF's rotate-half layout, so
+weights move across unchanged; only config.json and the tokenizer files need
+translating. Export writes a folder that `AutoModelForCausalLM.from_pretrained`
+and `AutoTokenizer.from_pretrained` load with no conversion code: the document
+prefix codelm prompts with (its models start every document with
+<|endoftext|>) becomes the tokenizer's post-processor, so HF's default
+`tokenizer(text)` produces the same ids codelm feeds its model.
+"""
+
+import json
+import shutil
+from pathlib import Path
+
+import safetensors.torch
+import torch
+from tokenizers import Tokenizer as HFTokenizer, processors
+
+from codelm.errors import UserError
+from codelm.model.llama import ModelConfig, Transformer
+from codelm.tokenizer import Tokenizer
+from codelm.train.checkpoint import load_model, save_model, write_model_files
+
+
+def model_config_from_hf(config: dict) -> ModelConfig:
+    """ModelConfig from an HF LlamaConfig dict; anything codelm's model cannot represent is an error."""
+    if config.get("model_type") != "llama":
+        raise UserError(f"only Llama-architecture models can be imported; model_type is {config.get('model_type')!r}")
+    unsupported = {
+        "rope_scaling": config.get("rope_scaling") not in (None, {}) and
+        (config.get("rope_scaling") or {}).get("rope_type", "default") != "default",
+        "attention_bias": bool(config.get("attention_bias")),
+        "mlp_bias": bool(config.get("mlp_bias")),
+        "hidden_act": config.get("hidden_act", "silu") != "silu",
+    }
+    if any(unsupported.values()):
+        raise UserError(f"config.json uses what codelm's model does not implement: "
+                        f"{[k for k, bad in unsupported.items() if bad]}")
+    dim, heads = config["hidden_size"], config["num_attention_heads"]
+    if config.get("head_dim", dim // heads) != dim // heads:
+        raise UserError(f"head_dim {config['head_dim']} differs from hidden_size / num_attention_heads = {dim // heads}")
+    return ModelConfig(
+        vocab_size=config["vocab_size"], dim=dim, n_layers=config["num_hidden_layers"], n_heads=heads,
+        n_kv_heads=config.get("num_key_value_heads") or heads, ffn_dim=config["intermediate_size"],
+        max_seq_len=config.get("max_position_embeddings", 2048), rope_theta=config.get("rope_theta", 10000.0),
+        norm_eps=config.get("rms_norm_eps", 1e-6), tie_embeddings=bool(config.get("tie_word_embeddings", False)),
+    )
+
+
+def _read_safetensors(src: Path) -> dict[str, torch.Tensor]:
+    index = src / "model.safetensors.index.json"
+    files = sorted(set(json.loads(index.read_text())["weight_map"].values())) if index.is_file() else ["model.safetensors"]
+    weights = {}
+    for name in files:
+        if not (src / name).is_file():
+            raise UserError(f"{src / name} not found (only safetensors weights can be imported)")
+        weights.update(safetensors.torch.load_file(src / name))
+    return weights
+
+
+def generation_config(prefix_ids: list[int], eos_ids: list[int], bos_id: int | None) -> dict:
+    """config.json keys for where documents start and which tokens end generation."""
+    return {"codelm_prefix_ids": prefix_ids, "eos_token_id": eos_ids[0] if len(eos_ids) == 1 else eos_ids,
+            "bos_token_id": bos_id}
+
+
+def import_hf(src: str | Path, out: str | Path) -> Path:
+    """An HF Llama folder (config.json, safetensors, tokenizer.json) -> a codelm checkpoint."""
+    src = Path(src)
+    for name in ("config.json", "tokenizer.json"):
+        if not (src / name).is_file():
+            raise UserError(f"{src / name} not found: an HF model folder needs config.json, tokenizer.json "
+                            "and safetensors weights")
+    config = json.loads((src / "config.json").read_text())
+    model = Transformer(model_config_from_hf(config))
+    weights = {k: v.float() for k, v in _read_safetensors(src).items() if not k.endswith("rotary_emb.inv_freq")}
+    missing, unexpected = model.load_state_dict(weights, strict=False)
+    if set(missing) - ({"lm_head.weight"} if model.config.tie_embeddings else set()) or unexpected:
+        raise UserError(f"weights do not match config.json: missing {missing[:5]}, unexpected {unexpected[:5]}")
+    tok = Tokenizer.load(src / "tokenizer.json", required=())
+    tok_config_path = src / "tokenizer_config.json"
+    tok_config = json.loads(tok_config_path.read_text()) if tok_config_path.is_file() else {}
+    bos = config.get("bos_token_id")
+    eos = config.get("eos_token_id")
+    eos_ids = eos if isinstance(eos, list) else [eos] if eos is not None else []
+    prefix = [bos] if tok_config.get("add_bos_token") and bos is not None else []
+    out = save_model(out, model, tok, generation_config(prefix, eos_ids, bos))
+    if tok_config_path.is_file():
+        shutil.copyfile(tok_config_path, out / "tokenizer_config.json")
+    return out
+
+
+def export_hf(checkpoint: str | Path, out: str | Path) -> Path:
+    """A codelm checkpoint -> a folder transformers loads as LlamaForCausalLM + a fast tokenizer."""
+    model, tok, ckpt = load_model(checkpoint)
+    out = Path(out)
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    config = json.loads((ckpt / "config.json").read_text())
+    eos_ids = sorted(tok.stop_ids)
+    bos = config.get("bos_token_id", tok.prefix_ids[0] if tok.prefix_ids else None)
+    write_model_files(tmp, model, generation_config(tok.prefix_ids, eos_ids, bos))
+    hf = HFTokenizer.from_str(tok.hf.to_str())
+    if tok.prefix_ids:  # HF's tokenizer(text) then adds what codelm puts before a document
+        prefix = [(hf.id_to_token(i), i) for i in tok.prefix_ids]
+        template = " ".join(name for name, _ in prefix)
+        hf.post_processor = processors.TemplateProcessing(single=f"{template} $A", pair=f"{template} $A $B",
+                                                          special_tokens=prefix)
+    hf.save(str(tmp / "tokenizer.json"))
+    tok_config = json.loads((ckpt / "tokenizer_config.json").read_text()) if (ckpt / "tokenizer_config.json").is_file() else {}
+    tok_config.update({
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        "model_max_length": model.config.max_seq_len,
+        "eos_token": hf.id_to_token(eos_ids[0]) if eos_ids else None,
+        "bos_token": hf.id_to_token(bos) if bos is not None else None,
+        "add_bos_token": False,  # the post-processor above already adds the prefix
+    })
+    if "chat_template" in config:  # kept from an imported GGUF
+        tok_config["chat_template"] = config["chat_template"]
+    (tmp / "tokenizer_config.json").write_text(json.dumps(tok_config, indent=2))
+    (tmp / "generation_config.json").write_text(json.dumps(
+        {"bos_token_id": bos, "eos_token_id": eos_ids[0] if len(eos_ids) == 1 else eos_ids}, indent=2))
+    if out.exists():
+        shutil.rmtree(out)
+    tmp.rename(out)
+    return out
