@@ -2,7 +2,9 @@
 
 import json
 import os
+import signal
 import subprocess
+import sys
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -273,12 +275,24 @@ def _assert_same_files(a, b, except_names=()):
 def test_ray_executor_reproduces_the_local_run(curated, hostile_corpus, tmp_path):
     """The same config on a local Ray instance (datatrove's RayPipelineExecutor) gives the same bytes.
 
-    stats.json records the config, so it differs in `executor.kind` and nothing else."""
-    ray = pytest.importorskip("ray", reason="the ray extra is not installed: pip install -e '.[ray]'")
+    It runs as the CLI in its own process group with a time limit, so a Ray that
+    cannot start fails this test instead of hanging the suite. stats.json records
+    the config, so it differs in `executor.kind` and nothing else."""
+    pytest.importorskip("ray", reason="the ray extra is not installed: pip install -e '.[ray]'")
+    repo, stack = hostile_corpus
+    args = ["curate", "--out", tmp_path / "ray", "--set", 'executor.kind="ray"', "--set", "executor.tasks=2",
+            "--set", "executor.workers=1", "--set",
+            f'sources=[{{name="repo", kind="dir", path="{repo}"}}, {{name="stack", kind="jsonl", path="{stack}", '
+            f'weight=0.5}}]']
+    proc = subprocess.Popen([sys.executable, "-m", "codelm", *map(str, args)], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
     try:
-        on_ray = _curate(hostile_corpus, tmp_path / "ray", 'executor.kind="ray"')
-    finally:
-        ray.shutdown()
+        output, _ = proc.communicate(timeout=420)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        pytest.fail("curation on a local Ray instance did not finish in 7 minutes")
+    assert proc.returncode == 0, output[-3000:]
+    on_ray = tmp_path / "ray"
     _assert_same_files(curated, on_ray, except_names={"stats.json"})
     local_stats, ray_stats = (json.loads((out / "stats.json").read_text()) for out in (curated, on_ray))
     assert ray_stats["config"]["executor"].pop("kind") == "ray"

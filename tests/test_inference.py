@@ -96,6 +96,23 @@ def test_kv_cache_generation_equals_full_recomputation(engine):
     assert len(c.token_ids) == 24 and c.finish_reason == "length"
 
 
+def test_generation_follows_in_place_weight_updates(code_tok):
+    """Fused AdamW updates weights without bumping their version: nothing may be cached on it."""
+    engine = Engine(random_model(code_tok.vocab_size, seed=3), code_tok)
+    prompt = engine.encode("x = 1")
+    before = engine.generate([prompt], SamplingParams(max_new_tokens=6))[0][0].logprobs
+    optimizer = torch.optim.AdamW(engine.model.parameters(), lr=0.05, fused=True)
+    engine.model(torch.tensor([prompt + [5, 6, 7] * 30])).float().square().mean().backward()
+    optimizer.step()
+    fresh = Transformer(engine.model.config).eval()  # a model that cannot have cached anything
+    fresh.load_state_dict(engine.model.state_dict())
+    with torch.no_grad():
+        expected = fresh(torch.tensor([prompt])).float()[0, -1].log_softmax(-1)
+    after = engine.generate([prompt], SamplingParams(max_new_tokens=6))[0][0]
+    assert after.logprobs[0] == pytest.approx(float(expected[after.token_ids[0]]), abs=1e-4)
+    assert after.logprobs != before
+
+
 def test_batched_greedy_equals_one_at_a_time(engine):
     prompts = ["import os", "class Parser:\n    def __init__(self, text):", "x = [1, 2"]
     params = SamplingParams(max_new_tokens=16)

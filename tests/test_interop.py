@@ -199,5 +199,7 @@ def test_smollm2_export_loads_in_transformers_with_the_same_logits(smollm2, tmp_
         a = exported(torch.tensor([ids])).logits.float().log_softmax(-1)
         b = hf_model(torch.tensor([ids])).logits.float().log_softmax(-1)
     assert (a - b).abs().max() < 1e-3
+    back, _, _ = load_model(import_hf(out, tmp_path / "back"))  # tied embeddings and GQA through an HF folder
+    assert back.config.tie_embeddings and (logprobs(back, ids) - b).abs().max() < 1e-3
     assert "chat_template" in json.loads((out / "tokenizer_config.json").read_text())
     assert math.isclose(json.loads((out / "config.json").read_text())["rope_theta"], 100000.0)

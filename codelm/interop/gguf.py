@@ -19,7 +19,7 @@ from codelm.errors import UserError
 from codelm.interop.hf import generation_config
 from codelm.model.llama import ModelConfig, Transformer
 from codelm.tokenizer import Tokenizer
-from codelm.train.checkpoint import save_model
+from codelm.train.checkpoint import load_state, save_model
 
 LAYER_NAMES = {
     "attn_norm": "input_layernorm", "ffn_norm": "post_attention_layernorm",
@@ -119,9 +119,7 @@ def import_gguf(path: str | Path, out: str | Path) -> Path:
     """A GGUF file -> a codelm checkpoint (fp32 weights, tokenizer.json from the metadata)."""
     cfg, weights, fields = read_gguf(path)
     model = Transformer(cfg)
-    missing, unexpected = model.load_state_dict(weights, strict=False)
-    if set(missing) - ({"lm_head.weight"} if cfg.tie_embeddings else set()) or unexpected:
-        raise UserError(f"GGUF tensors do not make a complete model: missing {missing[:5]}, unexpected {unexpected[:5]}")
+    load_state(model, weights, f"GGUF file {path}")
     tok = Tokenizer(tokenizer_from_metadata(fields), required=())
     bos, eos = fields.get("tokenizer.ggml.bos_token_id"), fields.get("tokenizer.ggml.eos_token_id")
     prefix = [bos] if fields.get("tokenizer.ggml.add_bos_token") and bos is not None else []

@@ -20,7 +20,7 @@ from tokenizers import Tokenizer as HFTokenizer, processors
 from codelm.errors import UserError
 from codelm.model.llama import ModelConfig, Transformer
 from codelm.tokenizer import Tokenizer
-from codelm.train.checkpoint import load_model, save_model, write_model_files
+from codelm.train.checkpoint import load_model, load_state, save_model, write_model_files
 
 
 def model_config_from_hf(config: dict) -> ModelConfig:
@@ -74,10 +74,8 @@ def import_hf(src: str | Path, out: str | Path) -> Path:
                             "and safetensors weights")
     config = json.loads((src / "config.json").read_text())
     model = Transformer(model_config_from_hf(config))
-    weights = {k: v.float() for k, v in _read_safetensors(src).items() if not k.endswith("rotary_emb.inv_freq")}
-    missing, unexpected = model.load_state_dict(weights, strict=False)
-    if set(missing) - ({"lm_head.weight"} if model.config.tie_embeddings else set()) or unexpected:
-        raise UserError(f"weights do not match config.json: missing {missing[:5]}, unexpected {unexpected[:5]}")
+    weights = {k: v for k, v in _read_safetensors(src).items() if not k.endswith("rotary_emb.inv_freq")}
+    load_state(model, weights, f"the weights in {src}")
     tok = Tokenizer.load(src / "tokenizer.json", required=())
     tok_config_path = src / "tokenizer_config.json"
     tok_config = json.loads(tok_config_path.read_text()) if tok_config_path.is_file() else {}

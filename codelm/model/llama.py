@@ -23,6 +23,8 @@ import torch.nn.functional as F
 
 from codelm.model.fused_ce import IGNORE, linear_cross_entropy
 
+SMALL_BATCH_TOKENS = 64  # up to this many tokens, fused_linear runs its layers one by one
+
 
 @dataclass
 class ModelConfig:
@@ -93,18 +95,18 @@ def attention_mask(doc_ids: torch.Tensor) -> torch.Tensor:
     return (same_doc & causal)[:, None]
 
 
-def fused_weight(module: nn.Module, names: tuple[str, ...]) -> torch.Tensor:
-    """The row-wise concatenation of several Linear weights, for one wide GEMM.
+def fused_linear(x: torch.Tensor, module: nn.Module, names: tuple[str, ...]) -> torch.Tensor:
+    """Several bias-free Linear layers applied to x, outputs concatenated on the last dim.
 
-    Under autograd it is rebuilt each call; at inference it is cached until any
-    part is modified in place or replaced, so decoding does not copy weights every step."""
+    For many tokens (training, prefill) the weights are concatenated into one wide
+    GEMM, which runs much closer to peak on CPU. For a few tokens (decoding) the
+    concatenation would copy every weight at each step, so the layers run one by one.
+    Nothing is cached: a cached copy goes stale when an optimizer updates weights
+    in place without bumping their version (fused AdamW does that)."""
     weights = [getattr(module, n).weight for n in names]
-    if torch.is_grad_enabled():
-        return torch.cat(weights)
-    key = tuple((w.data_ptr(), w._version, w.dtype) for w in weights)
-    if getattr(module, "_fused_key", None) != key:
-        module._fused, module._fused_key = torch.cat(weights), key
-    return module._fused
+    if x.shape[:-1].numel() <= SMALL_BATCH_TOKENS:
+        return torch.cat([F.linear(x, w) for w in weights], dim=-1)
+    return F.linear(x, torch.cat(weights))
 
 
 def positions_from_doc_ids(doc_ids: torch.Tensor) -> torch.Tensor:
@@ -133,7 +135,7 @@ class Attention(nn.Module):
     def forward(self, x, cos, sin, mask, cache=None, layer=0):
         B, T, _ = x.shape
         # one matmul for q, k and v: wider GEMMs run much closer to peak on CPU
-        qkv = F.linear(x, fused_weight(self, ("q_proj", "k_proj", "v_proj")))
+        qkv = fused_linear(x, self, ("q_proj", "k_proj", "v_proj"))
         q, k, v = qkv.split([self.n_heads * self.head_dim] + [self.n_kv_heads * self.head_dim] * 2, dim=-1)
         q = q.view(B, T, self.n_heads, self.head_dim)
         k = k.view(B, T, self.n_kv_heads, self.head_dim)
@@ -164,7 +166,7 @@ class MLP(nn.Module):
         self.down_proj = nn.Linear(cfg.hidden_dim, cfg.dim, bias=False)
 
     def forward(self, x):
-        gate, up = F.linear(x, fused_weight(self, ("gate_proj", "up_proj"))).chunk(2, dim=-1)
+        gate, up = fused_linear(x, self, ("gate_proj", "up_proj")).chunk(2, dim=-1)
         return self.down_proj(F.silu(gate) * up)
 
 

@@ -173,11 +173,16 @@ def load_model(path: str | Path, device="cpu") -> tuple[Transformer, Tokenizer, 
 
 
 def load_weights(model: Transformer, ckpt: Path):
-    weights = {k: v.float() for k, v in safetensors.torch.load_file(ckpt / "model.safetensors").items()}
-    missing, unexpected = model.load_state_dict(weights, strict=False)
+    weights = safetensors.torch.load_file(ckpt / "model.safetensors")
+    load_state(model, weights, f"checkpoint {ckpt}")
+
+
+def load_state(model: Transformer, weights: dict[str, torch.Tensor], source: str):
+    """Copy HF-named weights into the model (fp32); a missing or extra tensor is an error naming `source`."""
+    missing, unexpected = model.load_state_dict({k: v.float() for k, v in weights.items()}, strict=False)
     allowed_missing = {"lm_head.weight"} if model.config.tie_embeddings else set()
     if set(missing) - allowed_missing or unexpected:
-        raise UserError(f"checkpoint {ckpt} does not match the model: missing {missing}, unexpected {unexpected}")
+        raise UserError(f"{source} does not match the model: missing {missing[:5]}, unexpected {unexpected[:5]}")
 
 
 def load_training_state(ckpt: Path, optimizer: torch.optim.Optimizer) -> dict:
