@@ -129,6 +129,22 @@ def cmd_export(args):
           "(load with transformers' AutoModelForCausalLM / AutoTokenizer.from_pretrained)")
 
 
+def cmd_sandbox_run(args):
+    from dataclasses import asdict
+    from pathlib import Path
+
+    from codelm.eval.sandbox import Limits, run
+
+    if args.file != "-" and not Path(args.file).is_file():
+        raise UserError(f"file not found: {args.file}")
+    program = sys.stdin.read() if args.file == "-" else Path(args.file).read_text()
+    tests = Path(args.tests).read_text() if args.tests else ""
+    result = run(program, tests, Limits(cpu_seconds=args.cpu_seconds, wall_seconds=args.wall_seconds,
+                                        memory_mb=args.memory_mb))
+    print(json.dumps(asdict(result), indent=2))
+    sys.exit(0 if result.status == "passed" else 1)
+
+
 def cmd_eval_loss(args):
     from codelm.eval.bpb import evaluate_path
 
@@ -262,6 +278,20 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--checkpoint", required=True, help="checkpoint directory or run directory")
     x.add_argument("--out", required=True, help="directory to write")
     x.set_defaults(func=cmd_export)
+
+    sb = sub.add_parser("sandbox", help="run untrusted code with the evaluator's isolation").add_subparsers(
+        dest="sub", required=True, metavar="SUB")
+    sr = sb.add_parser("run", help="run one program (and optional tests) in the sandbox; prints the result",
+                       description="Run a Python file (or - for stdin) as the evaluator runs generated code: its "
+                       "own process as an unprivileged user, resource limits, a wall-clock timeout, a fresh "
+                       "directory, a scrubbed environment, and no network (network and PID namespaces when "
+                       "available, else a socket guard). Exit status 0 only when it passed.")
+    sr.add_argument("file", help="Python file, or - for standard input")
+    sr.add_argument("--tests", help="file of tests run after the program (asserts)")
+    sr.add_argument("--cpu-seconds", type=int, default=10)
+    sr.add_argument("--wall-seconds", type=float, default=15.0)
+    sr.add_argument("--memory-mb", type=int, default=1024)
+    sr.set_defaults(func=cmd_sandbox_run)
 
     e = sub.add_parser("eval-loss", help="loss and bits-per-byte of a checkpoint on any code",
                        description="Loss per token and bits per byte (comparable across tokenizers) of a checkpoint "

@@ -71,6 +71,6 @@ def test_eval_loss_generate_and_complete_on_a_checkpoint(tiny_config, corpus_pat
 
 def test_help_explains_every_command():
     for cmd in (["speedrun"], ["tokenizer", "train"], ["tokenize"], ["pretrain"], ["generate"], ["complete"],
-                ["import"], ["export"], ["eval-loss"]):
+                ["import"], ["export"], ["sandbox", "run"], ["eval-loss"]):
         out = run_codelm(*cmd, "--help").stdout
         assert "usage: codelm" in out and len(out.splitlines()) > 5
