@@ -2,6 +2,7 @@
 
 import argparse
 import json
+import os
 import sys
 
 from codelm.data.tokenize import DEFAULT_VAL_FRACTION
@@ -76,13 +77,19 @@ def _sampling_params(args):
                           length_penalty=args.length_penalty, stop=args.stop or [], n=args.n, seed=args.seed)
 
 
-def cmd_generate(args):
-    from pathlib import Path
+def read_input(path: str) -> str:
+    """Text of a file the user named (- is standard input); a missing file is a one-line error."""
+    if path == "-":
+        return sys.stdin.read()
+    if not os.path.isfile(path):
+        raise UserError(f"file not found: {path}")
+    with open(path) as f:
+        return f.read()
 
+
+def cmd_generate(args):
     engine = _engine(args.checkpoint, args.dtype)
-    if args.prompt_file and not Path(args.prompt_file).is_file():
-        raise UserError(f"prompt file not found: {args.prompt_file}")
-    prompt = Path(args.prompt_file).read_text() if args.prompt_file else args.prompt
+    prompt = read_input(args.prompt_file) if args.prompt_file else args.prompt
     params = _sampling_params(args)
     if args.draft_checkpoint or args.prompt_lookup:
         from codelm.inference.speculative import DraftModel, PromptLookup, speculative_generate
@@ -104,12 +111,7 @@ def cmd_generate(args):
 
 
 def cmd_complete(args):
-    from pathlib import Path
-
-    for f in (args.prefix_file, args.suffix_file):
-        if not Path(f).is_file():
-            raise UserError(f"file not found: {f}")
-    prefix, suffix = Path(args.prefix_file).read_text(), Path(args.suffix_file).read_text()
+    prefix, suffix = read_input(args.prefix_file), read_input(args.suffix_file)
     [middle] = _engine(args.checkpoint, args.dtype).complete_middle(prefix, suffix, _sampling_params(args))
     print(prefix + middle.text + suffix, end="")
 
@@ -131,14 +133,11 @@ def cmd_export(args):
 
 def cmd_sandbox_run(args):
     from dataclasses import asdict
-    from pathlib import Path
 
     from codelm.eval.sandbox import Limits, run
 
-    if args.file != "-" and not Path(args.file).is_file():
-        raise UserError(f"file not found: {args.file}")
-    program = sys.stdin.read() if args.file == "-" else Path(args.file).read_text()
-    tests = Path(args.tests).read_text() if args.tests else ""
+    program = read_input(args.file)
+    tests = read_input(args.tests) if args.tests else ""
     result = run(program, tests, Limits(cpu_seconds=args.cpu_seconds, wall_seconds=args.wall_seconds,
                                         memory_mb=args.memory_mb))
     print(json.dumps(asdict(result), indent=2))

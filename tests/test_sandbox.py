@@ -108,3 +108,5 @@ def test_parallel_runs_keep_their_order_and_the_cli_runs_one(tmp_path):
     assert '"status": "passed"' in ok.stdout
     bad = run_codelm("sandbox", "run", "-", input="import os\nos._exit(0)\n", check=False)
     assert bad.returncode == 1 and '"status": "failed"' in bad.stdout
+    missing = run_codelm("sandbox", "run", tmp_path / "p.py", "--tests", tmp_path / "nope.py", check=False)
+    assert missing.returncode == 2 and "file not found" in missing.stderr
