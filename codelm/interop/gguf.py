@@ -19,7 +19,7 @@ from codelm.errors import UserError
 from codelm.interop.hf import generation_config
 from codelm.model.llama import ModelConfig, Transformer
 from codelm.tokenizer import Tokenizer
-from codelm.train.checkpoint import load_state, save_model
+from codelm.train.checkpoint import load_state, save_model, token_id_list
 
 LAYER_NAMES = {
     "attn_norm": "input_layernorm", "ffn_norm": "post_attention_layernorm",
@@ -123,7 +123,6 @@ def import_gguf(path: str | Path, out: str | Path) -> Path:
     tok = Tokenizer(tokenizer_from_metadata(fields), required=())
     bos, eos = fields.get("tokenizer.ggml.bos_token_id"), fields.get("tokenizer.ggml.eos_token_id")
     prefix = [bos] if fields.get("tokenizer.ggml.add_bos_token") and bos is not None else []
-    extra = generation_config(prefix, [eos] if eos is not None else [], bos)
-    if "tokenizer.chat_template" in fields:
-        extra["chat_template"] = fields["tokenizer.chat_template"]
-    return save_model(out, model, tok, extra)
+    extra = generation_config(prefix, token_id_list(eos), bos)
+    template = fields.get("tokenizer.chat_template")
+    return save_model(out, model, tok, extra, {"chat_template": template} if template else None)

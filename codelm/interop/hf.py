@@ -10,7 +10,6 @@ prefix codelm prompts with (its models start every document with
 """
 
 import json
-import shutil
 from pathlib import Path
 
 import safetensors.torch
@@ -20,7 +19,8 @@ from tokenizers import Tokenizer as HFTokenizer, processors
 from codelm.errors import UserError
 from codelm.model.llama import ModelConfig, Transformer
 from codelm.tokenizer import Tokenizer
-from codelm.train.checkpoint import load_model, load_state, save_model, write_model_files
+from codelm.train.checkpoint import (atomic_directory, load_model, load_state, save_model, token_id_list,
+                                     write_model_files)
 
 
 def model_config_from_hf(config: dict) -> ModelConfig:
@@ -61,8 +61,12 @@ def _read_safetensors(src: Path) -> dict[str, torch.Tensor]:
 
 def generation_config(prefix_ids: list[int], eos_ids: list[int], bos_id: int | None) -> dict:
     """config.json keys for where documents start and which tokens end generation."""
-    return {"codelm_prefix_ids": prefix_ids, "eos_token_id": eos_ids[0] if len(eos_ids) == 1 else eos_ids,
-            "bos_token_id": bos_id}
+    return {"codelm_prefix_ids": prefix_ids, **hf_special_ids(eos_ids, bos_id)}
+
+
+def hf_special_ids(eos_ids: list[int], bos_id: int | None) -> dict:
+    """bos/eos as HF writes them in config.json and generation_config.json (one eos id as a bare int)."""
+    return {"bos_token_id": bos_id, "eos_token_id": eos_ids[0] if len(eos_ids) == 1 else eos_ids}
 
 
 def import_hf(src: str | Path, out: str | Path) -> Path:
@@ -78,36 +82,27 @@ def import_hf(src: str | Path, out: str | Path) -> Path:
     load_state(model, weights, f"the weights in {src}")
     tok = Tokenizer.load(src / "tokenizer.json", required=())
     tok_config_path = src / "tokenizer_config.json"
-    tok_config = json.loads(tok_config_path.read_text()) if tok_config_path.is_file() else {}
+    tok_config = json.loads(tok_config_path.read_text()) if tok_config_path.is_file() else None
     bos = config.get("bos_token_id")
-    eos = config.get("eos_token_id")
-    eos_ids = eos if isinstance(eos, list) else [eos] if eos is not None else []
-    prefix = [bos] if tok_config.get("add_bos_token") and bos is not None else []
-    out = save_model(out, model, tok, generation_config(prefix, eos_ids, bos))
-    if tok_config_path.is_file():
-        shutil.copyfile(tok_config_path, out / "tokenizer_config.json")
-    return out
+    prefix = [bos] if (tok_config or {}).get("add_bos_token") and bos is not None else []
+    extra = generation_config(prefix, token_id_list(config.get("eos_token_id")), bos)
+    return save_model(out, model, tok, extra, tok_config)
 
 
 def export_hf(checkpoint: str | Path, out: str | Path) -> Path:
     """A codelm checkpoint -> a folder transformers loads as LlamaForCausalLM + a fast tokenizer."""
     model, tok, ckpt = load_model(checkpoint)
-    out = Path(out)
-    tmp = out.with_name(out.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
     config = json.loads((ckpt / "config.json").read_text())
     eos_ids = sorted(tok.stop_ids)
     bos = config.get("bos_token_id", tok.prefix_ids[0] if tok.prefix_ids else None)
-    write_model_files(tmp, model, generation_config(tok.prefix_ids, eos_ids, bos))
     hf = HFTokenizer.from_str(tok.hf.to_str())
     if tok.prefix_ids:  # HF's tokenizer(text) then adds what codelm puts before a document
         prefix = [(hf.id_to_token(i), i) for i in tok.prefix_ids]
         template = " ".join(name for name, _ in prefix)
         hf.post_processor = processors.TemplateProcessing(single=f"{template} $A", pair=f"{template} $A $B",
                                                           special_tokens=prefix)
-    hf.save(str(tmp / "tokenizer.json"))
-    tok_config = json.loads((ckpt / "tokenizer_config.json").read_text()) if (ckpt / "tokenizer_config.json").is_file() else {}
+    tok_config_path = ckpt / "tokenizer_config.json"  # an imported model's, with its chat template
+    tok_config = json.loads(tok_config_path.read_text()) if tok_config_path.is_file() else {}
     tok_config.update({
         "tokenizer_class": "PreTrainedTokenizerFast",
         "model_max_length": model.config.max_seq_len,
@@ -115,12 +110,9 @@ def export_hf(checkpoint: str | Path, out: str | Path) -> Path:
         "bos_token": hf.id_to_token(bos) if bos is not None else None,
         "add_bos_token": False,  # the post-processor above already adds the prefix
     })
-    if "chat_template" in config:  # kept from an imported GGUF
-        tok_config["chat_template"] = config["chat_template"]
-    (tmp / "tokenizer_config.json").write_text(json.dumps(tok_config, indent=2))
-    (tmp / "generation_config.json").write_text(json.dumps(
-        {"bos_token_id": bos, "eos_token_id": eos_ids[0] if len(eos_ids) == 1 else eos_ids}, indent=2))
-    if out.exists():
-        shutil.rmtree(out)
-    tmp.rename(out)
-    return out
+    with atomic_directory(out) as tmp:
+        write_model_files(tmp, model, generation_config(tok.prefix_ids, eos_ids, bos))
+        hf.save(str(tmp / "tokenizer.json"))
+        (tmp / "tokenizer_config.json").write_text(json.dumps(tok_config, indent=2))
+        (tmp / "generation_config.json").write_text(json.dumps(hf_special_ids(eos_ids, bos), indent=2))
+    return Path(out)

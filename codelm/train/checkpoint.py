@@ -18,6 +18,8 @@ import json
 import os
 import random
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
 
@@ -89,18 +91,35 @@ def write_model_files(directory: Path, model: Transformer, extra_config: dict | 
     _write_json(directory / "config.json", config | (extra_config or {}))
 
 
-def save_model(out: str | Path, model: Transformer, tokenizer: Tokenizer, extra_config: dict | None = None) -> Path:
-    """A checkpoint with no training state (an imported model), written whole or not at all."""
+@contextmanager
+def atomic_directory(out: str | Path) -> Iterator[Path]:
+    """A fresh sibling directory to fill; it replaces `out` only if the block finishes."""
     out = Path(out)
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    write_model_files(tmp, model, extra_config)
-    tokenizer.save(tmp / "tokenizer.json")
+    yield tmp
     if out.exists():
         shutil.rmtree(out)
     tmp.rename(out)
-    return out
+
+
+def save_model(out: str | Path, model: Transformer, tokenizer: Tokenizer, extra_config: dict | None = None,
+               tokenizer_config: dict | None = None) -> Path:
+    """A checkpoint with no training state (an imported model), written whole or not at all.
+
+    tokenizer_config: HF's tokenizer_config.json (special-token names, chat template), kept for export."""
+    with atomic_directory(out) as tmp:
+        write_model_files(tmp, model, extra_config)
+        tokenizer.save(tmp / "tokenizer.json")
+        if tokenizer_config is not None:
+            (tmp / "tokenizer_config.json").write_text(json.dumps(tokenizer_config, indent=2))
+    return Path(out)
+
+
+def token_id_list(value) -> list[int]:
+    """HF configs give eos_token_id as an int, a list of ints, or null."""
+    return list(value) if isinstance(value, list) else [] if value is None else [value]
 
 
 def save_checkpoint(
@@ -167,8 +186,7 @@ def load_model(path: str | Path, device="cpu") -> tuple[Transformer, Tokenizer, 
     load_weights(model, ckpt)
     tok = Tokenizer.load(ckpt / "tokenizer.json", required=())
     tok.prefix_ids = config.get("codelm_prefix_ids", tok.prefix_ids)
-    eos = config.get("eos_token_id")
-    tok.stop_ids |= set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
+    tok.stop_ids |= set(token_id_list(config.get("eos_token_id")))
     return model.float().to(device).eval(), tok, ckpt
 
 
