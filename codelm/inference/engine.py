@@ -22,7 +22,7 @@ import torch
 from codelm.data.fim import fim_prompt
 from codelm.inference.cache import KVCache
 from codelm.inference.sampling import SamplingParams, apply_processors, processors, sample_rows
-from codelm.inference.stops import StopTracker
+from codelm.inference.stops import StopTracker, first_stop
 from codelm.model.llama import Transformer
 from codelm.tokenizer import Tokenizer
 
@@ -113,17 +113,18 @@ class Engine:
                       for i, j in rows]
         trackers = [StopTracker(self.tok, params.stop) for _ in rows]
         results = [Completion("", []) for _ in rows]
-        history = [list(prompts[i]) for i, _ in rows]  # for the repetition penalty
         active = list(range(len(rows)))  # batch row b is rows[active[b]]
         for step in range(params.max_new_tokens):
-            tokens = self._choose(logits, params, [history[r] for r in active], [generators[r] for r in active])
+            history = None
+            if params.repetition_penalty != 1.0:
+                history = [prompts[rows[r][0]] + results[r].token_ids for r in active]
+            tokens = self._choose(logits, params, history, [generators[r] for r in active])
             logprobs = logits.log_softmax(-1).gather(1, tokens[:, None])[:, 0].tolist()
             keep = []
             for b, r in enumerate(active):
                 token, result = int(tokens[b]), results[r]
                 result.token_ids.append(token)
                 result.logprobs.append(logprobs[b])
-                history[r].append(token)
                 delta = "" if token in self.tok.stop_ids else trackers[r].push(token)
                 if token in self.tok.stop_ids or trackers[r].stopped:
                     result.finish_reason = "stop"
@@ -147,8 +148,9 @@ class Engine:
             result.text = tracker.text
         return [results[i * n:(i + 1) * n] for i in range(len(prompts))]
 
-    def _choose(self, logits, params, history, generators) -> torch.Tensor:
-        if params.repetition_penalty != 1.0:
+    def _choose(self, logits, params, history: list[list[int]] | None, generators) -> torch.Tensor:
+        """Next token per row; history (prompt + generated ids per row) only for the repetition penalty."""
+        if history is not None:
             width = max(len(h) for h in history)
             ids = torch.zeros(len(history), width, dtype=torch.long, device=self.device)
             mask = torch.zeros(len(history), width, dtype=torch.bool, device=self.device)
@@ -218,5 +220,5 @@ class Engine:
         if ids[-1] in self.tok.stop_ids:
             return self.tok.decode(ids[:-1]), True
         text = self.tok.decode(ids)
-        hits = [i for s in stops if (i := text.find(s)) >= 0]
-        return (text[:min(hits)], True) if hits else (text, False)
+        cut = first_stop(text, stops)
+        return (text[:cut], True) if cut is not None else (text, False)

@@ -12,6 +12,12 @@ from codelm.tokenizer import Tokenizer
 INCOMPLETE = "\ufffd"  # what decoding shows for a partial UTF-8 character
 
 
+def first_stop(text: str, stops: list[str], start: int = 0) -> int | None:
+    """Where the earliest stop string begins in text (searching from start), or None."""
+    hits = [i for s in stops if (i := text.find(s, start)) >= 0]
+    return min(hits) if hits else None
+
+
 class StopTracker:
     def __init__(self, tok: Tokenizer, stops: list[str]):
         self.tok, self.stops = tok, list(stops)
@@ -26,9 +32,9 @@ class StopTracker:
         self.ids.append(token_id)
         text = self.tok.decode(self.ids)
         start = max(0, len(self.text) - self.longest - 1)  # a new match must reach into the new text
-        hits = [i for s in self.stops if (i := text.find(s, start)) >= 0]
-        if hits:
-            self.text, self.stopped = text[: min(hits)], True
+        cut = first_stop(text, self.stops, start)
+        if cut is not None:
+            self.text, self.stopped = text[:cut], True
             return self.flush()
         self.text = text
         safe = len(text) - self._undecided_tail(text)

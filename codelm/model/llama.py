@@ -134,7 +134,6 @@ class Attention(nn.Module):
 
     def forward(self, x, cos, sin, mask, cache=None, layer=0):
         B, T, _ = x.shape
-        # one matmul for q, k and v: wider GEMMs run much closer to peak on CPU
         qkv = fused_linear(x, self, ("q_proj", "k_proj", "v_proj"))
         q, k, v = qkv.split([self.n_heads * self.head_dim] + [self.n_kv_heads * self.head_dim] * 2, dim=-1)
         q = q.view(B, T, self.n_heads, self.head_dim)
