@@ -101,12 +101,12 @@ def run_untrusted(config: dict):
     report("passed")
 
 
-def verdict(wait_status: int, token: str) -> dict:
+def verdict(wait_status: int, token: str, cpu_seconds: int) -> dict:
     """How the worker ended: its own report only if it carries the token, else its exit or signal."""
     if os.WIFSIGNALED(wait_status):
         sig = os.WTERMSIG(wait_status)
         name = signal.Signals(sig).name if sig in signal.Signals._value2member_map_ else str(sig)
-        if sig == signal.SIGXCPU or (sig == signal.SIGKILL and _cpu_exhausted()):
+        if sig == signal.SIGXCPU or (sig == signal.SIGKILL and _children_cpu() >= cpu_seconds):
             return {"status": "timeout", "detail": f"CPU-time limit ({name})"}
         return {"status": "killed", "detail": f"signal {name}"}
     try:
@@ -119,12 +119,9 @@ def verdict(wait_status: int, token: str) -> dict:
     return {"status": "failed", "detail": f"exited with status {os.WEXITSTATUS(wait_status)} before the tests finished"}
 
 
-def _cpu_exhausted() -> bool:
+def _children_cpu() -> float:
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime >= LIMITS["cpu_seconds"]
-
-
-LIMITS: dict = {}
+    return usage.ru_utime + usage.ru_stime
 
 
 def main():
@@ -133,7 +130,6 @@ def main():
     with open("config.json") as f:
         config = json.load(f)
     os.remove("config.json")
-    LIMITS.update(config["limits"])
     sys.stdout.flush()
     pid = os.fork()
     if pid == 0:
@@ -142,7 +138,7 @@ def main():
         finally:
             os._exit(4)
     _, status = os.waitpid(pid, 0)
-    print(json.dumps(verdict(status, config["token"])), flush=True)
+    print(json.dumps(verdict(status, config["token"], config["limits"]["cpu_seconds"])), flush=True)
 
 
 if __name__ == "__main__":
