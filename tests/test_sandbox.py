@@ -3,10 +3,11 @@
 import os
 import socket
 import threading
+import time
 
 import pytest
 
-from codelm.eval.sandbox import Limits, environment, run, run_many
+from codelm.eval.sandbox import Limits, Sandbox, run, run_many
 from conftest import run_codelm
 
 GOOD = "def add(a, b):\n    return a + b\n"
@@ -86,8 +87,8 @@ def test_no_network_and_no_secrets(listening_port, monkeypatch):
 
 
 def test_a_daemon_does_not_outlive_the_program(tmp_path):
-    if environment()[0] != "namespaces":
-        pytest.skip("without a PID namespace a daemon that calls setsid() escapes the process-group kill")
+    if os.geteuid() != 0:
+        pytest.skip("unprivileged, there is no sandbox user to sweep: a daemon that calls setsid() escapes")
     marker = "/tmp/codelm-sandbox-daemon-" + str(os.getpid())
     daemon = ("import os, time\nif os.fork() == 0:\n    os.setsid()\n    time.sleep(3)\n"
               f"    open({marker!r}, 'w').write('alive')\n")
@@ -110,3 +111,22 @@ def test_parallel_runs_keep_their_order_and_the_cli_runs_one(tmp_path):
     assert bad.returncode == 1 and '"status": "failed"' in bad.stdout
     missing = run_codelm("sandbox", "run", tmp_path / "p.py", "--tests", tmp_path / "nope.py", check=False)
     assert missing.returncode == 2 and "file not found" in missing.stderr
+
+
+def test_warm_slots_are_clean_between_jobs_and_replaced_when_they_die(tmp_path):
+    """One supervisor serves many jobs: what a job leaves running is killed before the next starts, a fork
+    bomb in one slot does not starve another (each slot has its own user), and a dead supervisor is restarted."""
+    marker = f"/tmp/codelm-sandbox-pooled-daemon-{os.getpid()}"
+    daemon = ("import os, time\nif os.fork() == 0:\n    os.setsid()\n    time.sleep(2)\n"
+              f"    open({marker!r}, 'w').write('alive')\n")
+    bomb = HOSTILE["fork bomb"][0]
+    with Sandbox(workers=2, limits=Limits(cpu_seconds=3, wall_seconds=4, memory_mb=512)) as box:
+        assert len({slot.uid for slot in box.slots}) == 2
+        results = box.run_many([(bomb, ""), (daemon, ""), *[(GOOD, TESTS)] * 6])
+        assert [r.status for r in results[1:]] == ["passed"] * 7, results
+        time.sleep(3)
+        if os.geteuid() == 0:  # unprivileged, a daemon that calls setsid() escapes the process-group kill
+            assert not os.path.exists(marker)
+        box.slots[0].proc.kill()
+        box.slots[0].proc.wait()
+        assert [r.status for r in box.run_many([(GOOD, TESTS)] * 4)] == ["passed"] * 4

@@ -1,31 +1,39 @@
-"""The child side of codelm.eval.sandbox: a trusted supervisor and the untrusted worker it forks.
+"""The child side of codelm.eval.sandbox: a trusted supervisor that forks one untrusted worker per job.
 
-Run as `python -I harness.py WORKDIR`; it imports nothing from codelm. The
-supervisor (PID 1 of the sandbox's PID namespace when there is one) forks the
-worker, which drops privileges, sets limits and runs the program and tests,
-and judges it by its wait status and by result.json, trusted only if it holds
-this run's token (read from config.json, deleted before untrusted code runs).
-The verdict is the supervisor's one line of stdout, which the worker cannot reach.
+Run as `python -I harness.py UID SOCKET_GUARD`; it imports nothing from codelm.
+The supervisor (PID 1 of the sandbox's PID namespace when there is one) reads
+one job per line on stdin (a working directory and limits), forks a worker,
+waits for it under the wall-clock limit, then kills every process left running
+as the sandbox's user: the worker's children, daemons, fork-bomb survivors. It
+judges the worker by its wait status and by result.json, trusted only if it
+holds the job's secret token, and answers one JSON line on stdout. The worker
+cannot reach either pipe.
+
+Forking a warm interpreter instead of starting one per program is what makes
+this fast; the supervisor itself never runs untrusted code, so nothing carries
+over from one job to the next.
 """
 
 import builtins
 import json
 import os
 import resource
+import secrets
+import select
 import signal
 import sys
+import time
 import traceback
 
+WARM_MODULES = ["math", "re", "typing", "collections", "itertools", "functools", "heapq", "string", "hashlib"]
 
-def drop_privileges():
+
+def drop_privileges(uid: int):
     if os.geteuid() != 0:
         return
-    import pwd
-
-    nobody = pwd.getpwnam("nobody")
     os.setgroups([])
-    os.setgid(nobody.pw_gid)
-    os.setuid(nobody.pw_uid)
+    os.setgid(uid)
+    os.setuid(uid)
 
 
 def set_limits(limits: dict):
@@ -52,18 +60,22 @@ def guard_sockets():
     socket.create_connection = refuse
 
 
-def run_untrusted(config: dict):
+def run_untrusted(job: dict, token: str, uid: int, socket_guard: bool):
     """The worker: unprivileged and limited; runs program then tests; leaves result.json with the token."""
-    token = config["token"]
+    os.setpgid(0, 0)
+    os.chdir(job["dir"])
+    null = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(null, 0)  # the job pipe is the supervisor's, not the program's
     for name, fd in (("stdout.txt", 1), ("stderr.txt", 2)):
         os.dup2(os.open(name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), fd)
+    os.closerange(3, 1024)
     with open("program.py") as f:
         program = f.read()
     with open("tests.py") as f:
         tests = f.read()
-    drop_privileges()
-    set_limits(config["limits"])
-    if config["socket_guard"]:
+    drop_privileges(uid)
+    set_limits(job["limits"])
+    if socket_guard:
         guard_sockets()
     builtins_dict = vars(builtins)
     real_builtins = dict(builtins_dict)
@@ -101,16 +113,16 @@ def run_untrusted(config: dict):
     report("passed")
 
 
-def verdict(wait_status: int, token: str, cpu_seconds: int) -> dict:
+def verdict(wait_status: int, cpu_used: float, token: str, limits: dict, workdir: str) -> dict:
     """How the worker ended: its own report only if it carries the token, else its exit or signal."""
     if os.WIFSIGNALED(wait_status):
         sig = os.WTERMSIG(wait_status)
         name = signal.Signals(sig).name if sig in signal.Signals._value2member_map_ else str(sig)
-        if sig == signal.SIGXCPU or (sig == signal.SIGKILL and _children_cpu() >= cpu_seconds):
+        if sig == signal.SIGXCPU or (sig == signal.SIGKILL and cpu_used >= limits["cpu_seconds"]):
             return {"status": "timeout", "detail": f"CPU-time limit ({name})"}
         return {"status": "killed", "detail": f"signal {name}"}
     try:
-        with open("result.json") as f:
+        with open(os.path.join(workdir, "result.json")) as f:
             report = json.loads(f.read(100_000))
     except (OSError, ValueError):
         report = {}
@@ -119,26 +131,97 @@ def verdict(wait_status: int, token: str, cpu_seconds: int) -> dict:
     return {"status": "failed", "detail": f"exited with status {os.WEXITSTATUS(wait_status)} before the tests finished"}
 
 
-def _children_cpu() -> float:
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
+def wait_for(pid: int, seconds: float) -> tuple[int, float, bool]:
+    """(wait status, CPU seconds, timed out): the worker is killed with its group at the wall-clock limit."""
+    pidfd = os.pidfd_open(pid)
+    ready, _, _ = select.select([pidfd], [], [], seconds)
+    os.close(pidfd)
+    if not ready:
+        kill_group(pid)
+    _, status, usage = os.wait4(pid, 0)
+    return status, usage.ru_utime + usage.ru_stime, not ready
 
 
-def main():
-    """The supervisor: trusted, keeps its privileges, forks the worker and prints the verdict as JSON."""
-    os.chdir(sys.argv[1])
-    with open("config.json") as f:
-        config = json.load(f)
-    os.remove("config.json")
+def kill_group(pgid: int):
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def sweep(uid: int, worker: int):
+    """Kill everything the job left behind, then reap it (orphans come to this process: PID 1 or subreaper).
+
+    As root, a helper becomes the sandbox user and signals every process it may (kill(-1)): that is exactly
+    the job's leftovers, since the user is unique to this sandbox. Unprivileged, only the worker's group."""
+    kill_group(worker)
+    if os.geteuid() == 0:
+        for _ in range(3):  # a fork bomb may fork between two passes
+            helper = os.fork()
+            if helper == 0:
+                try:
+                    os.setgroups([])
+                    os.setgid(uid)
+                    os.setuid(uid)
+                    os.kill(-1, signal.SIGKILL)
+                except BaseException:
+                    pass
+                os._exit(0)
+            os.waitpid(helper, 0)
+            reap()
+    reap()
+
+
+def reap():
+    while True:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+
+
+def become_subreaper():
+    """Orphans of the job are re-parented here (not to the host's init), so the sweep can reap them."""
+    import ctypes
+
+    PR_SET_CHILD_SUBREAPER = 36
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+    except (OSError, AttributeError):
+        pass
+
+
+def run_job(job: dict, uid: int, socket_guard: bool) -> dict:
+    token = secrets.token_hex(16)
+    start = time.monotonic()
     sys.stdout.flush()
     pid = os.fork()
     if pid == 0:
         try:
-            run_untrusted(config)
+            run_untrusted(job, token, uid, socket_guard)
         finally:
             os._exit(4)
-    _, status = os.waitpid(pid, 0)
-    print(json.dumps(verdict(status, config["token"], config["limits"]["cpu_seconds"])), flush=True)
+    status, cpu_used, timed_out = wait_for(pid, job["limits"]["wall_seconds"])
+    sweep(uid, pid)
+    if timed_out:
+        result = {"status": "timeout", "detail": f"wall-clock limit of {job['limits']['wall_seconds']:g} s"}
+    else:
+        result = verdict(status, cpu_used, token, job["limits"], job["dir"])
+    return {**result, "seconds": time.monotonic() - start}
+
+
+def main():
+    uid, socket_guard = int(sys.argv[1]), sys.argv[2] == "1"
+    os.chdir("/")
+    if os.getpid() != 1:
+        become_subreaper()
+    for name in WARM_MODULES:  # imported once here instead of in every job
+        __import__(name)
+    for line in sys.stdin:
+        if line.strip():
+            print(json.dumps(run_job(json.loads(line), uid, socket_guard)), flush=True)
 
 
 if __name__ == "__main__":
