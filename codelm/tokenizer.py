@@ -41,7 +41,8 @@ class Tokenizer:
     may lack some (SmolLM2 has no FIM tokens): `require` names what is missing.
     `prefix_ids` start every document (codelm: <|endoftext|>, the separator its
     models saw before each document) and `stop_ids` end generation; an imported
-    model's checkpoint sets both from its own config."""
+    model's checkpoint sets both from its own config, and its chat template
+    (None: ChatML, see codelm.inference.chat)."""
 
     def __init__(self, hf: HFTokenizer, required=tuple(SPECIAL_TOKENS)):
         self.hf = hf
@@ -51,6 +52,7 @@ class Tokenizer:
         self.eot_id = self.special.get(EOT)
         self.prefix_ids = [self.eot_id] if self.eot_id is not None else []
         self.stop_ids = {self.eot_id} if self.eot_id is not None else set()
+        self.chat_template: str | None = None
 
     def require(self, *names: str) -> list[int]:
         """Ids of these special tokens, or a UserError naming the missing ones."""

@@ -179,7 +179,8 @@ def load_model(path: str | Path, device="cpu") -> tuple[Transformer, Tokenizer, 
     """Model (eval mode, fp32) and tokenizer from a checkpoint directory.
 
     An imported model's config.json sets where documents start (`codelm_prefix_ids`)
-    and which tokens end generation (`eos_token_id`, with <|endoftext|> if present)."""
+    and which tokens end generation (`eos_token_id`, with <|endoftext|> if present);
+    its tokenizer_config.json, the chat template."""
     ckpt = resolve_checkpoint(path)
     config = json.loads((ckpt / "config.json").read_text())
     model = Transformer(ModelConfig(**config["codelm"]))
@@ -187,6 +188,8 @@ def load_model(path: str | Path, device="cpu") -> tuple[Transformer, Tokenizer, 
     tok = Tokenizer.load(ckpt / "tokenizer.json", required=())
     tok.prefix_ids = config.get("codelm_prefix_ids", tok.prefix_ids)
     tok.stop_ids |= set(token_id_list(config.get("eos_token_id")))
+    if (ckpt / "tokenizer_config.json").is_file():
+        tok.chat_template = json.loads((ckpt / "tokenizer_config.json").read_text()).get("chat_template")
     return model.float().to(device).eval(), tok, ckpt
 
 
