@@ -144,11 +144,21 @@ def cmd_sandbox_run(args):
     sys.exit(0 if result.status == "passed" else 1)
 
 
-def cmd_eval_loss(args):
-    from codelm.eval.bpb import evaluate_path
+def cmd_eval(args):
+    from codelm.eval.runner import EvalConfig, Evaluation
 
-    result = evaluate_path(args.checkpoint, args.data, args.seq_len, args.batch)
-    print(json.dumps(result, indent=2))
+    cfg = EvalConfig(checkpoint=args.checkpoint, tasks=comma_list(args.tasks), out=args.out, n=args.n,
+                     temperature=args.temperature, top_p=args.top_p, k=[int(k) for k in comma_list(args.k)],
+                     limit=args.limit, few_shot=args.few_shot, chat=args.chat, max_new_tokens=args.max_new_tokens,
+                     batch_size=args.batch_size, seed=args.seed, dtype=args.dtype, data=args.data or [],
+                     corpus=args.corpus or [], contamination_threshold=args.threshold, workers=args.workers)
+    evaluation = Evaluation(cfg)
+    evaluation.run()
+    print(f"results -> {evaluation.out}/results.json, samples.jsonl, report.md")
+
+
+def comma_list(text: str) -> list[str]:
+    return [part.strip() for part in text.split(",") if part.strip()]
 
 
 def add_corpus_args(parser: argparse.ArgumentParser):
@@ -292,14 +302,37 @@ def build_parser() -> argparse.ArgumentParser:
     sr.add_argument("--memory-mb", type=int, default=1024)
     sr.set_defaults(func=cmd_sandbox_run)
 
-    e = sub.add_parser("eval-loss", help="loss and bits-per-byte of a checkpoint on any code",
-                       description="Loss per token and bits per byte (comparable across tokenizers) of a checkpoint "
-                       "on a file or directory of code.")
-    e.add_argument("--checkpoint", required=True)
-    e.add_argument("--data", action="append", required=True, help="file or directory of code (repeatable)")
-    e.add_argument("--seq-len", type=int, default=0, help="context per row (default: the model's)")
-    e.add_argument("--batch", type=int, default=16)
-    e.set_defaults(func=cmd_eval_loss)
+    e = sub.add_parser("eval", help="evaluate a checkpoint: HumanEval pass@k, infilling, bits per byte, contamination",
+                       description="Run evaluation tasks and write OUT/results.json, OUT/samples.jsonl (every "
+                       "completion with its prompt, status and error) and OUT/report.md; a training run's report.md "
+                       "gains the evaluation section. Generated code runs only in the sandbox (see `codelm sandbox "
+                       "run`). Tasks: humaneval (pass@k, unbiased estimator), humaneval-infill-single and "
+                       "humaneval-infill-multi (fill-in-the-middle on HumanEval's solutions: pass@1 and exact match), "
+                       "bpb (bits per byte on --data, per language), contamination (HumanEval overlap with --corpus).")
+    e.add_argument("--checkpoint", help="checkpoint, run directory, or imported model (not needed for contamination)")
+    e.add_argument("--tasks", default="humaneval", help="comma-separated tasks (default: %(default)s)")
+    e.add_argument("--out", help="output directory (default: CHECKPOINT/eval)")
+    e.add_argument("--n", type=int, default=1, help="completions per problem (default %(default)s)")
+    e.add_argument("--temperature", type=float, default=0.0, help="0: greedy (default); e.g. 0.8 with --n 20")
+    e.add_argument("--top-p", type=float, default=0.95, help="nucleus sampling when temperature > 0")
+    e.add_argument("--k", default="1,10,100", help="pass@k for these k (those <= n; default %(default)s)")
+    e.add_argument("--limit", type=int, default=0, help="only the first N problems / a fixed sample of N infilling "
+                   "tasks (default: all)")
+    e.add_argument("--few-shot", type=int, default=0, help="K other HumanEval problems with solutions as examples")
+    e.add_argument("--chat", action="store_true", help="chat prompting: the model's chat template, then the code "
+                   "block is extracted from the reply")
+    e.add_argument("--max-new-tokens", type=int, default=0,
+                   help="default: 512 for humaneval, 64 single-line and 256 multi-line infilling")
+    e.add_argument("--batch-size", type=int, default=16, help="prompts generated together")
+    e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32")
+    e.add_argument("--data", action="append", help="bpb: file or directory of code, or a curated corpus (repeatable)")
+    e.add_argument("--corpus", action="append", help="contamination: a `codelm curate` output or code "
+                   "files/directories (default: a speedrun directory's own curated corpus)")
+    e.add_argument("--threshold", type=float, default=0.5,
+                   help="contamination: flag an item whose longest copy covers this share of it")
+    e.add_argument("--workers", type=int, default=0, help="parallel sandboxes (default: one per core)")
+    e.set_defaults(func=cmd_eval)
     return p
 
 

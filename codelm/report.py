@@ -1,7 +1,9 @@
 """report.md for a run, built only from the files the stages wrote into the run directory.
 
-Reads config.toml, metrics.jsonl, the tokenized corpus's stats.json and
-samples.json, and writes report.md with a loss-curve PNG beside it.
+Reads config.toml, metrics.jsonl, the tokenized corpus's stats.json,
+samples.json and eval/results.json (`codelm eval`), and writes report.md with a
+loss-curve PNG beside it. `codelm eval` also writes its section on its own, as
+eval/report.md with a pass@k-against-k plot.
 """
 
 import json
@@ -103,6 +105,9 @@ def write_report(run_dir: str | Path, title: str = "codelm run") -> Path:
             from codelm.data.card import load_stats, stats_table
 
             sections += [f"### Curation ({curated}/DATA_CARD.md)", "", stats_table(load_stats(curated)), ""]
+    eval_results = run_dir / "eval" / "results.json"
+    if eval_results.is_file():
+        sections += eval_section(json.loads(eval_results.read_text()), "eval/")
     if samples:
         sections += ["## Samples (greedy)", ""]
         for s in samples:
@@ -110,3 +115,83 @@ def write_report(run_dir: str | Path, title: str = "codelm run") -> Path:
     path = run_dir / "report.md"
     path.write_text("\n".join(sections))
     return path
+
+
+def plot_pass_at_k(curve: dict[str, float], path: Path, label: str):
+    """pass@k for every k from 1 to n: how much drawing more samples buys."""
+    ks = [int(k) for k in curve]
+    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=110)
+    ax.plot(ks, [100 * v for v in curve.values()], "o-", label=label)
+    ax.set_xscale("log" if len(ks) > 2 else "linear")
+    ax.set_xlabel("k (samples drawn)")
+    ax.set_ylabel("pass@k (%)")
+    ax.set_ylim(bottom=0)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def eval_section(results: dict, image_dir: str = "") -> list[str]:
+    """The evaluation section: one table of headline numbers, then per-task detail."""
+    from codelm.eval.contamination import excerpt_line
+
+    tasks, s = results["tasks"], results["settings"]
+    decoding = "greedy" if s["temperature"] == 0 else f"temperature {s['temperature']:g}, top-p {s['top_p']:g}"
+    rows = []
+    if "humaneval" in tasks:
+        h = tasks["humaneval"]
+        shots = f", {h['few_shot']}-shot" if h["few_shot"] else ""
+        for k, v in h["pass@k"].items():
+            rows.append((f"HumanEval pass@{k}", f"**{100 * v:.1f}%** ({h['problems']} problems, n={h['n']}, "
+                                                f"{h['prompting']} prompting{shots}, {decoding})"))
+        rows.append(("HumanEval outcomes", ", ".join(f"{k} {v}" for k, v in sorted(h["statuses"].items()))))
+    for name in ("humaneval-infill-single", "humaneval-infill-multi"):
+        if name in tasks:
+            t = tasks[name]
+            rows.append((f"{name} pass@1 / exact match", f"**{100 * t['pass@1']:.1f}%** / {100 * t['exact_match']:.1f}% "
+                                                        f"({t['tasks']} of {t['of']} tasks)"))
+    if "bpb" in tasks:
+        o = tasks["bpb"]["overall"]
+        rows.append(("bits per byte", f"**{o['bpb']:.4f}** ({o['documents']} files, {o['bytes']:,} bytes)"))
+    if "contamination" in tasks:
+        c = tasks["contamination"]
+        rows.append(("contamination", f"{c['flagged']} of {len(c['items'])} HumanEval items flagged (longest copy "
+                                      f">= {c['threshold']:.0%} of the item) in {c['documents']} documents"))
+    lines = ["## Evaluation", "", f"Checkpoint `{results['checkpoint']}`; sandbox isolation: "
+             f"{results.get('sandbox_isolation') or '-'}; {results['seconds']:.0f} s.", "", _table(rows), ""]
+    if "humaneval" in tasks:
+        lines += [f"![pass@k against k]({image_dir}pass_at_k.png)", ""]
+    if "bpb" in tasks and len(tasks["bpb"]["languages"]) > 1:
+        lines += ["| language | files | bytes | bits per byte |", "|---|---:|---:|---:|"]
+        lines += [f"| {name} | {r['documents']} | {r['bytes']:,} | {r['bpb']:.4f} |"
+                  for name, r in tasks["bpb"]["languages"].items()] + [""]
+    if "contamination" in tasks:
+        lines += ["Largest overlaps with the training corpus:", "",
+                  "| item | longest copy (tokens) | share of item | n-grams found | where | excerpt |",
+                  "|---|---:|---:|---:|---|---|"]
+        lines += [f"| {i['item']}{' **flagged**' if i['flagged'] else ''} | {i['longest']} | {i['longest_fraction']:.0%} "
+                  f"| {i['ngram_fraction']:.0%} | {i['document']} | `{excerpt_line(i['excerpt'])}` |"
+                  for i in tasks["contamination"]["items"][:10]] + [""]
+    return lines
+
+
+def write_eval_report(out: Path, results: dict) -> Path:
+    """OUT/report.md (and pass_at_k.png); the run's report.md too when OUT is a training run's eval/."""
+    if "humaneval" in results["tasks"]:
+        h = results["tasks"]["humaneval"]
+        plot_pass_at_k(h["curve"], out / "pass_at_k.png", f"HumanEval, n={h['n']}")
+    path = out / "report.md"
+    path.write_text("\n".join(["# codelm eval", "", *eval_section(results)]))
+    run_dir = out.parent
+    if out.name == "eval" and (run_dir / "metrics.jsonl").is_file() and (run_dir / "config.toml").is_file():
+        write_report(run_dir, title=_title(run_dir))
+    return path
+
+
+def _title(run_dir: Path) -> str:
+    """Keep the run report's existing title."""
+    report = run_dir / "report.md"
+    first = report.read_text().split("\n", 1)[0] if report.is_file() else ""
+    return first[2:] if first.startswith("# ") else "codelm run"

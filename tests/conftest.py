@@ -56,6 +56,14 @@ def tokens_dir(tmp_path_factory, corpus_paths) -> Path:
     return root / "tokens"
 
 
+@pytest.fixture(scope="session")
+def code_tok(tokens_dir):
+    """The corpus's trained tokenizer (every codelm special token)."""
+    from codelm.tokenizer import Tokenizer
+
+    return Tokenizer.load(tokens_dir.parent / "tokenizer.json")
+
+
 @pytest.fixture
 def tiny_config(tmp_path, tokens_dir):
     """Write a tiny training config; returns (config path, run dir)."""

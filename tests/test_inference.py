@@ -47,11 +47,6 @@ def random_model(vocab: int, seed: int, dim: int = 64, layers: int = 2) -> Trans
 
 
 @pytest.fixture(scope="module")
-def code_tok(tokens_dir):
-    return Tokenizer.load(tokens_dir.parent / "tokenizer.json")
-
-
-@pytest.fixture(scope="module")
 def engine(code_tok):
     return Engine(random_model(code_tok.vocab_size, seed=0), code_tok)
 

@@ -9,6 +9,9 @@ import numpy as np
 import pytest
 import torch
 
+from codelm.errors import UserError
+from codelm.eval.runner import EvalConfig, Evaluation
+from codelm.inference.chat import encode_chat
 from codelm.inference.engine import Engine
 from codelm.inference.sampling import SamplingParams
 from codelm.interop.gguf import import_gguf, unpermute_rope_rows
@@ -203,3 +206,15 @@ def test_smollm2_export_loads_in_transformers_with_the_same_logits(smollm2, tmp_
     assert back.config.tie_embeddings and (logprobs(back, ids) - b).abs().max() < 1e-3
     assert "chat_template" in json.loads((out / "tokenizer_config.json").read_text())
     assert math.isclose(json.loads((out / "config.json").read_text())["rope_theta"], 100000.0)
+
+
+def test_smollm2_chat_prompt_matches_transformers_and_infilling_is_refused(smollm2, tmp_path):
+    ckpt, _, hf_tok = smollm2
+    _, tok, _ = load_model(ckpt)
+    messages = [{"role": "user", "content": "Write a function that reverses a string.\nReply with code only."}]
+    ours = encode_chat(tok, messages, tok.chat_template)
+    text = hf_tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    assert ours == hf_tok(text, add_special_tokens=False).input_ids
+    assert tok.decode(ours).startswith("<|im_start|>system\nYou are a helpful AI assistant named SmolLM")
+    with pytest.raises(UserError, match="fim_prefix"):  # SmolLM2 has no FIM tokens
+        Evaluation(EvalConfig(checkpoint=str(ckpt), tasks=["humaneval-infill-single"], out=str(tmp_path))).run()

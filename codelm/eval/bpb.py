@@ -74,18 +74,36 @@ def unigram_entropy(docs, vocab_size: int, eot_id: int) -> float:
 
 
 def evaluate_path(checkpoint: str, paths: list[str], seq_len: int = 0, batch_rows: int = 16) -> dict:
-    """bpb of a checkpoint on files or directories of code, tokenized with the checkpoint's own tokenizer."""
-    from codelm.data.tokenize import Corpus
+    """bpb of a checkpoint on files or directories of code (or a curated corpus), overall and per language,
+    tokenized with the checkpoint's own tokenizer."""
     from codelm.train.checkpoint import load_model
-    from codelm.train.loop import autocast_context
 
     model, tok, ckpt = load_model(checkpoint)
+    return {"checkpoint": str(ckpt), **evaluate_languages(model, tok, paths, seq_len, batch_rows)}
+
+
+def evaluate_languages(model: Transformer, tok: Tokenizer, paths: list[str], seq_len: int = 0,
+                       batch_rows: int = 16) -> dict:
+    """{"overall": ..., "languages": {name: ...}, "documents", "skipped"}; a file's language comes from its name."""
+    from codelm.data.languages import language_of
+    from codelm.data.tokenize import Corpus
+    from codelm.train.loop import autocast_context
+
     corpus = Corpus(paths)
-    docs = [np.asarray(tok.encode(d.text), dtype=np.int64) for d in corpus.documents()]
-    if not docs:
+    groups: dict[str, list[np.ndarray]] = {}
+    for d in corpus.documents():
+        language = language_of(d.key, d.text[:200].split("\n", 1)[0]) or "other"
+        groups.setdefault(language, []).append(np.asarray(tok.encode(d.text), dtype=np.int64))
+    if not groups:
         raise UserError(f"no usable code files in {paths} (skipped: {dict(corpus.skipped)})")
     seq_len = seq_len or model.config.max_seq_len
     device = next(model.parameters()).device
-    result = evaluate(model, eval_loader(docs, tok, seq_len, batch_rows), token_bytes_tensor(tok),
-                      autocast_context(device, "bf16" if device.type == "cpu" else "fp32"), device)
-    return {"checkpoint": str(ckpt), **result, "documents": len(docs), "skipped": dict(corpus.skipped)}
+    autocast = autocast_context(device, "bf16" if device.type == "cpu" else "fp32")
+    languages = {name: {**evaluate(model, eval_loader(docs, tok, seq_len, batch_rows), token_bytes_tensor(tok),
+                                   autocast, device), "documents": len(docs)}
+                 for name, docs in sorted(groups.items(), key=lambda kv: -len(kv[1]))}
+    total = {key: sum(r[key] for r in languages.values()) for key in ("tokens", "bytes", "documents")}
+    # bpb and loss are ratios: the overall values weight each language by its bytes and tokens
+    total["bpb"] = sum(r["bpb"] * r["bytes"] for r in languages.values()) / max(total["bytes"], 1)
+    total["loss"] = sum(r["loss"] * r["tokens"] for r in languages.values()) / max(total["tokens"], 1)
+    return {"overall": total, "languages": languages, "skipped": dict(corpus.skipped)}

@@ -1,0 +1,286 @@
+"""`codelm eval`: run the evaluation tasks on a checkpoint and write what they found.
+
+Tasks:
+- humaneval: n completions per problem (base or chat prompting, optional k-shot),
+  executed in the sandbox, scored with the unbiased pass@k;
+- humaneval-infill-single / humaneval-infill-multi: the model fills each masked
+  span through its FIM prompt; pass@1 by execution and exact match;
+- bpb: bits per byte on --data, overall and per language;
+- contamination: overlap of every HumanEval item with --corpus (no model needed).
+
+Outputs, in OUT (default: CHECKPOINT/eval, or RUN/eval for a run directory):
+results.json (every number), samples.jsonl (one row per completion: prompt,
+completion, status, error excerpt) and report.md with pass_at_k.png; a run's
+own report.md gains the evaluation section.
+
+Generation is batched with prompts sorted by length. A prompt that leaves no
+room in the model's context is not generated: the sample counts as failed,
+with status "skipped".
+"""
+
+import json
+import os
+import random
+import re
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from tqdm import tqdm
+
+from codelm.errors import UserError
+from codelm.eval import humaneval, infilling
+from codelm.eval.passk import mean_pass_at_k
+from codelm.eval.sandbox import Limits, environment, run_many
+
+MODEL_TASKS = ["humaneval", "humaneval-infill-single", "humaneval-infill-multi", "bpb"]
+TASKS = [*MODEL_TASKS, "contamination"]
+DEFAULT_MAX_NEW_TOKENS = {"humaneval": 512, "humaneval-infill-single": 64, "humaneval-infill-multi": 256}
+
+
+@dataclass
+class EvalConfig:
+    checkpoint: str | None
+    tasks: list[str]
+    out: str | None = None
+    n: int = 1
+    temperature: float = 0.0  # 0: greedy
+    top_p: float = 0.95
+    k: list[int] = field(default_factory=lambda: [1, 10, 100])
+    limit: int = 0  # 0: every problem / infilling task
+    few_shot: int = 0
+    chat: bool = False
+    max_new_tokens: int = 0  # 0: the task's default
+    batch_size: int = 16
+    seed: int = 0
+    dtype: str = "fp32"
+    data: list[str] = field(default_factory=list)  # bpb
+    corpus: list[str] = field(default_factory=list)  # contamination
+    contamination_threshold: float = 0.5
+    workers: int = 0  # sandbox processes (0: one per core)
+
+    def __post_init__(self):
+        unknown = [t for t in self.tasks if t not in TASKS]
+        if unknown or not self.tasks:
+            raise UserError(f"unknown task(s) {unknown or self.tasks}: choose from {', '.join(TASKS)}")
+        if any(t in MODEL_TASKS for t in self.tasks) and not self.checkpoint:
+            raise UserError("--checkpoint is required for " + ", ".join(t for t in self.tasks if t in MODEL_TASKS))
+        if "bpb" in self.tasks and not self.data:
+            raise UserError("task bpb needs --data: files or directories of code to score")
+        if self.n < 1 or self.limit < 0 or self.few_shot < 0 or self.batch_size < 1:
+            raise UserError("--n and --batch-size must be >= 1; --limit and --few-shot >= 0")
+        if any(k < 1 for k in self.k):
+            raise UserError(f"--k values must be >= 1, got {self.k}")
+        if self.temperature == 0 and self.n > 1:
+            raise UserError("greedy decoding (--temperature 0) gives one completion per problem: use --n 1, "
+                            "or a temperature such as 0.8 for pass@k with k > 1")
+
+    def sampling(self, task: str, stop: list[str]):
+        from codelm.inference.sampling import SamplingParams
+
+        greedy = self.temperature == 0
+        return SamplingParams(strategy="greedy" if greedy else "sample", temperature=self.temperature or 1.0,
+                              top_p=1.0 if greedy else self.top_p, n=self.n, seed=self.seed, stop=stop,
+                              max_new_tokens=self.max_new_tokens or DEFAULT_MAX_NEW_TOKENS[task])
+
+
+def generate(engine, prompts: list[list[int]], params, batch_size: int, desc: str) -> list[list]:
+    """params.n completions per prompt (token ids), batched by length; None for a prompt that does not fit."""
+    from dataclasses import replace
+
+    context = engine.model.config.max_seq_len
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+    results: list[list | None] = [None] * len(prompts)
+    fits = [i for i in order if len(prompts[i]) < context]
+    with tqdm(total=len(fits), desc=desc, unit=" prompts") as bar:
+        for start in range(0, len(fits), batch_size):
+            batch = fits[start:start + batch_size]
+            room = context - max(len(prompts[i]) for i in batch)
+            batch_params = replace(params, max_new_tokens=min(params.max_new_tokens, room))
+            for i, completions in zip(batch, engine.generate([prompts[i] for i in batch], batch_params)):
+                results[i] = completions
+            bar.update(len(batch))
+    return results
+
+
+def error_excerpt(result) -> str:
+    """What a failing sample's row says: the verdict's detail, then the end of its stderr."""
+    tail = result.stderr.strip().splitlines()[-3:]
+    return "\n".join([result.detail, *tail]).strip()[:600]
+
+
+class Evaluation:
+    """The tasks of one `codelm eval`; `engine` (default: loaded from cfg.checkpoint) is what generates."""
+
+    def __init__(self, cfg: EvalConfig, engine=None):
+        self.cfg = cfg
+        self.engine = engine
+        if engine is None and any(t in MODEL_TASKS for t in cfg.tasks):
+            import torch
+
+            from codelm.inference.engine import Engine
+
+            self.engine = Engine.from_checkpoint(cfg.checkpoint, {"fp32": torch.float32,
+                                                                  "bf16": torch.bfloat16}[cfg.dtype])
+        self.out = Path(cfg.out) if cfg.out else default_out(cfg.checkpoint)
+        self.samples: list[dict] = []
+
+    def run(self) -> dict:
+        if any(t.startswith("humaneval-infill") for t in self.cfg.tasks):  # fail before any work
+            from codelm.tokenizer import FIM_MIDDLE, FIM_PREFIX, FIM_SUFFIX
+
+            self.engine.tok.require(FIM_PREFIX, FIM_SUFFIX, FIM_MIDDLE)
+        start = time.time()
+        results = {"checkpoint": self.cfg.checkpoint, "settings": asdict(self.cfg), "tasks": {}}
+        for task in self.cfg.tasks:
+            print(f"=== {task}", flush=True)
+            task_start = time.time()
+            runner = {"humaneval": self.humaneval, "humaneval-infill-single": self.infilling,
+                      "humaneval-infill-multi": self.infilling, "bpb": self.bpb,
+                      "contamination": self.contamination}[task]
+            results["tasks"][task] = {**runner(task), "seconds": round(time.time() - task_start, 1)}
+            print(summary_line(task, results["tasks"][task]), flush=True)
+        results["sandbox_isolation"] = environment()[0] if self.samples else None
+        results["seconds"] = round(time.time() - start, 1)
+        self.write(results)
+        return results
+
+    def humaneval(self, task: str) -> dict:
+        from codelm.inference.chat import encode_chat
+
+        cfg, engine = self.cfg, self.engine
+        problems = humaneval.load_problems()
+        chosen = problems[:cfg.limit] if cfg.limit else problems
+        if cfg.chat:
+            prompts = [encode_chat(engine.tok, humaneval.chat_messages(p, humaneval.shots(p, problems, cfg.few_shot)),
+                                   engine.tok.chat_template) for p in chosen]
+        else:
+            prompts = [engine.encode(humaneval.base_prompt(p, humaneval.shots(p, problems, cfg.few_shot)))
+                       for p in chosen]
+        params = cfg.sampling(task, [] if cfg.chat else humaneval.STOP_SEQUENCES)
+        started = time.time()
+        outputs = generate(engine, prompts, params, cfg.batch_size, "humaneval: generating")
+        generate_seconds = time.time() - started
+        rows, jobs = [], []
+        for problem, prompt, completions in zip(chosen, prompts, outputs):
+            for j in range(cfg.n):
+                text = completions[j].text if completions else None
+                completion = (humaneval.chat_completion(problem, text) if cfg.chat else text) if text is not None else ""
+                rows.append({"task": task, "id": problem["task_id"], "sample": j, "prompt": engine.tok.decode(prompt),
+                             "reply": text if cfg.chat else None, "completion": completion,
+                             "finish_reason": completions[j].finish_reason if completions else "skipped"})
+                jobs.append(humaneval.job(problem, completion) if completions else None)
+        statuses = self.execute(rows, jobs)
+        counts = {}
+        for row in rows:
+            n, c = counts.get(row["id"], (0, 0))
+            counts[row["id"]] = (n + 1, c + (row["status"] == "passed"))
+        per_problem = list(counts.values())
+        return {"problems": len(chosen), "n": cfg.n, "prompting": "chat" if cfg.chat else "base",
+                "few_shot": cfg.few_shot, "pass@k": {str(k): v for k, v in mean_pass_at_k(per_problem, cfg.k).items()},
+                "curve": {str(k): v for k, v in mean_pass_at_k(per_problem, list(range(1, cfg.n + 1))).items()},
+                "statuses": statuses, "generate_seconds": round(generate_seconds, 1),
+                "passed_problems": sorted((pid for pid, (_, c) in counts.items() if c), key=task_number)}
+
+    def infilling(self, task: str) -> dict:
+        from codelm.data.fim import fim_prompt
+
+        cfg, engine = self.cfg, self.engine
+        problems = {p["task_id"]: p for p in humaneval.load_problems()}
+        build = infilling.single_line_tasks if task.endswith("single") else infilling.multi_line_tasks
+        tasks = build(list(problems.values()))
+        total = len(tasks)
+        if cfg.limit and cfg.limit < total:  # a fixed random sample, the same on every run
+            tasks = [tasks[i] for i in sorted(random.Random(0).sample(range(total), cfg.limit))]
+        prompts = [fim_prompt(t.prefix, t.suffix, engine.tok) for t in tasks]
+        outputs = generate(engine, prompts, cfg.sampling(task, []), cfg.batch_size, f"{task}: generating")
+        rows, jobs = [], []
+        for t, completions in zip(tasks, outputs):
+            problem = problems[t.problem_id]
+            for j in range(cfg.n):
+                middle = completions[j].text if completions else ""
+                rows.append({"task": task, "id": t.task_id, "sample": j, "prompt": t.prefix + "<MIDDLE>" + t.suffix,
+                             "completion": middle, "reference": t.middle, "exact": same_code(middle, t.middle),
+                             "finish_reason": completions[j].finish_reason if completions else "skipped"})
+                jobs.append((t.prefix + middle + t.suffix, humaneval.job(problem, "")[1]) if completions else None)
+        statuses = self.execute(rows, jobs)
+        return {"tasks": len(tasks), "of": total, "n": cfg.n,
+                "pass@1": sum(r["status"] == "passed" for r in rows) / max(len(rows), 1),
+                "exact_match": sum(r["exact"] for r in rows) / max(len(rows), 1), "statuses": statuses}
+
+    def bpb(self, task: str) -> dict:
+        from codelm.eval.bpb import evaluate_languages
+
+        return evaluate_languages(self.engine.model, self.engine.tok, self.cfg.data)
+
+    def contamination(self, task: str) -> dict:
+        from codelm.eval.contamination import contamination_report
+
+        corpus = self.cfg.corpus or default_corpus(self.cfg.checkpoint)
+        return contamination_report(corpus, threshold=self.cfg.contamination_threshold)
+
+    def execute(self, rows: list[dict], jobs: list) -> dict:
+        """Run the jobs (None: not generated) in the sandbox; fills each row's status and error; status counts."""
+        runnable = [i for i, job in enumerate(jobs) if job is not None]
+        limits = Limits(cpu_seconds=5, wall_seconds=10)
+        for i, result in zip(runnable, run_many([jobs[i] for i in runnable], limits, self.cfg.workers,
+                                                progress="executing")):
+            rows[i]["status"], rows[i]["error"] = result.status, "" if result.status == "passed" else error_excerpt(result)
+        for row in rows:
+            row.setdefault("status", "skipped")
+            row.setdefault("error", "prompt does not fit the model's context")
+        self.samples += rows
+        counts: dict[str, int] = {}
+        for row in rows:
+            counts[row["status"]] = counts.get(row["status"], 0) + 1
+        return counts
+
+    def write(self, results: dict):
+        from codelm.report import write_eval_report
+
+        self.out.mkdir(parents=True, exist_ok=True)
+        write_atomic(self.out / "results.json", json.dumps(results, indent=2))
+        write_atomic(self.out / "samples.jsonl", "".join(json.dumps(row) + "\n" for row in self.samples))
+        write_eval_report(self.out, results)
+
+
+def same_code(a: str, b: str) -> bool:
+    """Exact match up to trailing whitespace on each line and blank lines around the span."""
+    def norm(text):
+        return "\n".join(line.rstrip() for line in text.strip("\n").splitlines()).strip("\n")
+
+    return norm(a) == norm(b)
+
+
+def task_number(task_id: str) -> int:
+    return int(re.sub(r"\D", "", task_id) or 0)
+
+
+def summary_line(task: str, result: dict) -> str:
+    if task == "humaneval":
+        scores = ", ".join(f"pass@{k} {v:.3f}" for k, v in result["pass@k"].items())
+        return f"{task}: {scores} over {result['problems']} problems ({result['statuses']})"
+    if task.startswith("humaneval-infill"):
+        return f"{task}: pass@1 {result['pass@1']:.3f}, exact match {result['exact_match']:.3f} over {result['tasks']} tasks"
+    if task == "bpb":
+        return f"bpb: {result['overall']['bpb']:.4f} over {result['overall']['documents']} files"
+    return f"contamination: {result['flagged']} of {len(result['items'])} items flagged"
+
+
+def default_out(checkpoint: str | None) -> Path:
+    if checkpoint is None:
+        return Path("eval")
+    return Path(checkpoint) / "eval"
+
+
+def default_corpus(checkpoint: str | None) -> list[str]:
+    """A speedrun directory's own curated corpus, when the checkpoint is one."""
+    if checkpoint and (Path(checkpoint) / "data" / "curated" / "stats.json").is_file():
+        return [str(Path(checkpoint) / "data" / "curated")]
+    raise UserError("task contamination needs --corpus: a `codelm curate` output or files/directories of code")
+
+
+def write_atomic(path: Path, text: str):
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
