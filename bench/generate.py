@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from codelm.inference.engine import Engine
+from codelm.inference.engine import DTYPES, Engine
 from codelm.inference.sampling import SamplingParams
 from codelm.inference.speculative import DraftModel, PromptLookup, speculative_generate
 from codelm.interop.gguf import import_gguf
@@ -62,8 +62,6 @@ def normalize(text: str) -> str:
 <|im_end|>
 <|im_start|>assistant
 '''
-
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
 def timed(fn) -> float:

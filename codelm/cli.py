@@ -61,11 +61,9 @@ def cmd_pretrain(args):
 
 
 def _engine(checkpoint: str, dtype: str):
-    import torch
-
     from codelm.inference.engine import Engine
 
-    return Engine.from_checkpoint(checkpoint, dtype={"fp32": torch.float32, "bf16": torch.bfloat16}[dtype])
+    return Engine.from_checkpoint(checkpoint, dtype=dtype)
 
 
 def _sampling_params(args):
@@ -182,7 +180,8 @@ def add_sampling_args(parser: argparse.ArgumentParser, default_strategy: str):
     parser.add_argument("--max-new-tokens", type=int, default=256)
     parser.add_argument("--stop", action="append", help="stop string (repeatable), matched on decoded text")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32", help="weights and cache precision")
+    parser.add_argument("--dtype", choices=["fp32", "bf16", "fp64"], default="fp32",
+                        help="weights and cache precision (fp64: greedy output independent of batch size)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -325,7 +324,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="default: 512 for humaneval, 64 single-line and 256 multi-line infilling")
     e.add_argument("--batch-size", type=int, default=16, help="prompts generated together")
     e.add_argument("--seed", type=int, default=0)
-    e.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32")
+    e.add_argument("--dtype", choices=["fp32", "bf16", "fp64"], default="fp32",
+                   help="fp64: about 2x slower; greedy results then do not depend on --batch-size")
     e.add_argument("--data", action="append", help="bpb: file or directory of code, or a curated corpus (repeatable)")
     e.add_argument("--corpus", action="append", help="contamination: a `codelm curate` output or code "
                    "files/directories (default: a speedrun directory's own curated corpus)")

@@ -17,6 +17,7 @@ from codelm.data.shards import TokenShards
 from codelm.data.tokenize import tokenize_corpus, train_tokenizer_on_corpus
 from codelm.errors import UserError
 from codelm.eval.bpb import unigram_entropy
+from codelm.eval.runner import EvalConfig, Evaluation
 from codelm.inference.engine import Engine
 from codelm.inference.sampling import SamplingParams
 from codelm.report import write_report
@@ -72,18 +73,18 @@ def speedrun(data=None, out=None, minutes=None, max_steps=None, config=None, ove
         settings += [f"train.max_minutes={minutes}"]
     cfg = load_config(config, settings)  # fail on a bad key before any work
 
-    _banner(f"1/6 curate ({'stdlib' if not data else ', '.join(data)})")
+    _banner(f"1/7 curate ({'stdlib' if not data else ', '.join(data)})")
     if (curated_dir / "stats.json").is_file():
         print(f"reusing {curated_dir}")
     else:
         curate(load_curate_config(None, data or []), curated_dir)
     print(stats_table(load_stats(curated_dir)))
-    _banner("2/6 tokenizer")
+    _banner("2/7 tokenizer")
     if tokenizer_path.is_file():
         print(f"reusing {tokenizer_path}")
     else:
         train_tokenizer_on_corpus([str(curated_dir)], tokenizer_path, vocab_size)
-    _banner("3/6 tokenize")
+    _banner("3/7 tokenize")
     if (tokens_dir / "stats.json").is_file():
         print(f"reusing {tokens_dir}")
     else:
@@ -91,16 +92,21 @@ def speedrun(data=None, out=None, minutes=None, max_steps=None, config=None, ove
     stats = json.loads((tokens_dir / "stats.json").read_text())
     print(f"train {stats['splits']['train']['tokens']:,} tokens, val {stats['splits']['val']['tokens']:,} tokens")
 
-    _banner(f"4/6 pretrain {config.name}")
+    _banner(f"4/7 pretrain {config.name}")
     resume = latest_checkpoint(run_dir / "checkpoints") is not None
     result = pretrain(cfg, resume=resume)
     if result.get("stopped"):
         print(f"stopped by signal; rerun with --out {run_dir} to resume")
         return run_dir
 
-    _banner("5/6 samples")
+    _banner("5/7 samples")
     model, tok, _ = load_model(run_dir)
     write_samples(run_dir, model, tok)
+
+    _banner("6/7 evaluate: HumanEval pass@1, contamination of the curated corpus")
+    # infilling takes minutes more at this size: `codelm eval --tasks humaneval-infill-single --checkpoint RUN`
+    Evaluation(EvalConfig(checkpoint=str(run_dir), tasks=["humaneval", "contamination"], corpus=[str(curated_dir)],
+                          out=str(run_dir / "eval"))).run()
     train_docs = TokenShards(tokens_dir / "train")
     summary = {
         **{k: v for k, v in result.items() if isinstance(v, (int, float))},
@@ -110,7 +116,7 @@ def speedrun(data=None, out=None, minutes=None, max_steps=None, config=None, ove
     }
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=float))
 
-    _banner("6/6 report")
+    _banner("7/7 report")
     report = write_report(run_dir, title="codelm speedrun")
     print(f"validation bpb {result['bpb']:.4f} (loss {result['loss']:.4f}; unigram baseline "
           f"{summary['unigram_loss']:.4f}) | total {summary['wall_minutes']:.1f} min | report: {report}")

@@ -218,3 +218,18 @@ def test_smollm2_chat_prompt_matches_transformers_and_infilling_is_refused(smoll
     assert tok.decode(ours).startswith("<|im_start|>system\nYou are a helpful AI assistant named SmolLM")
     with pytest.raises(UserError, match="fim_prefix"):  # SmolLM2 has no FIM tokens
         Evaluation(EvalConfig(checkpoint=str(ckpt), tasks=["humaneval-infill-single"], out=str(tmp_path))).run()
+
+
+def test_fp64_greedy_is_independent_of_the_batch(smollm2):
+    """fp32 logits of a prompt move by ~1e-5 with its batch mates (CPU kernels sum in a shape-dependent order);
+    in fp64 they are identical once rounded to fp32, so greedy output cannot depend on the batch."""
+    ckpt, _, _ = smollm2
+    engine = Engine.from_checkpoint(ckpt, dtype="fp64")
+    prompts = [engine.encode(text) for text in (CODE_PROMPT, "def add(a, b):\n", "import os\n\n\nclass Config:\n")]
+    _, alone, _ = engine.prefill(prompts[1:2], 8)
+    _, together, _ = engine.prefill(prompts, 8)
+    assert torch.equal(alone[0], together[1])
+    params = SamplingParams(max_new_tokens=16)
+    batched = engine.generate(prompts, params)
+    assert [[c.token_ids for c in row] for row in batched] == \
+        [[c.token_ids for c in engine.generate([p], params)[0]] for p in prompts]

@@ -116,12 +116,9 @@ class Evaluation:
         self.cfg = cfg
         self.engine = engine
         if engine is None and any(t in MODEL_TASKS for t in cfg.tasks):
-            import torch
-
             from codelm.inference.engine import Engine
 
-            self.engine = Engine.from_checkpoint(cfg.checkpoint, {"fp32": torch.float32,
-                                                                  "bf16": torch.bfloat16}[cfg.dtype])
+            self.engine = Engine.from_checkpoint(cfg.checkpoint, cfg.dtype)
         self.out = Path(cfg.out) if cfg.out else default_out(cfg.checkpoint)
         self.samples: list[dict] = []
 

@@ -27,6 +27,10 @@ from codelm.model.llama import Transformer
 from codelm.tokenizer import Tokenizer
 
 TextCallback = Callable[[int, int, str], None]  # (prompt index, sample index, new text)
+# Weight and cache precisions by name. fp64 is for exact comparisons: CPU matmul kernels sum in an order that
+# depends on the batch shape, so fp32 logits of one prompt move by ~1e-5 with its batch mates and a near-tie
+# can flip a greedy choice; in fp64 those differences vanish when the logits are rounded to fp32.
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp64": torch.float64}
 
 
 @dataclass
@@ -52,11 +56,12 @@ class Engine:
         self.device, self.dtype = param.device, param.dtype
 
     @classmethod
-    def from_checkpoint(cls, path: str | Path, dtype: torch.dtype = torch.float32, device: str = "cpu") -> "Engine":
+    def from_checkpoint(cls, path: str | Path, dtype: torch.dtype | str = torch.float32,
+                        device: str = "cpu") -> "Engine":
         from codelm.train.checkpoint import load_model
 
         model, tok, _ = load_model(path, device=device)
-        return cls(model.to(dtype), tok)
+        return cls(model.to(DTYPES[dtype] if isinstance(dtype, str) else dtype), tok)
 
     def encode(self, prompt: str) -> list[int]:
         """A text prompt as the start of a document."""
