@@ -161,8 +161,8 @@ class Evaluation:
         rows, jobs = [], []
         for problem, prompt, completions in zip(chosen, prompts, outputs):
             for j in range(cfg.n):
-                text = completions[j].text if completions else None
-                completion = (humaneval.chat_completion(problem, text) if cfg.chat else text) if text is not None else ""
+                text = completions[j].text if completions else ""
+                completion = humaneval.chat_completion(problem, text) if cfg.chat and completions else text
                 rows.append({"task": task, "id": problem["task_id"], "sample": j, "prompt": engine.tok.decode(prompt),
                              "reply": text if cfg.chat else None, "completion": completion,
                              "finish_reason": completions[j].finish_reason if completions else "skipped"})
