@@ -191,3 +191,31 @@ def test_humaneval_task_scores_a_model_that_knows_the_answers(code_tok, tmp_path
     assert rows[0]["prompt"] == problems[0]["prompt"] and all(r["error"] for r in rows[4:])
     assert "| HumanEval pass@1 | **66.7%**" in (tmp_path / "report.md").read_text()
     assert (tmp_path / "pass_at_k.png").stat().st_size > 1000
+
+
+def test_infilling_task_scores_by_execution_and_exact_match(code_tok, tmp_path):
+    from codelm.data.fim import fim_prompt
+
+    tasks = single_line_tasks(load_problems())
+    answers = {code_tok.decode(fim_prompt(t.prefix, t.suffix, code_tok)): t.middle for t in tasks}
+    evaluation = Evaluation(EvalConfig(checkpoint="answer key", tasks=["humaneval-infill-single"], limit=6,
+                                       out=str(tmp_path)), engine=AnswerKey(code_tok, answers))
+    result = evaluation.run()["tasks"]["humaneval-infill-single"]
+    assert (result["tasks"], result["of"], result["pass@1"], result["exact_match"]) == (6, 1033, 1.0, 1.0)
+    rows = [json.loads(line) for line in (tmp_path / "samples.jsonl").read_text().splitlines()]
+    chosen = {r["id"] for r in rows}
+    wrong = {key: "    pass\n" for key in answers}  # every middle replaced by a no-op line
+    evaluation = Evaluation(EvalConfig(checkpoint="answer key", tasks=["humaneval-infill-single"], limit=6,
+                                       out=str(tmp_path)), engine=AnswerKey(code_tok, wrong))
+    result = evaluation.run()["tasks"]["humaneval-infill-single"]
+    assert result["exact_match"] == 0 and result["pass@1"] < 1
+    assert {json.loads(line)["id"] for line in (tmp_path / "samples.jsonl").read_text().splitlines()} == chosen
+
+
+def test_exact_match_ignores_only_trailing_whitespace_and_surrounding_blank_lines():
+    from codelm.eval.runner import same_code
+
+    assert same_code("    x = 1\n", "    x = 1")
+    assert same_code("\n    x = 1   \n    y = 2\n\n", "    x = 1\n    y = 2\n")
+    assert not same_code("x = 1\n", "    x = 1\n")  # indentation is code in Python
+    assert not same_code("    x = 2\n", "    x = 1\n")
