@@ -122,7 +122,10 @@ def plot_pass_at_k(curve: dict[str, float], path: Path, label: str):
     ks = [int(k) for k in curve]
     fig, ax = plt.subplots(figsize=(6, 3.5), dpi=110)
     ax.plot(ks, [100 * v for v in curve.values()], "o-", label=label)
-    ax.set_xscale("log" if len(ks) > 2 else "linear")
+    if len(ks) > 4:
+        ax.set_xscale("log")
+    ax.set_xticks(ks if len(ks) <= 10 else [k for k in ks if k in (1, 2, 5, 10, 20, 50, 100, 200)], minor=False)
+    ax.set_xticklabels([str(t) for t in ax.get_xticks().astype(int)])
     ax.set_xlabel("k (samples drawn)")
     ax.set_ylabel("pass@k (%)")
     ax.set_ylim(bottom=0)
@@ -161,7 +164,7 @@ def eval_section(results: dict, image_dir: str = "") -> list[str]:
                                       f">= {c['threshold']:.0%} of the item) in {c['documents']} documents"))
     lines = ["## Evaluation", "", f"Checkpoint `{results['checkpoint']}`; sandbox isolation: "
              f"{results.get('sandbox_isolation') or '-'}; {results['seconds']:.0f} s.", "", _table(rows), ""]
-    if "humaneval" in tasks:
+    if "humaneval" in tasks and tasks["humaneval"]["n"] > 1:
         lines += [f"![pass@k against k]({image_dir}pass_at_k.png)", ""]
     if "bpb" in tasks and len(tasks["bpb"]["languages"]) > 1:
         lines += ["| language | files | bytes | bits per byte |", "|---|---:|---:|---:|"]
@@ -179,8 +182,8 @@ def eval_section(results: dict, image_dir: str = "") -> list[str]:
 
 def write_eval_report(out: Path, results: dict) -> Path:
     """OUT/report.md (and pass_at_k.png); the run's report.md too when OUT is a training run's eval/."""
-    if "humaneval" in results["tasks"]:
-        h = results["tasks"]["humaneval"]
+    h = results["tasks"].get("humaneval")
+    if h and h["n"] > 1:  # with one sample per problem there is only pass@1
         plot_pass_at_k(h["curve"], out / "pass_at_k.png", f"HumanEval, n={h['n']}")
     path = out / "report.md"
     path.write_text("\n".join(["# codelm eval", "", *eval_section(results)]))

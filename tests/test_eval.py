@@ -190,7 +190,7 @@ def test_humaneval_task_scores_a_model_that_knows_the_answers(code_tok, tmp_path
     assert [r["status"] for r in rows[:4]] == ["passed"] * 4 and {r["status"] for r in rows[4:]} <= {"failed", "error"}
     assert rows[0]["prompt"] == problems[0]["prompt"] and all(r["error"] for r in rows[4:])
     assert "| HumanEval pass@1 | **66.7%**" in (tmp_path / "report.md").read_text()
-    assert (tmp_path / "pass_at_k.png").stat().st_size > 1000
+    assert not (tmp_path / "pass_at_k.png").exists()  # one sample per problem: pass@1 only, nothing to plot
 
 
 def test_infilling_task_scores_by_execution_and_exact_match(code_tok, tmp_path):
