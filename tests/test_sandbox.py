@@ -75,6 +75,17 @@ def test_files_outside_its_directory_are_out_of_reach(tmp_path):
     assert_next_program_scores()
 
 
+def test_files_left_in_shared_temporary_directories_are_removed():
+    if os.geteuid() != 0:
+        pytest.skip("unprivileged, the sandbox runs as this user and cannot tell its files from ours")
+    drop = f"/tmp/codelm-sandbox-leftover-{os.getpid()}"
+    program = f"import os\nos.makedirs({drop!r} + '/deep')\nopen({drop!r} + '/deep/x', 'w').write('x')\n"
+    with Sandbox(workers=1, limits=FAST) as box:
+        assert box.run(program).status == "passed"
+        assert not os.path.exists(drop)
+        assert box.run(f"import os\nassert not os.path.exists({drop!r})\n").status == "passed"
+
+
 def test_no_network_and_no_secrets(listening_port, monkeypatch):
     connect = f"import socket\nsocket.create_connection(('127.0.0.1', {listening_port}), timeout=2)\n"
     result = run(connect, "", FAST)

@@ -4,7 +4,8 @@ Run as `python -I harness.py UID SOCKET_GUARD`; it imports nothing from codelm.
 The supervisor (PID 1 of the sandbox's PID namespace when there is one) reads
 one job per line on stdin (a working directory and limits), forks a worker,
 waits for it under the wall-clock limit, then kills every process left running
-as the sandbox's user: the worker's children, daemons, fork-bomb survivors. It
+as the sandbox's user (the worker's children, daemons, fork-bomb survivors) and
+deletes the files that user left in /tmp, /var/tmp and /dev/shm. It
 judges the worker by its wait status and by result.json, trusted only if it
 holds the job's secret token, and answers one JSON line on stdout. The worker
 cannot reach either pipe.
@@ -26,6 +27,7 @@ import time
 import traceback
 
 WARM_MODULES = ["math", "re", "typing", "collections", "itertools", "functools", "heapq", "string", "hashlib"]
+SHARED_WRITABLE = ["/tmp", "/var/tmp", "/dev/shm"]  # where else an unprivileged user can create files
 
 
 def drop_privileges(uid: int):
@@ -149,11 +151,12 @@ def kill_group(pgid: int):
         pass
 
 
-def sweep(uid: int, worker: int):
+def sweep(uid: int, worker: int, workdir: str):
     """Kill everything the job left behind, then reap it (orphans come to this process: PID 1 or subreaper).
 
     As root, a helper becomes the sandbox user and signals every process it may (kill(-1)): that is exactly
-    the job's leftovers, since the user is unique to this sandbox. Unprivileged, only the worker's group."""
+    the job's leftovers, since the user is unique to this sandbox; then the files that user left in shared
+    writable directories go. Unprivileged, only the worker's group is killed."""
     kill_group(worker)
     if os.geteuid() == 0:
         for _ in range(3):  # a fork bomb may fork between two passes
@@ -169,7 +172,31 @@ def sweep(uid: int, worker: int):
                 os._exit(0)
             os.waitpid(helper, 0)
             reap()
+        remove_leftovers(uid, workdir)
     reap()
+
+
+def remove_leftovers(uid: int, workdir: str):
+    """Delete what the job created in the world-writable directories (but its own directory, which the
+    evaluator reads and deletes): the next job must not find it."""
+    import shutil
+
+    workdir = os.path.realpath(workdir)
+    for directory in SHARED_WRITABLE:
+        try:
+            entries = list(os.scandir(os.path.realpath(directory)))
+        except OSError:
+            continue
+        for entry in entries:
+            try:
+                if entry.stat(follow_symlinks=False).st_uid != uid or entry.path == workdir:
+                    continue
+                if entry.is_dir(follow_symlinks=False):
+                    shutil.rmtree(entry.path, ignore_errors=True)
+                else:
+                    os.unlink(entry.path)
+            except OSError:
+                pass
 
 
 def reap():
@@ -204,7 +231,7 @@ def run_job(job: dict, uid: int, socket_guard: bool) -> dict:
         finally:
             os._exit(4)
     status, cpu_used, timed_out = wait_for(pid, job["limits"]["wall_seconds"])
-    sweep(uid, pid)
+    sweep(uid, pid, job["dir"])
     if timed_out:
         result = {"status": "timeout", "detail": f"wall-clock limit of {job['limits']['wall_seconds']:g} s"}
     else:
