@@ -119,6 +119,8 @@ class Evaluation:
             from codelm.inference.engine import Engine
 
             self.engine = Engine.from_checkpoint(cfg.checkpoint, cfg.dtype)
+        if "contamination" in cfg.tasks and not cfg.corpus:  # resolved before any work
+            cfg.corpus = default_corpus(cfg.checkpoint)
         self.out = Path(cfg.out) if cfg.out else default_out(cfg.checkpoint)
         self.samples: list[dict] = []
 
@@ -213,8 +215,7 @@ class Evaluation:
     def contamination(self, task: str) -> dict:
         from codelm.eval.contamination import contamination_report
 
-        corpus = self.cfg.corpus or default_corpus(self.cfg.checkpoint)
-        return contamination_report(corpus, threshold=self.cfg.contamination_threshold)
+        return contamination_report(self.cfg.corpus, threshold=self.cfg.contamination_threshold)
 
     def execute(self, rows: list[dict], jobs: list) -> dict:
         """Run the jobs (None: not generated) in the sandbox; fills each row's status and error; status counts."""
