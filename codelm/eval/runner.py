@@ -114,13 +114,13 @@ class Evaluation:
 
     def __init__(self, cfg: EvalConfig, engine=None):
         self.cfg = cfg
+        if "contamination" in cfg.tasks and not cfg.corpus:  # resolved before any work
+            cfg.corpus = default_corpus(cfg.checkpoint)
         self.engine = engine
         if engine is None and any(t in MODEL_TASKS for t in cfg.tasks):
             from codelm.inference.engine import Engine
 
             self.engine = Engine.from_checkpoint(cfg.checkpoint, cfg.dtype)
-        if "contamination" in cfg.tasks and not cfg.corpus:  # resolved before any work
-            cfg.corpus = default_corpus(cfg.checkpoint)
         self.out = Path(cfg.out) if cfg.out else default_out(cfg.checkpoint)
         self.samples: list[dict] = []
 
