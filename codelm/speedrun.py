@@ -106,7 +106,7 @@ def speedrun(data=None, out=None, minutes=None, max_steps=None, config=None, ove
     _banner("6/7 evaluate: HumanEval pass@1, contamination of the curated corpus")
     # infilling takes minutes more at this size: `codelm eval --tasks humaneval-infill-single --checkpoint RUN`
     Evaluation(EvalConfig(checkpoint=str(run_dir), tasks=["humaneval", "contamination"], corpus=[str(curated_dir)],
-                          out=str(run_dir / "eval"))).run()
+                          out=str(run_dir / "eval")), engine=Engine(model, tok)).run()  # the model step 5 loaded
     train_docs = TokenShards(tokens_dir / "train")
     summary = {
         **{k: v for k, v in result.items() if isinstance(v, (int, float))},

@@ -22,7 +22,8 @@ def token_dtype(vocab_size: int):
     return np.uint16 if vocab_size <= 2**16 else np.uint32
 
 
-def _atomic_write_bytes(path: Path, chunks):
+def atomic_write_bytes(path: Path, chunks):
+    """Write to PATH.tmp, fsync, rename: a crash never leaves a half-written file."""
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "wb") as f:
         for chunk in chunks:
@@ -55,7 +56,7 @@ class ShardWriter:
         os.fsync(self.file.fileno())
         self.file.close()
         self.tmp_path.replace(self.dir / f"{self.name}.bin")
-        _atomic_write_bytes(self.dir / f"{self.name}.idx", [np.asarray(self.offsets, dtype=np.int64).tobytes()])
+        atomic_write_bytes(self.dir / f"{self.name}.idx", [np.asarray(self.offsets, dtype=np.int64).tobytes()])
         self.shards.append({"name": self.name, "n_docs": len(self.offsets) - 1, "n_tokens": self.offsets[-1]})
 
     def add(self, ids):
@@ -76,7 +77,7 @@ class ShardWriter:
             "shards": self.shards,
             **(extra_meta or {}),
         }
-        _atomic_write_bytes(self.dir / "meta.json", [json.dumps(meta, indent=2).encode()])
+        atomic_write_bytes(self.dir / "meta.json", [json.dumps(meta, indent=2).encode()])
         return meta
 
 

@@ -73,15 +73,6 @@ def unigram_entropy(docs, vocab_size: int, eot_id: int) -> float:
     return float(-(p * np.log(p)).sum())
 
 
-def evaluate_path(checkpoint: str, paths: list[str], seq_len: int = 0, batch_rows: int = 16) -> dict:
-    """bpb of a checkpoint on files or directories of code (or a curated corpus), overall and per language,
-    tokenized with the checkpoint's own tokenizer."""
-    from codelm.train.checkpoint import load_model
-
-    model, tok, ckpt = load_model(checkpoint)
-    return {"checkpoint": str(ckpt), **evaluate_languages(model, tok, paths, seq_len, batch_rows)}
-
-
 def evaluate_languages(model: Transformer, tok: Tokenizer, paths: list[str], seq_len: int = 0,
                        batch_rows: int = 16) -> dict:
     """{"overall": ..., "languages": {name: ...}, "documents", "skipped"}; a file's language comes from its name."""

@@ -24,6 +24,7 @@ STOP_SEQUENCES = ["\ndef", "\nclass", "\nif __name__", "\nprint(", "\n#"]
 INSTRUCTION = ("Complete the following Python function. Reply with the complete function, including the imports "
                "it needs, in one ```python code block.\n\n```python\n{prompt}```")
 SHOT_POOL = 24  # shots come from the shortest problems, so k-shot prompts stay short
+LIMITS = Limits(cpu_seconds=5, wall_seconds=10)  # per program; a canonical solution takes well under a second
 
 
 def load_problems() -> list[dict]:
@@ -68,9 +69,12 @@ def extract_code(reply: str, entry_point: str) -> str:
     if not candidates:
         start = _CODE_START.search(reply)
         candidates = [reply[start.start():] if start else reply]
-    defines = re.compile(rf"^\s*(?:async\s+)?def\s+{re.escape(entry_point)}\s*\(", re.M)
-    code = next((b for b in candidates if defines.search(b)), candidates[0])
+    code = next((b for b in candidates if defines(b, entry_point)), candidates[0])
     return _definitions(_compiling_prefix(code))
+
+
+def defines(code: str, entry_point: str) -> bool:
+    return re.search(rf"^\s*(?:async\s+)?def\s+{re.escape(entry_point)}\s*\(", code, re.M) is not None
 
 
 def _compiling_prefix(code: str) -> str:
@@ -101,16 +105,21 @@ def chat_completion(problem: dict, reply: str) -> str:
     """What follows the prompt in the program: the model's own definition (the prompt keeps the imports and
     helpers it defines; the later definition wins), or its code as the body when it wrote only the body."""
     code = extract_code(reply, problem["entry_point"])
-    if re.search(rf"^\s*(?:async\s+)?def\s+{re.escape(problem['entry_point'])}\s*\(", code, re.M):
+    if defines(code, problem["entry_point"]):
         return "\n" + code
     return code if code[:1] in (" ", "\t") else textwrap.indent(code, "    ")
 
 
+def tests(problem: dict) -> str:
+    """The problem's test code, run after the program."""
+    return f"{problem['test']}\n\ncheck({problem['entry_point']})\n"
+
+
 def job(problem: dict, completion: str) -> tuple[str, str]:
     """(program, tests) for one completion of one problem."""
-    return problem["prompt"] + completion, f"{problem['test']}\n\ncheck({problem['entry_point']})\n"
+    return problem["prompt"] + completion, tests(problem)
 
 
 def execute(pairs: list[tuple[dict, str]], limits: Limits | None = None, workers: int = 0) -> list[Result]:
     """Run (problem, completion) pairs in parallel sandboxes; results in order."""
-    return run_many([job(p, c) for p, c in pairs], limits or Limits(cpu_seconds=5, wall_seconds=10), workers)
+    return run_many([job(p, c) for p, c in pairs], limits or LIMITS, workers)

@@ -19,19 +19,20 @@ with status "skipped".
 """
 
 import json
-import os
 import random
 import re
 import time
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from tqdm import tqdm
 
+from codelm.data.shards import atomic_write_bytes
 from codelm.errors import UserError
 from codelm.eval import humaneval, infilling
 from codelm.eval.passk import mean_pass_at_k
-from codelm.eval.sandbox import Limits, environment, run_many
+from codelm.eval.sandbox import environment, run_many
 
 MODEL_TASKS = ["humaneval", "humaneval-infill-single", "humaneval-infill-multi", "bpb"]
 TASKS = [*MODEL_TASKS, "contamination"]
@@ -201,7 +202,7 @@ class Evaluation:
                 rows.append({"task": task, "id": t.task_id, "sample": j, "prompt": t.prefix + "<MIDDLE>" + t.suffix,
                              "completion": middle, "reference": t.middle, "exact": same_code(middle, t.middle),
                              "finish_reason": completions[j].finish_reason if completions else "skipped"})
-                jobs.append((t.prefix + middle + t.suffix, humaneval.job(problem, "")[1]) if completions else None)
+                jobs.append((t.prefix + middle + t.suffix, humaneval.tests(problem)) if completions else None)
         statuses = self.execute(rows, jobs)
         return {"tasks": len(tasks), "of": total, "n": cfg.n,
                 "pass@1": sum(r["status"] == "passed" for r in rows) / max(len(rows), 1),
@@ -220,25 +221,22 @@ class Evaluation:
     def execute(self, rows: list[dict], jobs: list) -> dict:
         """Run the jobs (None: not generated) in the sandbox; fills each row's status and error; status counts."""
         runnable = [i for i, job in enumerate(jobs) if job is not None]
-        limits = Limits(cpu_seconds=5, wall_seconds=10)
-        for i, result in zip(runnable, run_many([jobs[i] for i in runnable], limits, self.cfg.workers,
-                                                progress="executing")):
-            rows[i]["status"], rows[i]["error"] = result.status, "" if result.status == "passed" else error_excerpt(result)
+        results = run_many([jobs[i] for i in runnable], humaneval.LIMITS, self.cfg.workers, progress="executing")
+        for i, result in zip(runnable, results):
+            rows[i]["status"] = result.status
+            rows[i]["error"] = "" if result.status == "passed" else error_excerpt(result)
         for row in rows:
             row.setdefault("status", "skipped")
             row.setdefault("error", "prompt does not fit the model's context")
         self.samples += rows
-        counts: dict[str, int] = {}
-        for row in rows:
-            counts[row["status"]] = counts.get(row["status"], 0) + 1
-        return counts
+        return dict(Counter(row["status"] for row in rows))
 
     def write(self, results: dict):
         from codelm.report import write_eval_report
 
         self.out.mkdir(parents=True, exist_ok=True)
-        write_atomic(self.out / "results.json", json.dumps(results, indent=2))
-        write_atomic(self.out / "samples.jsonl", "".join(json.dumps(row) + "\n" for row in self.samples))
+        atomic_write_bytes(self.out / "results.json", [json.dumps(results, indent=2).encode()])
+        atomic_write_bytes(self.out / "samples.jsonl", [(json.dumps(row) + "\n").encode() for row in self.samples])
         write_eval_report(self.out, results)
 
 
@@ -259,7 +257,8 @@ def summary_line(task: str, result: dict) -> str:
         scores = ", ".join(f"pass@{k} {v:.3f}" for k, v in result["pass@k"].items())
         return f"{task}: {scores} over {result['problems']} problems ({result['statuses']})"
     if task.startswith("humaneval-infill"):
-        return f"{task}: pass@1 {result['pass@1']:.3f}, exact match {result['exact_match']:.3f} over {result['tasks']} tasks"
+        return (f"{task}: pass@1 {result['pass@1']:.3f}, exact match {result['exact_match']:.3f} "
+                f"over {result['tasks']} tasks")
     if task == "bpb":
         return f"bpb: {result['overall']['bpb']:.4f} over {result['overall']['documents']} files"
     return f"contamination: {result['flagged']} of {len(result['items'])} items flagged"
@@ -277,8 +276,3 @@ def default_corpus(checkpoint: str | None) -> list[str]:
         return [str(Path(checkpoint) / "data" / "curated")]
     raise UserError("task contamination needs --corpus: a `codelm curate` output or files/directories of code")
 
-
-def write_atomic(path: Path, text: str):
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
