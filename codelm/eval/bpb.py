@@ -9,6 +9,7 @@ Special tokens (<|endoftext|>, FIM sentinels) have no bytes and are left out
 of both sums, as in nanochat. The loss is the plain mean over all targets.
 """
 
+import contextlib
 import math
 from collections.abc import Iterable
 
@@ -75,10 +76,11 @@ def unigram_entropy(docs, vocab_size: int, eot_id: int) -> float:
 
 def evaluate_languages(model: Transformer, tok: Tokenizer, paths: list[str], seq_len: int = 0,
                        batch_rows: int = 16) -> dict:
-    """{"overall": ..., "languages": {name: ...}, "documents", "skipped"}; a file's language comes from its name."""
+    """{"overall": ..., "languages": {name: ...}, "documents", "skipped"}; a file's language comes from its name.
+
+    Runs in the model's own weight dtype: the caller chose it (measured or asked for)."""
     from codelm.data.languages import language_of
     from codelm.data.tokenize import Corpus
-    from codelm.train.loop import autocast_context
 
     corpus = Corpus(paths)
     groups: dict[str, list[np.ndarray]] = {}
@@ -89,7 +91,7 @@ def evaluate_languages(model: Transformer, tok: Tokenizer, paths: list[str], seq
         raise UserError(f"no usable code files in {paths} (skipped: {dict(corpus.skipped)})")
     seq_len = seq_len or model.config.max_seq_len
     device = next(model.parameters()).device
-    autocast = autocast_context(device, "bf16" if device.type == "cpu" else "fp32")
+    autocast = contextlib.nullcontext()  # the weights' own dtype, as the engine chose it (--dtype)
     languages = {name: {**evaluate(model, eval_loader(docs, tok, seq_len, batch_rows), token_bytes_tensor(tok),
                                    autocast, device), "documents": len(docs)}
                  for name, docs in sorted(groups.items(), key=lambda kv: -len(kv[1]))}

@@ -27,7 +27,10 @@ import torch.nn as nn
 from codelm.config import Config, OptimConfig, to_dict, to_toml
 from codelm.errors import UserError
 from codelm.model.llama import Transformer
+from codelm.precision import PrecisionChoice, autocast_context, choice_record, choose_precision, peak_flops
 from codelm.train import checkpoint as ckpt
+
+EARLY_LOG_STEPS = (1, 2, 5, 10)  # logged whatever log_every says, so a run shows it is alive within seconds
 
 
 @dataclass
@@ -56,10 +59,23 @@ def setup_distributed(device: str = "auto") -> DistEnv:
     return DistEnv(rank, world, dev)
 
 
-def autocast_context(device: torch.device, precision: str):
-    if precision == "bf16":
-        return torch.autocast(device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
+def resolve_precision(requested: str, model: Transformer, seq_len: int, device: torch.device,
+                      log=print) -> PrecisionChoice:
+    """The training precision: `requested`, or with "auto" the fastest forward+backward micro-step here."""
+    tokens = min(seq_len, 128)  # the model's own widths; few tokens, so a slow kernel costs seconds, not minutes
+    ids = torch.randint(0, model.config.vocab_size, (1, tokens + 1), device=device)
+
+    def make_step(precision: str):
+        def step():
+            with autocast_context(device, precision):
+                loss = model(ids[:, :-1], targets=ids[:, 1:])
+            loss.backward()
+            model.zero_grad(set_to_none=True)
+        return step
+
+    c = model.config
+    shape = f"d{c.dim} L{c.n_layers} h{c.n_heads}/{c.n_kv_heads} f{c.hidden_dim} v{c.vocab_size} T{tokens}"
+    return choose_precision(requested, device, "train", shape, make_step, training=True, log=log)
 
 
 def accumulation_steps(cfg: Config, world: int) -> int:
@@ -97,21 +113,6 @@ def build_optimizer(model: nn.Module, o: OptimConfig, device: torch.device) -> t
         (decay if p.ndim >= 2 and "embed" not in name else no_decay).append(p)
     groups = [{"params": decay, "weight_decay": o.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     return torch.optim.AdamW(groups, lr=o.lr, betas=(o.beta1, o.beta2), eps=o.eps, fused=device.type in ("cpu", "cuda"))
-
-
-def measure_peak_flops(device: torch.device, dtype=torch.bfloat16, size: int = 2048, seconds: float = 0.5) -> float:
-    """Achieved FLOP/s of a large square matmul: the denominator of MFU on hardware without a spec sheet."""
-    a = torch.randn(size, size, dtype=dtype, device=device)
-    b = torch.randn(size, size, dtype=dtype, device=device)
-    for _ in range(2):
-        a @ b
-    n, start = 0, time.perf_counter()
-    while time.perf_counter() - start < seconds:
-        a @ b
-        n += 1
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return 2 * size**3 * n / (time.perf_counter() - start)
 
 
 def train_step(model, optimizer, loader, loss_fn, autocast, accum: int, grad_clip: float) -> tuple[float, float]:
@@ -184,7 +185,7 @@ def train(
     model: Transformer,
     loader,
     loss_fn: Callable[[nn.Module, object], torch.Tensor],
-    evaluate: Callable[[Transformer, int | None], dict] | None,
+    evaluate: Callable[[Transformer, int | None, object], dict] | None,
     tokenizer_path: Path,
     resume: bool = False,
 ) -> dict:
@@ -219,21 +220,28 @@ def train(
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.toml").write_text(to_toml(cfg))
 
+    log_main = print if env.is_main else (lambda *a, **k: None)
+    rng = torch.get_rng_state()  # the probe draws random ids: keep the data order and dropout of an unprobed run
+    choice = resolve_precision(t.precision, raw_model, cfg.data.seq_len, device, log_main)
+    torch.set_rng_state(rng)
+    peak = peak_flops(device, choice.precision) * env.world  # MFU against the precision actually used
+    autocast = autocast_context(device, choice.precision)
+    flops_per_token = raw_model.flops_per_token(cfg.data.seq_len)
+    if env.is_main:
+        (run_dir / "precision.json").write_text(json.dumps(choice_record(choice, peak), indent=2))
+        print(
+            f"model: {raw_model.num_params() / 1e6:.2f}M parameters, {flops_per_token / 1e6:.1f} MFLOP/token | "
+            f"batch {batch_tokens} tokens = {accum} x {env.world} x {t.micro_batch} x {cfg.data.seq_len} | "
+            f"{choice.describe()} on {device}, peak {peak / 1e12:.3f} TFLOP/s measured in {choice.precision}",
+            flush=True,
+        )
+
     model = raw_model
     if env.world > 1:
         model = nn.parallel.DistributedDataParallel(raw_model, device_ids=[device.index] if device.type == "cuda" else None)
     if t.compile:
+        log_main("compiling the model (torch.compile): the first steps take longer", flush=True)
         model = torch.compile(model)
-    autocast = autocast_context(device, t.precision)
-    flops_per_token = raw_model.flops_per_token(cfg.data.seq_len)
-    peak = measure_peak_flops(device) * env.world
-    if env.is_main:
-        print(
-            f"model: {raw_model.num_params() / 1e6:.2f}M parameters, {flops_per_token / 1e6:.1f} MFLOP/token | "
-            f"batch {batch_tokens} tokens = {accum} x {env.world} x {t.micro_batch} x {cfg.data.seq_len} | "
-            f"{t.precision} on {device}, peak {peak / 1e12:.2f} TFLOP/s measured",
-            flush=True,
-        )
 
     def save(reason: str):
         if env.is_main:
@@ -256,7 +264,7 @@ def train(
                 f.write(json.dumps(record) + "\n")
 
     def validate(max_tokens: int | None) -> dict:
-        result = evaluate(raw_model, max_tokens) if (evaluate and env.is_main) else {}
+        result = evaluate(raw_model, max_tokens, autocast) if (evaluate and env.is_main) else {}
         if env.world > 1:
             dist.barrier()
         return result
@@ -291,7 +299,7 @@ def train(
                         print(f"time budget {t.max_minutes:g} min at {per_step:.2f} s/step: {max_steps} steps", flush=True)
 
             record = {"step": step, "loss": loss_avg, "lr": lr, "grad_norm": grad_norm, "tokens": step * batch_tokens}
-            if step % t.log_every == 0 or step == max_steps:
+            if step % t.log_every == 0 or step == max_steps or step in EARLY_LOG_STEPS:
                 tok_s = window_tokens / window_seconds
                 record.update(tok_s=tok_s, mfu=tok_s * flops_per_token / peak, elapsed=elapsed_before + train_seconds)
                 if env.is_main:

@@ -15,7 +15,7 @@ from codelm.errors import UserError
 from codelm.eval.bpb import eval_loader, evaluate, token_bytes_tensor
 from codelm.model.llama import Transformer
 from codelm.tokenizer import Tokenizer
-from codelm.train.loop import accumulation_steps, autocast_context, setup_distributed, train
+from codelm.train.loop import accumulation_steps, setup_distributed, train
 
 
 def next_token_loss(model, batch):
@@ -48,13 +48,13 @@ def pretrain(cfg: Config, resume: bool = False) -> dict:
     )
     token_bytes = token_bytes_tensor(tok)
 
-    def validate(model: Transformer, max_tokens: int | None) -> dict:
+    def validate(model: Transformer, max_tokens: int | None, autocast) -> dict:
         """The whole validation split, or (max_tokens) every k-th document: a subset spread over it, the same each time."""
         docs = val_docs
         if max_tokens:
             stride = max(1, val_docs.n_tokens // max_tokens)
             docs = [val_docs[i] for i in range(0, len(val_docs), stride)]
         batches = eval_loader(docs, tok, cfg.data.seq_len, cfg.train.micro_batch)
-        return evaluate(model, batches, token_bytes, autocast_context(env.device, cfg.train.precision), env.device)
+        return evaluate(model, batches, token_bytes, autocast, env.device)
 
     return train(cfg, env, model, loader, next_token_loss, validate, tokenizer_path, resume)

@@ -1,0 +1,197 @@
+"""Precision chosen by measurement, and the matmul peak that MFU is measured against.
+
+Whether bf16 pays depends on the chip, not on the code: with AMX a CPU runs bf16
+matmuls ~5x faster than fp32; an AVX2-only CPU (AMD Zen 3) runs them ~100x
+slower. So `precision = "auto"` times the model's own hot step (a training
+micro-step, or a decode step) in each precision the device supports and takes
+the fastest. Timings are cached per machine, torch version and shape under
+~/.cache/codelm (or $CODELM_CACHE_DIR), so the probe costs seconds once.
+
+An explicit choice is obeyed, with a one-line warning when the probe shows it
+is more than 2x slower than the best.
+"""
+
+import contextlib
+import json
+import os
+import platform
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from codelm.errors import UserError
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16, "fp64": torch.float64}
+SLOW_FACTOR = 2.0  # an explicit precision this much slower than the best one gets a warning
+PROBE_SECONDS = 0.5  # timing budget per candidate, after one warm-up call
+
+
+@dataclass
+class PrecisionChoice:
+    """What ran, and why: `timings` are seconds per probe step of every candidate tried."""
+
+    precision: str
+    requested: str
+    timings: dict[str, float] = field(default_factory=dict)
+    cached: bool = False
+
+    def describe(self) -> str:
+        if not self.timings:
+            return f"precision {self.precision} (as configured)"
+        times = ", ".join(f"{name} {1000 * t:.1f} ms" for name, t in sorted(self.timings.items(), key=lambda kv: kv[1]))
+        how = "fastest" if self.requested == "auto" else "as configured"
+        return f"precision {self.precision} ({how}; probe step {times}{', cached' if self.cached else ''})"
+
+
+def cache_dir() -> Path:
+    root = os.environ.get("CODELM_CACHE_DIR") or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "codelm"
+    return Path(root)
+
+
+def device_name(device: torch.device) -> str:
+    """A name that changes when the hardware does: the GPU model, or the CPU model and thread count."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    return f"{cpu} x{torch.get_num_threads()}"
+
+
+def candidates(device: torch.device, training: bool = False) -> list[str]:
+    """Precisions worth timing on this device, in order of preference on a tie.
+
+    Training never uses fp16: without loss scaling its gradients underflow."""
+    if device.type == "cuda":
+        names = ["bf16", "fp16", "fp32"] if torch.cuda.is_bf16_supported() else ["fp16", "fp32"]
+    else:
+        names = ["bf16", "fp32"]
+    return [n for n in names if not (training and n == "fp16")]
+
+
+def autocast_context(device: torch.device, precision: str):
+    """Mixed precision over fp32 master weights for bf16/fp16; nothing for fp32."""
+    if precision in ("bf16", "fp16"):
+        return torch.autocast(device.type, dtype=DTYPES[precision])
+    return contextlib.nullcontext()
+
+
+def _synchronize(device: torch.device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_step(step: Callable[[], object], device: torch.device, seconds: float = PROBE_SECONDS) -> float:
+    """Seconds per call: the best of repeated calls within `seconds`, after one warm-up call.
+
+    A warm-up that alone takes longer than the budget is the measurement: a kernel
+    that slow has lost already, and repeating it would only waste the user's time."""
+    start = time.perf_counter()
+    step()
+    _synchronize(device)
+    first = time.perf_counter() - start
+    if first > seconds:
+        return first
+    best, deadline = float("inf"), time.perf_counter() + seconds
+    for _ in range(100):
+        start = time.perf_counter()
+        step()
+        _synchronize(device)
+        best = min(best, time.perf_counter() - start)
+        if time.perf_counter() > deadline:
+            break
+    return best
+
+
+def _load_cache(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}  # missing or corrupt: measure again
+
+
+def _store_cache(path: Path, key: str, value):
+    entries = _load_cache(path)
+    entries[key] = value
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(entries, indent=1, sort_keys=True))
+    tmp.replace(path)
+
+
+def cached_measurement(kind: str, device: torch.device, shape: str, measure: Callable[[], object]):
+    """measure() once per (kind, machine, torch version, shape); later calls read the cache. Returns (value, cached)."""
+    path = cache_dir() / "probes.json"
+    key = f"{kind}|{device_name(device)}|torch {torch.__version__}|{shape}"
+    entries = _load_cache(path)
+    if key in entries:
+        return entries[key], True
+    value = measure()
+    try:
+        _store_cache(path, key, value)
+    except OSError:
+        pass  # a read-only home still trains; it just probes again next time
+    return value, False
+
+
+def choose_precision(requested: str, device: torch.device, kind: str, shape: str,
+                     make_step: Callable[[str], Callable[[], object]], training: bool = False,
+                     log=print) -> PrecisionChoice:
+    """Resolve `requested` ("auto" or a name) for a hot step; make_step(precision) returns that step, ready to time.
+
+    fp32 asked for explicitly is never probed: it is the reference every device runs."""
+    if requested not in ("auto", *DTYPES):
+        raise UserError(f"precision must be 'auto' or one of {', '.join(DTYPES)}; got {requested!r}")
+    if requested in ("fp32", "fp64"):
+        return PrecisionChoice(requested, requested)
+    names = candidates(device, training)
+    if requested != "auto" and requested not in names:
+        raise UserError(f"precision {requested!r} is not supported on {device_name(device)} (try: {', '.join(names)})")
+
+    def measure() -> dict[str, float]:
+        log(f"probing precision on {device_name(device)} ({kind}: {', '.join(names)}; once per machine)...")
+        return {name: time_step(make_step(name), device) for name in names}
+
+    timings, cached = cached_measurement(f"precision-{kind}", device, shape, measure)
+    best = min(names, key=lambda name: timings[name])  # names are in preference order: ties go to the first
+    chosen = best if requested == "auto" else requested
+    choice = PrecisionChoice(chosen, requested, timings, cached)
+    if timings[chosen] > SLOW_FACTOR * timings[best]:
+        print(f"warning: {chosen} is {timings[chosen] / timings[best]:.0f}x slower than {best} on this machine "
+              f"({device_name(device)}); precision = \"auto\" would pick {best}", file=sys.stderr, flush=True)
+    return choice
+
+
+def measure_peak_flops(device: torch.device, precision: str = "fp32", seconds: float = 1.0) -> float:
+    """Best FLOP/s of square matmuls in `precision`: the denominator of MFU on hardware without a spec sheet.
+
+    Sizes grow from 256 while the next one is predicted to fit the budget, so a slow
+    kernel (bf16 without AMX) costs well under `seconds` instead of a minute."""
+    dtype = DTYPES[precision]
+    best, size, deadline = 0.0, 256, time.perf_counter() + seconds
+    while True:
+        a = torch.randn(size, size, dtype=dtype, device=device)
+        b = torch.randn(size, size, dtype=dtype, device=device)
+        per_call = time_step(lambda: a @ b, device, seconds=min(0.2, seconds / 4))
+        best = max(best, 2 * size**3 / per_call)
+        predicted = per_call * 8 * 2  # next size: 8x the work, warm-up plus one timed call
+        if size >= 4096 or time.perf_counter() + predicted > deadline:
+            return best
+        size *= 2
+
+
+def peak_flops(device: torch.device, precision: str) -> float:
+    """measure_peak_flops, cached like the precision probe."""
+    value, _ = cached_measurement("peak-flops", device, precision, lambda: measure_peak_flops(device, precision))
+    return float(value)
+
+
+def choice_record(choice: PrecisionChoice, peak: float | None = None) -> dict:
+    return {**asdict(choice), **({"peak_flops": peak} if peak else {})}
