@@ -27,7 +27,10 @@ class DataConfig:
 
 @dataclass
 class OptimConfig:
+    name: str = "adamw"  # "adamw", or "muon": Muon for hidden matrices, AdamW (at lr) for embeddings, head, norms
     lr: float = 3e-3
+    muon_lr: float = 0.02  # muon only: peak learning rate of the hidden matrices (same schedule as lr)
+    muon_momentum: float = 0.95
     min_lr_ratio: float = 0.0  # final learning rate as a fraction of lr
     schedule: str = "cosine"  # "cosine" or "wsd" (warmup-stable-decay)
     warmup_steps: int = 50
@@ -143,6 +146,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Co
         cfg.model.__post_init__()
     except ValueError as e:
         raise UserError(str(e)) from None
+    if cfg.optim.name not in ("adamw", "muon"):
+        raise UserError(f"optim.name must be 'adamw' or 'muon', got {cfg.optim.name!r}")
     if cfg.optim.schedule not in ("cosine", "wsd"):
         raise UserError(f"optim.schedule must be 'cosine' or 'wsd', got {cfg.optim.schedule!r}")
     if cfg.train.precision not in ("auto", "bf16", "fp32"):

@@ -3,6 +3,7 @@
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,8 @@ from codelm.data.sources import stdlib_root
 from codelm.data.tokenize import tokenize_corpus, train_tokenizer_on_corpus
 
 REPO = Path(__file__).resolve().parent.parent
+# precision and throughput probes are cached per machine; tests (and the CLI runs they start) use their own cache
+os.environ.setdefault("CODELM_CACHE_DIR", tempfile.mkdtemp(prefix="codelm-test-cache-"))
 SUBSET = ["json", "email", "http", "logging", "concurrent"]
 
 TINY_TOML = """

@@ -29,6 +29,7 @@ from codelm.errors import UserError
 from codelm.model.llama import Transformer
 from codelm.precision import PrecisionChoice, autocast_context, choice_record, choose_precision, peak_flops
 from codelm.train import checkpoint as ckpt
+from codelm.train.muon import MuonAdamW
 
 EARLY_LOG_STEPS = (1, 2, 5, 10)  # logged whatever log_every says, so a run shows it is alive within seconds
 
@@ -104,14 +105,25 @@ def learning_rate(step: int, max_steps: int, o: OptimConfig) -> float:
     return o.lr + (floor - o.lr) * progress
 
 
-def build_optimizer(model: nn.Module, o: OptimConfig, device: torch.device) -> torch.optim.AdamW:
-    """AdamW; weight decay on weight matrices only, none on norms and embeddings."""
-    decay, no_decay = [], []
+def build_optimizer(model: nn.Module, o: OptimConfig, device: torch.device) -> torch.optim.Optimizer:
+    """AdamW (weight decay on weight matrices only, none on norms and embeddings), or with optim.name = "muon"
+    Muon for the hidden matrices. Each group's `lr_scale` is its peak learning rate relative to optim.lr."""
+    hidden, head, no_decay = [], [], []
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        (decay if p.ndim >= 2 and "embed" not in name else no_decay).append(p)
-    groups = [{"params": decay, "weight_decay": o.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        if p.ndim < 2 or "embed" in name:
+            no_decay.append(p)
+        else:
+            (head if "lm_head" in name else hidden).append(p)
+    if o.name == "muon":
+        groups = [{"params": hidden, "weight_decay": o.weight_decay, "use_muon": True, "lr_scale": o.muon_lr / o.lr,
+                   "momentum": o.muon_momentum},
+                  {"params": head, "weight_decay": o.weight_decay, "lr_scale": 1.0},
+                  {"params": no_decay, "weight_decay": 0.0, "lr_scale": 1.0}]
+        return MuonAdamW(groups, lr=o.lr, betas=(o.beta1, o.beta2), eps=o.eps)
+    groups = [{"params": hidden + head, "weight_decay": o.weight_decay, "lr_scale": 1.0},
+              {"params": no_decay, "weight_decay": 0.0, "lr_scale": 1.0}]
     return torch.optim.AdamW(groups, lr=o.lr, betas=(o.beta1, o.beta2), eps=o.eps, fused=device.type in ("cpu", "cuda"))
 
 
@@ -277,7 +289,7 @@ def train(
             step_start = time.perf_counter()
             lr = learning_rate(step, max_steps or 10**9, cfg.optim)
             for group in optimizer.param_groups:
-                group["lr"] = lr
+                group["lr"] = lr * group["lr_scale"]
             loss_avg, grad_norm = train_step(model, optimizer, loader, loss_fn, autocast, accum, cfg.optim.grad_clip)
             step += 1
             loss_avg = _all_reduce(loss_avg, env) / env.world
