@@ -7,6 +7,9 @@ import sys
 
 from codelm.data.tokenize import DEFAULT_VAL_FRACTION
 from codelm.errors import UserError
+from codelm.train.sizing import LADDER
+
+SHAPE_NAMES = [shape.name for shape in LADDER]
 
 DATA_HELP = ("a `codelm curate` output directory, or files/directories of code read as they are (repeatable); "
              "default: the Python standard library of this interpreter")
@@ -16,7 +19,7 @@ def cmd_speedrun(args):
     from codelm.speedrun import speedrun
 
     speedrun(data=args.data, out=args.out, minutes=args.minutes, max_steps=args.max_steps,
-             config=args.config, overrides=args.set, vocab_size=args.vocab_size)
+             config=args.config, overrides=args.set, vocab_size=args.vocab_size, shape=args.shape)
 
 
 def cmd_curate(args):
@@ -199,6 +202,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--config", default=None, help="model/training config (default: configs/tiny.toml)")
     s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
     s.add_argument("--vocab-size", type=int, default=8192)
+    s.add_argument("--shape", default="auto", choices=["auto", "config", *SHAPE_NAMES],
+                   help="model shape: auto (default) times a ladder of shapes here and takes the largest that sees "
+                   "enough tokens per parameter in the budget; config keeps the config file's; or a ladder shape")
     s.set_defaults(func=cmd_speedrun)
 
     c = sub.add_parser("curate", help="curate a code corpus: filter, redact, dedup, decontaminate, order, mix",

@@ -61,14 +61,19 @@ def write_report(run_dir: str | Path, title: str = "codelm run") -> Path:
     summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
     samples_path = run_dir / "samples.json"
     samples = json.loads(samples_path.read_text()) if samples_path.is_file() else []
+    precision_path = run_dir / "precision.json"
+    precision = json.loads(precision_path.read_text()) if precision_path.is_file() else {}
     plot_losses(train, val, run_dir / "loss.png", summary.get("unigram_loss"))
 
     m, o, t, d = cfg["model"], cfg["optim"], cfg["train"], cfg["data"]
     final = next((r for r in reversed(val) if r.get("final")), val[-1] if val else {})
     timed = [r for r in train if "tok_s" in r]
     sections = [f"# {title}", ""]
+    compression = summary.get("compression", {})
     sections += ["## Result", "", _table([
         ("validation bits per byte", f"**{final.get('val_bpb', float('nan')):.4f}**"),
+        *[(f"{name} on the same validation text", f"{compression[key]:.4f} bits per byte")
+          for key, name in (("gzip", "gzip -9"), ("xz", "xz -9e")) if key in compression],
         ("validation loss (nats/token)", f"{final.get('val_loss', float('nan')):.4f}"),
         ("unigram baseline loss", f"{summary['unigram_loss']:.4f}" if "unigram_loss" in summary else "-"),
         ("validation tokens / bytes", f"{final.get('val_tokens', 0):,} / {final.get('val_bytes', 0):,}"),
@@ -76,8 +81,11 @@ def write_report(run_dir: str | Path, title: str = "codelm run") -> Path:
         ("training tokens", f"{train[-1]['tokens'] if train else 0:,}"),
         ("training time", f"{timed[-1]['elapsed'] / 60:.1f} min" if timed else "-"),
         ("throughput", f"{sum(r['tok_s'] for r in timed) / len(timed):,.0f} tokens/s" if timed else "-"),
-        ("MFU (of measured bf16 matmul peak)", f"{100 * sum(r['mfu'] for r in timed) / len(timed):.1f}%" if timed else "-"),
+        (f"MFU (of the measured {precision.get('precision', '')} matmul peak)",
+         f"{100 * sum(r['mfu'] for r in timed) / len(timed):.1f}%" if timed else "-"),
     ]), "", "![loss curve](loss.png)", ""]
+    if "plan" in summary:
+        sections += ["## Machine and model size", "", summary["plan"], ""]
     sections += ["## Settings", "", _table([
         ("model", f"{m['n_layers']} layers, dim {m['dim']}, {m['n_heads']} heads ({m['n_kv_heads']} kv), "
                   f"vocab {m['vocab_size']}, context {d['seq_len']}, tied embeddings {m['tie_embeddings']}"),
@@ -85,7 +93,7 @@ def write_report(run_dir: str | Path, title: str = "codelm run") -> Path:
         ("optimizer", f"AdamW lr {o['lr']:g}, {o['schedule']} schedule, warmup {o['warmup_steps']}, "
                       f"weight decay {o['weight_decay']:g}, clip {o['grad_clip']:g}"),
         ("batch", f"{t['batch_tokens'] or t['micro_batch'] * d['seq_len']:,} tokens, micro batch {t['micro_batch']}"),
-        ("precision", t["precision"]),
+        ("precision", _precision_text(t["precision"], precision)),
         ("FIM", f"rate {d['fim_rate']:g}, SPM share {d['fim_spm_rate']:g}"),
         ("seed", t["seed"]),
     ]), ""]
@@ -115,6 +123,15 @@ def write_report(run_dir: str | Path, title: str = "codelm run") -> Path:
     path = run_dir / "report.md"
     path.write_text("\n".join(sections))
     return path
+
+
+def _precision_text(requested: str, record: dict) -> str:
+    """What ran, what was asked for, and the probe's timings behind the choice."""
+    if not record:
+        return requested
+    timings = ", ".join(f"{name} {1000 * t:.1f} ms" for name, t in sorted(record["timings"].items(), key=lambda kv: kv[1]))
+    peak = f"; matmul peak {record['peak_flops'] / 1e9:.0f} GFLOP/s" if record.get("peak_flops") else ""
+    return f"{record['precision']} (asked: {requested}" + (f"; probe step {timings}" if timings else "") + f"){peak}"
 
 
 def plot_pass_at_k(curve: dict[str, float], path: Path, label: str):

@@ -16,13 +16,17 @@ from codelm.data.pipeline import curate, load_curate_config
 from codelm.data.shards import TokenShards
 from codelm.data.tokenize import tokenize_corpus, train_tokenizer_on_corpus
 from codelm.errors import UserError
-from codelm.eval.bpb import unigram_entropy
+from codelm.eval.bpb import compression_bpb, unigram_entropy
 from codelm.eval.runner import EvalConfig, Evaluation
 from codelm.inference.engine import Engine
 from codelm.inference.sampling import SamplingParams
+from codelm.model.llama import Transformer
+from codelm.precision import machine_profile
 from codelm.report import write_report
 from codelm.train.checkpoint import latest_checkpoint, load_model
+from codelm.train.loop import resolve_precision, setup_distributed
 from codelm.train.pretrain import pretrain
+from codelm.train.sizing import LADDER, plan_shape, plan_text
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "tiny.toml"
 
@@ -56,7 +60,38 @@ def write_samples(run_dir: Path, model, tok, max_new_tokens: int = 64) -> list[d
     return samples
 
 
-def speedrun(data=None, out=None, minutes=None, max_steps=None, config=None, overrides=(), vocab_size=8192) -> Path:
+def fit_shape(cfg, shape: str, run_dir: Path) -> tuple[list[str], str]:
+    """--set overrides for the model shape, and the report's text on why.
+
+    "auto" sizes the model for the budget on this machine (codelm.train.sizing), once per
+    run directory: a resumed run keeps the shape it started with."""
+    plan_path = run_dir / "plan.json"
+    if plan_path.is_file():
+        plan = json.loads(plan_path.read_text())
+        print(f"reusing the model shape of {plan_path}: {plan['shape']}")
+    elif shape == "config":
+        return [], f"Shape as configured: {cfg.model.n_layers} layers x {cfg.model.dim}."
+    else:
+        device = setup_distributed(cfg.train.device).device
+        precision = resolve_precision(cfg.train.precision, Transformer(cfg.model), cfg.data.seq_len, device).precision
+        chosen, candidates = plan_shape(cfg, device, precision, budget_seconds=cfg.train.max_minutes * 60,
+                                        budget_steps=cfg.train.max_steps)
+        if shape != "auto":
+            chosen = next(c.shape for c in candidates if c.shape.name == shape)
+        text = plan_text(chosen, candidates, machine_profile(device), precision)
+        if shape != "auto":
+            text += f"\n\nShape {shape} was asked for with --shape."
+        plan = {"shape": chosen.name, "text": text}
+        run_dir.mkdir(parents=True, exist_ok=True)
+        plan_path.write_text(json.dumps(plan, indent=2))
+    s = next(s for s in LADDER if s.name == plan["shape"])
+    print(f"model shape {s.name} ({s.n_layers} layers x {s.dim}, {s.n_heads} heads, {s.n_kv_heads} kv)", flush=True)
+    return [f"model.n_layers={s.n_layers}", f"model.dim={s.dim}", f"model.n_heads={s.n_heads}",
+            f"model.n_kv_heads={s.n_kv_heads}"], plan["text"]
+
+
+def speedrun(data=None, out=None, minutes=None, max_steps=None, config=None, overrides=(), vocab_size=8192,
+             shape="auto") -> Path:
     start = time.time()
     run_dir = Path(out or time.strftime("runs/speedrun-%Y%m%d-%H%M%S"))
     data_dir = run_dir / "data"
@@ -93,6 +128,8 @@ def speedrun(data=None, out=None, minutes=None, max_steps=None, config=None, ove
     print(f"train {stats['splits']['train']['tokens']:,} tokens, val {stats['splits']['val']['tokens']:,} tokens")
 
     _banner(f"4/7 pretrain {config.name}")
+    shape_settings, plan = fit_shape(cfg, shape, run_dir)
+    cfg = load_config(config, [*settings, *shape_settings])
     resume = latest_checkpoint(run_dir / "checkpoints") is not None
     result = pretrain(cfg, resume=resume)
     if result.get("stopped"):
@@ -108,16 +145,21 @@ def speedrun(data=None, out=None, minutes=None, max_steps=None, config=None, ove
     Evaluation(EvalConfig(checkpoint=str(run_dir), tasks=["humaneval", "contamination"], corpus=[str(curated_dir)],
                           out=str(run_dir / "eval")), engine=Engine(model, tok)).run()  # the model step 5 loaded
     train_docs = TokenShards(tokens_dir / "train")
+    val_docs = TokenShards(tokens_dir / "val")
     summary = {
         **{k: v for k, v in result.items() if isinstance(v, (int, float))},
         "params": model.num_params(),
         "unigram_loss": unigram_entropy(train_docs, train_docs.vocab_size, tok.eot_id),
+        "compression": compression_bpb([tok.decode(ids) for ids in val_docs]),
+        "plan": plan,
         "wall_minutes": (time.time() - start) / 60,
     }
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=float))
 
     _banner("7/7 report")
     report = write_report(run_dir, title="codelm speedrun")
-    print(f"validation bpb {result['bpb']:.4f} (loss {result['loss']:.4f}; unigram baseline "
-          f"{summary['unigram_loss']:.4f}) | total {summary['wall_minutes']:.1f} min | report: {report}")
+    gz = summary["compression"]
+    print(f"validation bpb {result['bpb']:.4f} (gzip -9 {gz['gzip']:.4f}, xz -9e {gz['xz']:.4f}; loss "
+          f"{result['loss']:.4f}, unigram baseline {summary['unigram_loss']:.4f}) | total "
+          f"{summary['wall_minutes']:.1f} min | report: {report}")
     return run_dir
