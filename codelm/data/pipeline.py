@@ -15,9 +15,12 @@ sequence on the local executor, as one Ray job each, or as chained Slurm jobs
 reuses the tasks already finished there, and OUT is replaced only at the end.
 """
 
+import contextlib
 import json
 import os
 import shutil
+import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from zlib import crc32
@@ -246,6 +249,31 @@ def _executor(cfg: ExecutorConfig, pipeline: list, tasks: int, logs: Path, depen
                                  venv_path=f"{venv}/bin/activate" if venv else None, depends=depends)
 
 
+@contextlib.contextmanager
+def stderr_to(path: Path):
+    """Send this process's and its workers' stderr (datatrove's banners and stats tables) to a log file.
+
+    The file descriptor itself is redirected, so worker processes inherit it; if the
+    stage fails, the log's last lines are shown with the error."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(path, "ab") as log:
+            os.dup2(log.fileno(), 2)
+        yield
+    except BaseException:
+        sys.stderr.flush()
+        os.dup2(saved, 2)
+        tail = path.read_text(errors="replace").splitlines()[-20:]
+        print(f"\n[curate] stage failed; last lines of {path}:\n" + "\n".join(tail), file=sys.stderr, flush=True)
+        raise
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
 def curate(cfg: CurateConfig, out: str | Path) -> Path:
     """Run every stage (local/ray: to completion; slurm: submits the chained jobs and returns)."""
     out = Path(out).absolute()
@@ -261,13 +289,19 @@ def curate(cfg: CurateConfig, out: str | Path) -> Path:
     stages.append(("data card", [FinishCuration(cfg, str(out), titles)], 1))
     previous = None
     for i, (title, pipeline, tasks) in enumerate(stages):
-        print(f"[curate] stage {i + 1}/{len(stages)}: {title} ({tasks} task{'s' * (tasks > 1)})", flush=True)
-        executor = _executor(cfg.executor, pipeline, tasks, tmp / "work" / "logs" / f"{i + 1:02d}", previous, title)
-        executor.run()
+        print(f"[curate] stage {i + 1}/{len(stages)}: {title} ({tasks} task{'s' * (tasks > 1)}) ...", end="", flush=True)
+        logs = tmp / "work" / "logs" / f"{i + 1:02d}"
+        executor = _executor(cfg.executor, pipeline, tasks, logs, previous, title)
+        start = time.perf_counter()
+        with stderr_to(logs / "console.log"):
+            executor.run()
+        print(f" {time.perf_counter() - start:.1f}s", flush=True)
         previous = executor
     if cfg.executor.kind == "slurm":
         print(f"[curate] submitted {len(stages)} chained Slurm jobs; {out} appears when the last one finishes "
               f"(logs and intermediate files stay in {tmp})")
     else:
+        shutil.rmtree(out / "logs", ignore_errors=True)
+        (tmp / "work" / "logs").rename(out / "logs")  # datatrove's per-task logs and stats, one folder per stage
         shutil.rmtree(tmp)
     return out
