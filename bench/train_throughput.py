@@ -4,9 +4,12 @@ Runs the training loop's own `train_step` (packing loader with document masks,
 AdamW, clipping) on synthetic documents, in fp32 and bf16 autocast, eager and
 torch.compile'd, and prints a table beside a nanoGPT-style model of the
 reference shape run the same way, so the comparison is made in one run on one
-machine. MFU is relative to the bf16 matmul peak measured here first.
+machine. Only the precisions usable here run: bf16 is skipped where the
+precision probe finds it more than 2x slower than fp32 (AVX2-only CPUs, where a
+bf16 row would take minutes); `--precisions` forces a list. MFU is relative to
+the matmul peak measured in the row's own precision.
 
-    .venv/bin/python bench/train_throughput.py [--steps 8] [--micro-batch 16] [--no-compile]
+    .venv/bin/python bench/train_throughput.py [--steps 8] [--micro-batch 16] [--no-compile] [--precisions fp32,bf16]
 """
 
 import argparse
@@ -21,7 +24,8 @@ from codelm.config import load_config
 from codelm.data.loader import PackedLoader
 from codelm.model.llama import ModelConfig, Transformer
 from codelm.speedrun import DEFAULT_CONFIG
-from codelm.train.loop import autocast_context, build_optimizer, measure_peak_flops, train_step
+from codelm.precision import SLOW_FACTOR, autocast_context, device_name, peak_flops
+from codelm.train.loop import build_optimizer, resolve_precision, train_step
 from codelm.train.pretrain import next_token_loss
 
 REFERENCE = ModelConfig(vocab_size=8192, dim=384, n_layers=6, n_heads=6, n_kv_heads=6, max_seq_len=256)
@@ -97,10 +101,17 @@ def main():
     p.add_argument("--steps", type=int, default=8)
     p.add_argument("--micro-batch", type=int, default=16)
     p.add_argument("--no-compile", action="store_true", help="skip the torch.compile rows (each compiles ~1 min)")
+    p.add_argument("--precisions", default="", help="comma-separated (default: those usable on this machine)")
     args = p.parse_args()
     torch.manual_seed(0)
-    peak = measure_peak_flops(torch.device("cpu"), torch.bfloat16, size=2048, seconds=2.0)
-    print(f"bf16 matmul peak (2048^3, measured): {peak / 1e12:.2f} TFLOP/s; threads: {torch.get_num_threads()}")
+    cpu = torch.device("cpu")
+    probe = resolve_precision("auto", Transformer(REFERENCE), REFERENCE.max_seq_len, cpu)
+    best = probe.timings[probe.precision]
+    precisions = (args.precisions.split(",") if args.precisions else
+                  [name for name in ("fp32", "bf16") if probe.timings[name] <= SLOW_FACTOR * best])
+    print(f"{device_name(cpu)}: {probe.describe()}; benchmarking {', '.join(precisions)}")
+    peaks = {name: peak_flops(cpu, name) for name in precisions}
+    print("matmul peak (measured): " + ", ".join(f"{name} {peak / 1e9:.0f} GFLOP/s" for name, peak in peaks.items()))
     rows = {
         "codelm tiny.toml": (load_config(DEFAULT_CONFIG).model, Transformer),
         "codelm 6x384x6h": (REFERENCE, Transformer),
@@ -109,12 +120,12 @@ def main():
     print(f"{'model':<20} {'params':>8} {'precision':>9} {'mode':>8} {'tok/s':>8} {'TFLOP/s':>8} {'MFU':>6}")
     for name, (shape, model_class) in rows.items():
         n_params = sum(p.numel() for p in model_class(shape).parameters()) / 1e6
-        for precision in ("fp32", "bf16"):
+        for precision in precisions:
             for compiled in (False, True) if not args.no_compile else (False,):
                 tok_s, flops = measure(shape, precision, compiled, args.micro_batch, args.steps, model_class)
                 mode = "compiled" if compiled else "eager"
                 print(f"{name:<20} {n_params:>7.1f}M {precision:>9} {mode:>8} {tok_s:>8,.0f} {flops / 1e12:>8.3f} "
-                      f"{100 * flops / peak:>5.1f}%", flush=True)
+                      f"{100 * flops / peaks[precision]:>5.1f}%", flush=True)
 
 
 if __name__ == "__main__":
