@@ -182,7 +182,7 @@ def test_smollm2_tokenizer_and_logits_match_transformers(smollm2):
 
 def test_smollm2_greedy_generation_matches_transformers(smollm2):
     ckpt, hf_model, _ = smollm2
-    engine = Engine.from_checkpoint(ckpt)
+    engine = Engine.from_checkpoint(ckpt, dtype="fp32")
     ids = engine.tok.encode(CODE_PROMPT)
     [[ours]] = engine.generate([ids], SamplingParams(max_new_tokens=64))
     theirs = hf_model.generate(torch.tensor([ids]), max_new_tokens=64, do_sample=False, eos_token_id=[0, 2],

@@ -54,7 +54,9 @@ class EvalConfig:
     max_new_tokens: int = 0  # 0: the task's default
     batch_size: int = 16
     seed: int = 0
-    dtype: str = "fp32"
+    dtype: str = "auto"  # auto: the fastest decode step here; fp32, bf16, fp64
+    quantize: str | None = None  # "int8": weight-only int8 Linear layers
+    compile: bool = False  # the decode step through torch.compile
     data: list[str] = field(default_factory=list)  # bpb
     corpus: list[str] = field(default_factory=list)  # contamination
     contamination_threshold: float = 0.5
@@ -121,7 +123,8 @@ class Evaluation:
         if engine is None and any(t in MODEL_TASKS for t in cfg.tasks):
             from codelm.inference.engine import Engine
 
-            self.engine = Engine.from_checkpoint(cfg.checkpoint, cfg.dtype)
+            self.engine = Engine.from_checkpoint(cfg.checkpoint, cfg.dtype, quantize=cfg.quantize,
+                                                 compile=cfg.compile)
         self.out = Path(cfg.out) if cfg.out else default_out(cfg.checkpoint)
         self.samples: list[dict] = []
 
@@ -131,7 +134,8 @@ class Evaluation:
 
             self.engine.tok.require(FIM_PREFIX, FIM_SUFFIX, FIM_MIDDLE)
         start = time.time()
-        results = {"checkpoint": self.cfg.checkpoint, "settings": asdict(self.cfg), "tasks": {}}
+        results = {"checkpoint": self.cfg.checkpoint, "settings": asdict(self.cfg), "tasks": {},
+                   "precision": str(self.engine.dtype).removeprefix("torch.") if self.engine else None}
         for task in self.cfg.tasks:
             print(f"=== {task}", flush=True)
             task_start = time.time()

@@ -7,6 +7,9 @@ to one length, so every row writes its next token at the same slot; `valid`
 the rest. Rows can be copied (n samples after one prefill), reordered (beam
 search) and the whole cache truncated (speculative decoding rolls back rejected
 draft tokens).
+
+`SlotView` is the same cache seen by one decode step with every shape fixed, so
+that torch.compile captures the step once (and CUDA graphs can replay it).
 """
 
 import torch
@@ -56,6 +59,9 @@ class KVCache:
         self.v[layer][:, :, self.length:end] = v
         return self.k[layer][:, :, :end], self.v[layer][:, :, :end]
 
+    def advance(self, T: int):
+        self.length += T
+
     def truncate(self, length: int):
         """Forget every slot from `length` on."""
         self.valid[:, length:] = False
@@ -66,3 +72,29 @@ class KVCache:
         self.k = [k.index_select(0, rows) for k in self.k]
         self.v = [v.index_select(0, rows) for v in self.v]
         self.valid = self.valid.index_select(0, rows)
+
+
+class SlotView:
+    """One new token per row written at `slot` (a 1-element tensor) of KVCache buffers; attends to all slots.
+
+    KVCache slices its buffers to the slots in use, so their shapes change every
+    step; here the step's inputs keep their shapes and the slot is data, so a
+    compiled step runs unchanged for the whole generation. Slots that are not
+    valid or not yet written are masked: the result equals KVCache's up to
+    summation order. The caller advances the KVCache afterwards."""
+
+    def __init__(self, k: list[torch.Tensor], v: list[torch.Tensor], valid: torch.Tensor, slot: torch.Tensor):
+        self.k, self.v, self.valid, self.slot = k, v, valid, slot
+
+    def append_mask(self, valid: torch.Tensor) -> torch.Tensor:
+        self.valid[:, self.slot] = valid
+        slots = torch.arange(self.valid.shape[1], device=valid.device)
+        return (self.valid & (slots <= self.slot))[:, None, None, :]
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        self.k[layer][:, :, self.slot] = k
+        self.v[layer][:, :, self.slot] = v
+        return self.k[layer], self.v[layer]
+
+    def advance(self, T: int):
+        pass

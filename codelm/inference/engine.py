@@ -6,12 +6,20 @@ the cache rows are copied after it. Rows that finish leave the batch, so a long
 sample never makes short ones pay for its steps. Beam search runs one prompt at
 a time with its beams as the batch.
 
+Two speed options for decoding (see README for measured figures):
+`quantize="int8"` (weight-only int8, codelm.inference.quant) and `compile=True`
+(the one-token step runs through torch.compile on a fixed-shape view of the cache,
+cache.SlotView; CUDA graphs on GPU). `from_checkpoint(dtype="auto")` times a
+decode step in each precision the device supports and takes the fastest.
+
     engine = Engine.from_checkpoint("runs/x")
     [[c]] = engine.generate(["def fib(n):"], SamplingParams(max_new_tokens=64, stop=["\\ndef"]))
     print(c.text, c.finish_reason)
 """
 
+import copy
 import hashlib
+import sys
 from array import array
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -20,17 +28,25 @@ from pathlib import Path
 import torch
 
 from codelm.data.fim import fim_prompt
-from codelm.inference.cache import KVCache
+from codelm.errors import UserError
+from codelm.inference.cache import KVCache, SlotView
+from codelm.inference.quant import quantize_int8
 from codelm.inference.sampling import SamplingParams, apply_processors, processors, sample_rows
 from codelm.inference.stops import StopTracker, first_stop
 from codelm.model.llama import Transformer
+from codelm.precision import DTYPES, PrecisionChoice, choose_precision
 from codelm.tokenizer import Tokenizer
 
 TextCallback = Callable[[int, int, str], None]  # (prompt index, sample index, new text)
-# Weight and cache precisions by name. fp64 is for exact comparisons: CPU matmul kernels sum in an order that
-# depends on the batch shape, so fp32 logits of one prompt move by ~1e-5 with its batch mates and a near-tie
-# can flip a greedy choice; in fp64 those differences vanish when the logits are rounded to fp32.
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp64": torch.float64}
+# Weight and cache precisions by name are precision.DTYPES. fp64 is for exact comparisons: CPU matmul kernels sum
+# in an order that depends on the batch shape, so fp32 logits of one prompt move by ~1e-5 with its batch mates and
+# a near-tie can flip a greedy choice; in fp64 those differences vanish when the logits are rounded to fp32.
+QUANTIZE = (None, "int8")
+
+
+def log(message: str):
+    """Engine set-up lines go to stderr: stdout carries the generated text."""
+    print(message, file=sys.stderr, flush=True)
 
 
 @dataclass
@@ -48,20 +64,66 @@ def sample_seed(seed: int, prompt: list[int], sample: int) -> int:
     return int.from_bytes(digest, "little") >> 1
 
 
+def decode_step(model: Transformer, tokens, positions, k, v, valid, slot) -> torch.Tensor:
+    """fp32 logits (B, V) of one new token per row (tokens, positions: (B, 1)) written at cache slot `slot`.
+
+    Every input keeps its shape from one step to the next (the slot is a tensor), so
+    torch.compile captures this once per batch size class, not once per step."""
+    hidden = model.hidden_states(tokens, positions=positions, cache=SlotView(k, v, valid, slot))
+    return model.lm_head(hidden[:, -1]).float()
+
+
+def decode_precision(requested: str, model: Transformer, quantize: str | None = None) -> PrecisionChoice:
+    """`requested`, or with "auto" the precision whose batch-1 decode step of this model is fastest here."""
+    device = next(model.parameters()).device
+    prompt = torch.zeros(1, min(32, model.config.max_seq_len - 1), dtype=torch.long, device=device)
+
+    def make_step(precision: str):
+        trial = copy.deepcopy(model).to(DTYPES[precision])
+        if quantize:
+            quantize_int8(trial)
+        cache = KVCache(model.config, 1, prompt.shape[1] + 1, DTYPES[precision], device)
+
+        @torch.no_grad()
+        def step():
+            cache.truncate(0)
+            trial.hidden_states(prompt, cache=cache)
+            trial.lm_head(trial.hidden_states(prompt[:, :1], cache=cache)[:, -1])
+        return step
+
+    c = model.config
+    shape = f"d{c.dim} L{c.n_layers} h{c.n_heads}/{c.n_kv_heads} f{c.hidden_dim} v{c.vocab_size} {quantize or 'fp'}"
+    return choose_precision(requested, device, "decode", shape, make_step, log=log)
+
+
 class Engine:
-    def __init__(self, model: Transformer, tokenizer: Tokenizer):
+    def __init__(self, model: Transformer, tokenizer: Tokenizer, quantize: str | None = None, compile: bool = False):
+        """quantize "int8": weight-only int8 Linear layers (in place); compile: the decode step through torch.compile."""
+        if quantize not in QUANTIZE:
+            raise UserError(f"quantize must be one of {QUANTIZE}, got {quantize!r}")
+        if quantize:
+            quantize_int8(model)
         self.model = model.eval()
         self.tok = tokenizer
         param = next(model.parameters())
         self.device, self.dtype = param.device, param.dtype
+        self._step = None
+        if compile:  # CUDA graphs replay the whole step on GPU; inductor's C++ kernels on CPU
+            self._step = torch.compile(decode_step,
+                                       mode="reduce-overhead" if self.device.type == "cuda" else None)
 
     @classmethod
-    def from_checkpoint(cls, path: str | Path, dtype: torch.dtype | str = torch.float32,
-                        device: str = "cpu") -> "Engine":
+    def from_checkpoint(cls, path: str | Path, dtype: torch.dtype | str = "auto", device: str = "cpu",
+                        quantize: str | None = None, compile: bool = False) -> "Engine":
+        """dtype: "auto" (the fastest decode step here, probed once per machine and cached), a name, or a torch.dtype."""
         from codelm.train.checkpoint import load_model
 
         model, tok, _ = load_model(path, device=device)
-        return cls(model.to(DTYPES[dtype] if isinstance(dtype, str) else dtype), tok)
+        if isinstance(dtype, str):
+            choice = decode_precision(dtype, model, quantize)
+            log(f"{choice.describe()}{', int8 weights' if quantize else ''}{', compiled decode step' if compile else ''}")
+            dtype = DTYPES[choice.precision]
+        return cls(model.to(dtype), tok, quantize, compile)
 
     def encode(self, prompt: str) -> list[int]:
         """A text prompt as the start of a document."""
@@ -89,6 +151,22 @@ class Engine:
         if last_only:
             hidden = hidden[:, -1]
         return self.model.lm_head(hidden).float()
+
+    @torch.no_grad()
+    def step(self, tokens: torch.Tensor, positions: torch.Tensor, cache: KVCache) -> torch.Tensor:
+        """fp32 logits (B, V) after one more token per row (tokens, positions: (B,)): the decoding hot loop."""
+        if self._step is None:
+            return self.forward(tokens[:, None], cache, positions[:, None])
+        if cache.length >= cache.max_len:
+            raise UserError(f"the cache holds {cache.max_len} tokens; {cache.length + 1} were asked for")
+        slot = torch.tensor([cache.length], device=self.device)
+        for t in (tokens, positions, cache.valid, *cache.k, *cache.v):  # one compiled step for any batch size
+            torch._dynamo.maybe_mark_dynamic(t, 0)
+        for t in (cache.valid, *cache.k, *cache.v):  # and any cache length: valid (B, L), keys/values (B, H, L, D)
+            torch._dynamo.maybe_mark_dynamic(t, 1 if t.dim() == 2 else 2)
+        logits = self._step(self.model, tokens[:, None], positions[:, None], cache.k, cache.v, cache.valid, slot)
+        cache.advance(1)
+        return logits
 
     def new_cache(self, batch: int, max_len: int) -> KVCache:
         return KVCache(self.model.config, batch, max_len, self.dtype, self.device)
@@ -147,7 +225,7 @@ class Engine:
                 cache.select(index)
                 tokens, next_pos = tokens[index], next_pos[index]
                 active = [active[b] for b in keep]
-            logits = self.forward(tokens[:, None], cache, next_pos[:, None])
+            logits = self.step(tokens, next_pos, cache)
             next_pos = next_pos + 1
         for result, tracker in zip(results, trackers):
             result.text = tracker.text
@@ -215,8 +293,8 @@ class Engine:
             cache.select(torch.tensor([s[0] for s in survivors], device=self.device))
             scores = torch.tensor([s[2] for s in survivors], device=self.device)
             beams = [(s[3], s[4]) for s in survivors]
-            tokens = torch.tensor([[s[1]] for s in survivors], device=self.device)
-            logits = self.forward(tokens, cache, next_pos[:, None])
+            tokens = torch.tensor([s[1] for s in survivors], device=self.device)
+            logits = self.step(tokens, next_pos, cache)
             next_pos = next_pos + 1
         return sorted(finished, key=lambda c: -c.score)[:params.n]
 

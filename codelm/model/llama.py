@@ -10,8 +10,9 @@ Packed rows hold several documents. `doc_ids` (B, T) gives each position's
 document within its row; attention is then causal *and* confined to the
 document, so one document never sees another.
 
-For generation, `cache` (codelm.inference.cache.KVCache) holds the keys and
-values of earlier positions; each forward appends T positions to it.
+For generation, `cache` (codelm.inference.cache: KVCache, or SlotView for a
+compiled decode step) holds the keys and values of earlier positions; each
+forward appends T positions to it.
 """
 
 import math
@@ -100,13 +101,14 @@ def fused_linear(x: torch.Tensor, module: nn.Module, names: tuple[str, ...]) -> 
 
     For many tokens (training, prefill) the weights are concatenated into one wide
     GEMM, which runs much closer to peak on CPU. For a few tokens (decoding) the
-    concatenation would copy every weight at each step, so the layers run one by one.
+    concatenation would copy every weight at each step, so the layers run one by one,
+    as do layers that are not plain Linear ones (int8 quantized: codelm.inference.quant).
     Nothing is cached: a cached copy goes stale when an optimizer updates weights
     in place without bumping their version (fused AdamW does that)."""
-    weights = [getattr(module, n).weight for n in names]
-    if x.shape[:-1].numel() <= SMALL_BATCH_TOKENS:
-        return torch.cat([F.linear(x, w) for w in weights], dim=-1)
-    return F.linear(x, torch.cat(weights))
+    layers = [getattr(module, n) for n in names]
+    if x.shape[:-1].numel() <= SMALL_BATCH_TOKENS or any(type(layer) is not nn.Linear for layer in layers):
+        return torch.cat([layer(x) for layer in layers], dim=-1)
+    return F.linear(x, torch.cat([layer.weight for layer in layers]))
 
 
 def positions_from_doc_ids(doc_ids: torch.Tensor) -> torch.Tensor:
@@ -246,7 +248,7 @@ class Transformer(nn.Module):
         for i, layer in enumerate(self.model.layers):
             x = layer(x, cos, sin, mask, cache, i)
         if cache is not None:
-            cache.length += T
+            cache.advance(T)
         return self.model.norm(x)
 
     def forward(self, input_ids, doc_ids=None, positions=None, targets=None):

@@ -28,6 +28,7 @@ import safetensors.torch
 import torch
 
 from codelm.errors import UserError
+from codelm.inference.quant import is_quantized
 from codelm.model.llama import ModelConfig, Transformer
 from codelm.tokenizer import Tokenizer
 
@@ -82,6 +83,9 @@ def _write_json(path: Path, obj):
 
 def write_model_files(directory: Path, model: Transformer, extra_config: dict | None = None):
     """model.safetensors and config.json, the part of a checkpoint that HF tools read."""
+    if is_quantized(model):
+        raise UserError("refusing to save int8-quantized weights: they are an inference-only copy "
+                        "(save the model before quantize_int8)")
     weights = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     if model.config.tie_embeddings:
         weights.pop("lm_head.weight")
