@@ -1,15 +1,22 @@
 """Generation speed: codelm's engine vs transformers on the same SmolLM2-135M weights, and speculative decoding.
 
-    python bench/generate.py [--new-tokens 256] [--batches 1,8] [--dtypes fp32,bf16]
+    python bench/generate.py [--new-tokens 256] [--batches 1,8] [--dtypes fp32]
+                             [--variants eager,int8,compiled,int8+compiled]
                              [--target RUN --draft RUN]   # speculative decoding with a codelm draft model
 
 Greedy, a ~100-token code prompt, every sequence runs the full --new-tokens (no
 early stop). Prefill tok/s = prompt tokens x batch / time to the first token;
-decode tok/s = new tokens x batch / the rest. Both engines run in this process,
+decode tok/s = new tokens x batch / the rest. All engines run in this process,
 one after the other, on the same weights (SmolLM2's GGUF imported into codelm;
-transformers loads the codelm export). Then speculative decoding: prompt lookup
-on SmolLM2 rewriting a function with a small change, and, given --target and
---draft checkpoints, a small codelm draft model for a codelm target.
+transformers loads the codelm export). codelm runs as is (eager), with int8
+weights, with the compiled decode step, and both; set-up s is the one-time cost
+paid before the first token (kernel build or load, torch.compile), measured
+separately. When llama-cpp-python is installed, llama.cpp's own decode speed on
+the original Q4_1 GGUF is a reference row (different weights: 4-bit).
+
+Then speculative decoding: prompt lookup on SmolLM2 rewriting a function with a
+small change, and, given --target and --draft checkpoints, a small codelm draft
+model for a codelm target.
 """
 
 import argparse
@@ -25,6 +32,7 @@ from codelm.inference.sampling import SamplingParams
 from codelm.inference.speculative import DraftModel, PromptLookup, speculative_generate
 from codelm.interop.gguf import import_gguf
 from codelm.interop.hf import export_hf
+from codelm.tokenizer import Tokenizer
 
 PROMPT = '''import json
 from dataclasses import dataclass
@@ -94,29 +102,68 @@ def smollm2_gguf() -> Path:
     return Path(spec.origin).parent / "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
+VARIANTS = {"eager": {}, "int8": {"quantize": "int8"}, "compiled": {"compile": True},
+            "int8+compiled": {"quantize": "int8", "compile": True}}
+
+
+def llama_cpp_times(gguf: Path, ids: list[int], new_tokens: int) -> tuple[float, float] | None:
+    """llama.cpp (llama-cpp-python) on the GGUF itself, batch 1: (seconds to the first token, for the rest)."""
+    if importlib.util.find_spec("llama_cpp") is None:
+        return None
+    from llama_cpp import Llama
+
+    llm = Llama(str(gguf), n_ctx=len(ids) + new_tokens + 8, n_threads=torch.get_num_threads(), verbose=False)
+
+    def run(n: int) -> float:
+        llm.reset()
+        generated = llm.generate(ids, top_k=1, reset=True)
+        return timed(lambda: [next(generated) for _ in range(n)])
+
+    run(8)  # warm up
+    first = run(1)
+    return first, run(new_tokens) - first
+
+
+def row(engine: str, dtype: str, batch: int, times: tuple[float, float], prompt: int, args, reference=None,
+        setup: float | None = None):
+    prefill, decode = prompt * batch / times[0], (args.new_tokens - 1) * batch / times[1]
+    ratio = f"{decode / reference:.2f}x" if reference else ""
+    print(f"| {engine} | {dtype} | {batch} | {prefill:,.0f} | {decode:,.1f} | {ratio} | "
+          f"{'' if setup is None else f'{setup:.0f}'} |", flush=True)
+    return decode
+
+
 def throughput(ckpt: Path, hf_dir: Path, args):
     import transformers
 
     torch.manual_seed(0)
+    batches = [int(b) for b in args.batches.split(",")]
     print(f"\n## Greedy generation, SmolLM2-135M, {args.new_tokens} new tokens, {torch.get_num_threads()} threads\n")
-    print("| dtype | batch | prefill tok/s codelm | transformers | ratio | decode tok/s codelm | transformers | ratio |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    print("| engine | dtype | batch | prefill tok/s | decode tok/s | decode vs transformers | set-up s |")
+    print("|---|---|---:|---:|---:|---:|---:|")
     for dtype_name in args.dtypes.split(","):
-        dtype = DTYPES[dtype_name]
-        engine = Engine.from_checkpoint(ckpt, dtype=dtype)
-        engine.tok.stop_ids = set()  # every row runs the full length
-        hf = transformers.AutoModelForCausalLM.from_pretrained(hf_dir, dtype=dtype).eval()
-        ids = engine.tok.encode(PROMPT)
-        codelm_times(engine, ids, 1, 8)  # warm up both
-        hf_times(hf, ids, 1, 8)
-        for batch in (int(b) for b in args.batches.split(",")):
-            ours = codelm_times(engine, ids, batch, args.new_tokens)
-            theirs = hf_times(hf, ids, batch, args.new_tokens)
-            pre = [len(ids) * batch / t[0] for t in (ours, theirs)]
-            dec = [(args.new_tokens - 1) * batch / t[1] for t in (ours, theirs)]
-            print(f"| {dtype_name} | {batch} | {pre[0]:,.0f} | {pre[1]:,.0f} | {pre[0] / pre[1]:.2f}x "
-                  f"| {dec[0]:,.1f} | {dec[1]:,.1f} | {dec[0] / dec[1]:.2f}x |", flush=True)
-    print(f"\n(prompt: {len(ids)} tokens)")
+        hf = transformers.AutoModelForCausalLM.from_pretrained(hf_dir, dtype=DTYPES[dtype_name]).eval()
+        ids = Tokenizer.load(ckpt / "tokenizer.json", required=()).encode(PROMPT)
+        hf_times(hf, ids, 1, 8)  # warm up
+        reference = {batch: row("transformers", dtype_name, batch, hf_times(hf, ids, batch, args.new_tokens),
+                                len(ids), args) for batch in batches}
+        del hf
+        for name in args.variants.split(","):
+            start = time.perf_counter()
+            engine = Engine.from_checkpoint(ckpt, dtype=dtype_name, **VARIANTS[name])
+            engine.tok.stop_ids = set()  # every row runs the full length
+            for batch in batches:  # warm up: compiles the step for batch 1 and for larger batches
+                codelm_times(engine, ids, batch, 8)
+            setup = time.perf_counter() - start
+            for batch in batches:
+                row(f"codelm {name}", dtype_name, batch, codelm_times(engine, ids, batch, args.new_tokens), len(ids),
+                    args, reference[batch], setup)
+            del engine
+        if dtype_name == "fp32" and 1 in batches:
+            times = llama_cpp_times(smollm2_gguf(), ids, args.new_tokens)
+            if times:
+                row("llama.cpp (llama-cpp-python), Q4_1 GGUF", "Q4_1", 1, times, len(ids), args, reference[1])
+    print(f"\n(prompt: {len(ids)} tokens; set-up includes loading the checkpoint and the warm-up generations)")
 
 
 def speculative(engine: Engine, prompt_ids: list[int], drafter, k: int, new_tokens: int, label: str):
@@ -137,7 +184,8 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--new-tokens", type=int, default=256)
     parser.add_argument("--batches", default="1,8")
-    parser.add_argument("--dtypes", default="fp32,bf16")
+    parser.add_argument("--dtypes", default="fp32", help="comma-separated: fp32, bf16 (slow on CPUs without AMX)")
+    parser.add_argument("--variants", default=",".join(VARIANTS), help=f"codelm engine variants: {', '.join(VARIANTS)}")
     parser.add_argument("--target", help="codelm checkpoint/run for the draft-model speculative row")
     parser.add_argument("--draft", help="smaller codelm checkpoint/run with the same tokenizer")
     parser.add_argument("--skip-throughput", action="store_true")
@@ -149,12 +197,12 @@ def main():
         print("\n## Speculative decoding, greedy, batch 1, fp32 (output identical to plain greedy?)\n")
         print("| drafter | k | acceptance | tokens / target forward | plain tok/s | speculative tok/s | speedup | same |")
         print("|---|---:|---:|---:|---:|---:|---:|---|")
-        engine = Engine.from_checkpoint(ckpt)
+        engine = Engine.from_checkpoint(ckpt, dtype="fp32")
         edit_ids = engine.tok.encode(EDIT_PROMPT)
         for k in (4, 8):
             speculative(engine, edit_ids, PromptLookup(), k, 128, "prompt lookup, SmolLM2, code edit")
         if args.target and args.draft:
-            target, draft = Engine.from_checkpoint(args.target), Engine.from_checkpoint(args.draft)
+            target, draft = Engine.from_checkpoint(args.target, "fp32"), Engine.from_checkpoint(args.draft, "fp32")
             ids = target.encode(PROMPT)[:100]
             for k in (2, 4):
                 room = target.model.config.max_seq_len - len(ids) - k - 1
