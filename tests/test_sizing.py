@@ -20,11 +20,11 @@ def plan_with(monkeypatch, tokens_per_second: dict[str, float], minutes: float =
 
 
 def test_a_faster_machine_gets_a_bigger_model(monkeypatch):
-    slow = {"4x128": 2000.0, "4x192": 1500.0, "4x256": 1000.0, "6x384": 300.0}
+    slow = {"4x96": 2500.0, "4x128": 2000.0, "4x192": 1500.0, "4x256": 1000.0, "6x384": 300.0}
     fast = {name: 4 * tok_s for name, tok_s in slow.items()}
     small, candidates = plan_with(monkeypatch, slow)
     big, _ = plan_with(monkeypatch, fast)
-    assert [c.shape.name for c in candidates] == ["4x128", "4x192", "4x256", "6x384"]
+    assert [c.shape.name for c in candidates] == ["4x96", "4x128", "4x192", "4x256", "6x384"]
     assert sizing.LADDER.index(big) > sizing.LADDER.index(small)
     for shape, table in ((small, slow), (big, fast)):  # the rule: the largest shape with enough tokens per parameter
         _, candidates = plan_with(monkeypatch, table)
@@ -34,7 +34,7 @@ def test_a_faster_machine_gets_a_bigger_model(monkeypatch):
 
 
 def test_too_slow_for_any_shape_still_trains_the_smallest(monkeypatch):
-    shape, _ = plan_with(monkeypatch, {"4x128": 1.0, "4x192": 1.0, "4x256": 1.0, "6x384": 1.0})
+    shape, _ = plan_with(monkeypatch, {"4x96": 1.0, "4x128": 1.0, "4x192": 1.0, "4x256": 1.0, "6x384": 1.0})
     assert shape == sizing.LADDER[0]
 
 
@@ -54,8 +54,8 @@ def test_speedrun_on_a_small_corpus_sizes_its_model_and_reports_compressors(tmp_
     proc = run_codelm("speedrun", "--data", corpus_paths[1], "--max-steps", "5", "--out", out, "--vocab-size", "1024",
                       "--set", "train.eval_every=0")
     plan = json.loads((out / "plan.json").read_text())
-    assert plan["shape"] == "4x128"  # 5 steps of 4096 tokens fit only the smallest shape
-    assert "n_layers = 4" in (out / "config.toml").read_text() and "dim = 128" in (out / "config.toml").read_text()
+    assert plan["shape"] == "4x96"  # 5 steps of 4096 tokens fit only the smallest shape
+    assert "n_layers = 4" in (out / "config.toml").read_text() and "dim = 96" in (out / "config.toml").read_text()
     report = (out / "report.md").read_text()
     assert "gzip -9 on the same validation text" in report and "xz -9e on the same validation text" in report
     assert "## Machine and model size" in report and "**chosen**" in report

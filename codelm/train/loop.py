@@ -315,11 +315,12 @@ def train(
                 tok_s = window_tokens / window_seconds
                 record.update(tok_s=tok_s, mfu=tok_s * flops_per_token / peak, elapsed=elapsed_before + train_seconds)
                 if env.is_main:
-                    left = (max_steps - step) * train_seconds / max(1, step - start_step) if max_steps else 0
+                    left = (f"~{_format_duration((max_steps - step) * train_seconds / max(1, step - start_step))} left"
+                            if max_steps else "timing steps to fix the schedule")
                     print(
                         f"step {step:5d}/{max_steps or '?'} | loss {loss_avg:.4f} | lr {lr:.2e} | "
                         f"{tok_s:,.0f} tok/s | MFU {100 * record['mfu']:.1f}% | "
-                        f"{_format_duration(elapsed_before + train_seconds)} elapsed, ~{_format_duration(left)} left",
+                        f"{_format_duration(elapsed_before + train_seconds)} elapsed, {left}",
                         flush=True,
                     )
                 window_seconds, window_tokens = 0.0, 0
