@@ -90,7 +90,8 @@ def write_report(run_dir: str | Path, title: str = "codelm run") -> Path:
         ("model", f"{m['n_layers']} layers, dim {m['dim']}, {m['n_heads']} heads ({m['n_kv_heads']} kv), "
                   f"vocab {m['vocab_size']}, context {d['seq_len']}, tied embeddings {m['tie_embeddings']}"),
         ("parameters", f"{summary['params'] / 1e6:.2f}M" if "params" in summary else "-"),
-        ("optimizer", f"AdamW lr {o['lr']:g}, {o['schedule']} schedule, warmup {o['warmup_steps']}, "
+        ("optimizer", (f"Muon lr {o['muon_lr']:g} (hidden matrices) + AdamW lr {o['lr']:g}" if o.get("name") == "muon"
+                       else f"AdamW lr {o['lr']:g}") + f", {o['schedule']} schedule, warmup {o['warmup_steps']}, "
                       f"weight decay {o['weight_decay']:g}, clip {o['grad_clip']:g}"),
         ("batch", f"{t['batch_tokens'] or t['micro_batch'] * d['seq_len']:,} tokens, micro batch {t['micro_batch']}"),
         ("precision", _precision_text(t["precision"], precision)),
