@@ -15,6 +15,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from codelm.precision import PrecisionChoice  # noqa: E402
+
 
 def _read_metrics(run_dir: Path) -> tuple[list[dict], list[dict]]:
     train, val = [], []
@@ -127,12 +129,12 @@ def write_report(run_dir: str | Path, title: str = "codelm run") -> Path:
 
 
 def _precision_text(requested: str, record: dict) -> str:
-    """What ran, what was asked for, and the probe's timings behind the choice."""
+    """What ran and why (the probe's timings), as the training log said it, plus the peak MFU is measured against."""
     if not record:
         return requested
-    timings = ", ".join(f"{name} {1000 * t:.1f} ms" for name, t in sorted(record["timings"].items(), key=lambda kv: kv[1]))
+    choice = PrecisionChoice(record["precision"], record["requested"], record["timings"], record["cached"])
     peak = f"; matmul peak {record['peak_flops'] / 1e9:.0f} GFLOP/s" if record.get("peak_flops") else ""
-    return f"{record['precision']} (asked: {requested}" + (f"; probe step {timings}" if timings else "") + f"){peak}"
+    return choice.describe().removeprefix("precision ") + peak
 
 
 def plot_pass_at_k(curve: dict[str, float], path: Path, label: str):
