@@ -148,13 +148,17 @@ def _store_cache(path: Path, key: str, value):
 
 
 def cached_measurement(kind: str, device: torch.device, shape: str, measure: Callable[[], object]):
-    """measure() once per (kind, machine, torch version, shape); later calls read the cache. Returns (value, cached)."""
+    """measure() once per (kind, machine, torch version, shape); later calls read the cache. Returns (value, cached).
+
+    The measurement runs on a forked random state: whether a probe ran (or was cached)
+    never changes a run's initial weights or data order."""
     path = cache_dir() / "probes.json"
     key = f"{kind}|{device_name(device)}|torch {torch.__version__}|{shape}"
     entries = _load_cache(path)
     if key in entries:
         return entries[key], True
-    value = measure()
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        value = measure()
     try:
         _store_cache(path, key, value)
     except OSError:

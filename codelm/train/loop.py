@@ -60,19 +60,26 @@ def setup_distributed(device: str = "auto") -> DistEnv:
     return DistEnv(rank, world, dev)
 
 
+def probe_step(model: Transformer, rows: int, seq_len: int, device: torch.device, precision: str):
+    """A forward+backward step on random ids of (rows, seq_len), ready to time: what training spends its time on."""
+    ids = torch.randint(0, model.config.vocab_size, (rows, seq_len + 1), device=device)
+
+    def step():
+        with autocast_context(device, precision):
+            loss = model(ids[:, :-1], targets=ids[:, 1:])
+        loss.backward()
+        model.zero_grad(set_to_none=True)
+
+    return step
+
+
 def resolve_precision(requested: str, model: Transformer, seq_len: int, device: torch.device,
                       log=print) -> PrecisionChoice:
     """The training precision: `requested`, or with "auto" the fastest forward+backward micro-step here."""
     tokens = min(seq_len, 128)  # the model's own widths; few tokens, so a slow kernel costs seconds, not minutes
-    ids = torch.randint(0, model.config.vocab_size, (1, tokens + 1), device=device)
 
     def make_step(precision: str):
-        def step():
-            with autocast_context(device, precision):
-                loss = model(ids[:, :-1], targets=ids[:, 1:])
-            loss.backward()
-            model.zero_grad(set_to_none=True)
-        return step
+        return probe_step(model, 1, tokens, device, precision)
 
     c = model.config
     shape = f"d{c.dim} L{c.n_layers} h{c.n_heads}/{c.n_kv_heads} f{c.hidden_dim} v{c.vocab_size} T{tokens}"
@@ -233,9 +240,7 @@ def train(
         (run_dir / "config.toml").write_text(to_toml(cfg))
 
     log_main = print if env.is_main else (lambda *a, **k: None)
-    rng = torch.get_rng_state()  # the probe draws random ids: keep the data order and dropout of an unprobed run
     choice = resolve_precision(t.precision, raw_model, cfg.data.seq_len, device, log_main)
-    torch.set_rng_state(rng)
     peak = peak_flops(device, choice.precision) * env.world  # MFU against the precision actually used
     autocast = autocast_context(device, choice.precision)
     flops_per_token = raw_model.flops_per_token(cfg.data.seq_len)

@@ -17,7 +17,8 @@ import torch
 
 from codelm.config import Config
 from codelm.model.llama import ModelConfig, Transformer
-from codelm.precision import autocast_context, cached_measurement, time_step
+from codelm.precision import cached_measurement, time_step
+from codelm.train.loop import probe_step
 
 # Fitted on the AVX2 fp32 sweeps (README): Muon at a fixed budget gave 1.82 bpb at 4x256, 1.70 at 4x192, 1.63 at
 # 4x128 and 1.62 at 4x96, i.e. a broad optimum from ~2.5 to ~6 of these tokens per parameter (counted as this
@@ -58,22 +59,13 @@ def step_tokens_per_second(model_cfg: ModelConfig, cfg: Config, device: torch.de
     rows = min(PROBE_ROWS, cfg.train.micro_batch)
 
     def measure() -> float:
-        model = Transformer(model_cfg).to(device)
-        ids = torch.randint(0, model_cfg.vocab_size, (rows, cfg.data.seq_len + 1), device=device)
-
-        def step():
-            with autocast_context(device, precision):
-                loss = model(ids[:, :-1], targets=ids[:, 1:])
-            loss.backward()
-
+        step = probe_step(Transformer(model_cfg).to(device), rows, cfg.data.seq_len, device, precision)
         step()  # the first calls of a new shape pick kernels and allocate: 2-4x slower
-        return ids[:, 1:].numel() / time_step(step, device, seconds=1.5)
+        return rows * cfg.data.seq_len / time_step(step, device, seconds=1.5)
 
     c = model_cfg
     shape = f"{precision} d{c.dim} L{c.n_layers} h{c.n_heads}/{c.n_kv_heads} v{c.vocab_size} {rows}x{cfg.data.seq_len}"
-    rng = torch.get_rng_state()
     value, _ = cached_measurement("train-step", device, shape, measure)
-    torch.set_rng_state(rng)
     return float(value)
 
 
