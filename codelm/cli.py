@@ -93,7 +93,11 @@ def cmd_generate(args):
     prompt = read_input(args.prompt_file) if args.prompt_file else args.prompt
     params = _sampling_params(args)
     if args.draft_checkpoint or args.prompt_lookup:
-        from codelm.inference.speculative import DraftModel, PromptLookup, speculative_generate
+        from codelm.inference.speculative import (
+            DraftModel,
+            PromptLookup,
+            speculative_generate,
+        )
 
         drafter = PromptLookup() if args.prompt_lookup else DraftModel(_engine(args.draft_checkpoint, args))
         completion, stats = speculative_generate(engine, engine.encode(prompt), params, drafter, k=args.num_draft)
@@ -135,7 +139,7 @@ def cmd_export(args):
 def cmd_sandbox_run(args):
     from dataclasses import asdict
 
-    from codelm.eval.sandbox import Limits, run
+    from codelm.sandbox.supervisor import Limits, run
 
     program = read_input(args.file)
     tests = read_input(args.tests) if args.tests else ""

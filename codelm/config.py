@@ -8,13 +8,49 @@ directory, so every run records exactly what it ran with.
 
 import dataclasses
 import json
+import math
 import tomllib
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from codelm.errors import UserError
-from codelm.model.llama import ModelConfig
+
+
+@dataclass
+class ModelConfig:
+    vocab_size: int = 8192
+    dim: int = 384
+    n_layers: int = 6
+    n_heads: int = 6
+    n_kv_heads: int = 6
+    ffn_dim: int = 0  # 0: Llama's rule, 8/3 * dim rounded up to multiple_of
+    multiple_of: int = 64
+    max_seq_len: int = 256
+    rope_theta: float = 10000.0
+    norm_eps: float = 1e-5
+    tie_embeddings: bool = False
+    qk_norm: bool = False
+    init_std: float = 0.02
+
+    def __post_init__(self):
+        if self.dim % self.n_heads:
+            raise ValueError(f"model.dim={self.dim} is not divisible by model.n_heads={self.n_heads}")
+        if self.n_heads % self.n_kv_heads:
+            raise ValueError(f"model.n_heads={self.n_heads} is not divisible by model.n_kv_heads={self.n_kv_heads}")
+        if (self.dim // self.n_heads) % 2:
+            raise ValueError("model.dim / model.n_heads (the head size) must be even for RoPE")
+
+    @property
+    def head_dim(self) -> int:
+        return self.dim // self.n_heads
+
+    @property
+    def hidden_dim(self) -> int:
+        if self.ffn_dim:
+            return self.ffn_dim
+        hidden = int(8 * self.dim / 3)
+        return self.multiple_of * math.ceil(hidden / self.multiple_of)
 
 
 @dataclass

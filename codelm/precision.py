@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 
 from codelm.errors import UserError
+from codelm.io import atomic_write_text
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16, "fp64": torch.float64}
 SLOW_FACTOR = 2.0  # an explicit precision this much slower than the best one gets a warning
@@ -142,9 +143,7 @@ def _store_cache(path: Path, key: str, value):
     entries = _load_cache(path)
     entries[key] = value
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(entries, indent=1, sort_keys=True))
-    tmp.replace(path)
+    atomic_write_text(path, json.dumps(entries, indent=1, sort_keys=True))
 
 
 def cached_measurement(kind: str, device: torch.device, shape: str, measure: Callable[[], object]):

@@ -10,6 +10,7 @@ import json
 import time
 from pathlib import Path
 
+from codelm.checkpoint import latest_checkpoint, load_model
 from codelm.config import load_config
 from codelm.data.card import load_stats, stats_table
 from codelm.data.pipeline import curate, load_curate_config
@@ -23,7 +24,6 @@ from codelm.inference.sampling import SamplingParams
 from codelm.model.llama import Transformer
 from codelm.precision import machine_profile
 from codelm.report import write_report
-from codelm.train.checkpoint import latest_checkpoint, load_model
 from codelm.train.loop import resolve_precision, setup_distributed
 from codelm.train.pretrain import pretrain
 from codelm.train.sizing import LADDER, plan_shape, plan_text

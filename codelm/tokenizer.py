@@ -13,9 +13,11 @@ is always encoded as plain text: a file that literally contains
 from collections.abc import Iterable
 from pathlib import Path
 
-from tokenizers import Regex, Tokenizer as HFTokenizer, decoders, models, pre_tokenizers, trainers
+from tokenizers import Regex, decoders, models, pre_tokenizers, trainers
+from tokenizers import Tokenizer as HFTokenizer
 
 from codelm.errors import UserError
+from codelm.io import atomic_write_text
 
 EOT = "<|endoftext|>"
 FIM_PREFIX = "<fim_prefix>"
@@ -42,7 +44,7 @@ class Tokenizer:
     `prefix_ids` start every document (codelm: <|endoftext|>, the separator its
     models saw before each document) and `stop_ids` end generation; an imported
     model's checkpoint sets both from its own config, and its chat template
-    (None: ChatML, see codelm.inference.chat)."""
+    (None: ChatML, see codelm.chat)."""
 
     def __init__(self, hf: HFTokenizer, required=tuple(SPECIAL_TOKENS)):
         self.hf = hf
@@ -76,10 +78,7 @@ class Tokenizer:
         return cls(hf, required)
 
     def save(self, path: str | Path):
-        path = Path(path)
-        tmp = path.with_name(path.name + ".tmp")
-        self.hf.save(str(tmp))
-        tmp.replace(path)
+        atomic_write_text(path, self.hf.to_str(pretty=True))
 
     @property
     def vocab_size(self) -> int:

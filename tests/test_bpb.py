@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 import torch
 
+from codelm.config import ModelConfig
 from codelm.data.shards import TokenShards
 from codelm.eval.bpb import eval_loader, evaluate, token_bytes_tensor, unigram_entropy
-from codelm.model.llama import ModelConfig, Transformer
+from codelm.model.llama import Transformer
 from codelm.tokenizer import Tokenizer
 
 

@@ -3,11 +3,11 @@
 import math
 
 import pytest
+from conftest import REPO
 
 from codelm.config import OptimConfig, load_config, to_toml
 from codelm.errors import UserError
 from codelm.train.loop import learning_rate
-from conftest import REPO
 
 TINY = REPO / "configs" / "tiny.toml"
 

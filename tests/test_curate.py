@@ -9,6 +9,7 @@ import sys
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+from conftest import run_codelm
 
 from bench.curate import plant_near_duplicate
 from codelm.data.dedup import DedupConfig, lsh_bands, lsh_probability
@@ -20,7 +21,6 @@ from codelm.data.pipeline import curate, load_curate_config
 from codelm.data.repo_order import connected_groups, dependency_edges, dependency_order
 from codelm.data.sources import stdlib_root
 from codelm.errors import UserError
-from conftest import run_codelm
 
 GOOD = "def add(a, b):\n    \"\"\"Add two numbers.\"\"\"\n    return a + b\n\n\nprint(add(1, 2))\n"
 

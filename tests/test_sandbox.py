@@ -6,9 +6,9 @@ import threading
 import time
 
 import pytest
-
-from codelm.eval.sandbox import Limits, Sandbox, run, run_many
 from conftest import run_codelm
+
+from codelm.sandbox.supervisor import Limits, Sandbox, run, run_many
 
 GOOD = "def add(a, b):\n    return a + b\n"
 TESTS = "assert add(2, 3) == 5\nassert add(-1, 1) == 0\n"

@@ -4,11 +4,11 @@ import json
 
 import pytest
 import torch
+from conftest import run_codelm
 
 from codelm.config import load_config
 from codelm.speedrun import DEFAULT_CONFIG
 from codelm.train import sizing
-from conftest import run_codelm
 
 CPU = torch.device("cpu")
 

@@ -10,11 +10,11 @@ import textwrap
 
 import pytest
 import torch
+from conftest import REPO, run_codelm
 
+from codelm.checkpoint import latest_checkpoint, load_model
 from codelm.data.shards import TokenShards
 from codelm.eval.bpb import unigram_entropy
-from codelm.train.checkpoint import latest_checkpoint, load_model
-from conftest import REPO, run_codelm
 
 
 def losses(run_dir) -> dict[int, float]:
@@ -90,8 +90,9 @@ def test_a_kill_during_checkpoint_write_leaves_the_previous_checkpoint(tmp_path,
     script = textwrap.dedent(f"""
         import os, signal, torch
         import safetensors.torch
-        from codelm.model.llama import ModelConfig, Transformer
-        from codelm.train.checkpoint import save_checkpoint
+        from codelm.config import ModelConfig
+        from codelm.model.llama import Transformer
+        from codelm.checkpoint import save_checkpoint
         torch.manual_seed(0)
         model = Transformer(ModelConfig(vocab_size=2048, dim=64, n_layers=1, n_heads=2, n_kv_heads=1))
         opt = torch.optim.AdamW(model.parameters())

@@ -27,7 +27,9 @@ import numpy as np
 import torch
 
 from codelm.data.fim import fim_transform
-from codelm.model.fused_ce import IGNORE  # target id excluded from the loss (padding of the final evaluation row)
+from codelm.model.fused_ce import (
+    IGNORE,  # target id excluded from the loss (padding of the final evaluation row)
+)
 from codelm.tokenizer import Tokenizer
 
 

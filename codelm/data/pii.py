@@ -17,8 +17,22 @@ from dataclasses import dataclass
 
 from datatrove.pipeline.base import PipelineStep
 from detect_secrets.plugins import (
-    aws, azure_storage_key, basic_auth, discord, github_token, gitlab_token, jwt, mailchimp, npm,
-    openai, pypi_token, sendgrid, slack, stripe, telegram_token, twilio,
+    aws,
+    azure_storage_key,
+    basic_auth,
+    discord,
+    github_token,
+    gitlab_token,
+    jwt,
+    mailchimp,
+    npm,
+    openai,
+    pypi_token,
+    sendgrid,
+    slack,
+    stripe,
+    telegram_token,
+    twilio,
 )
 
 TOKEN_DETECTORS = [

@@ -33,11 +33,22 @@ from datatrove.pipeline.writers import ParquetWriter
 from codelm.config import fill, to_dict
 from codelm.data.card import write_card
 from codelm.data.decontam import DecontamConfig, Decontaminate
-from codelm.data.dedup import CodeMinhashSignature, DedupClusters, DedupConfig, minhash_config
+from codelm.data.dedup import (
+    CodeMinhashSignature,
+    DedupClusters,
+    DedupConfig,
+    minhash_config,
+)
 from codelm.data.filters import CodeQualityFilter, FilterConfig
 from codelm.data.pii import PIIConfig, RedactPII
 from codelm.data.repo_order import RepoDocuments
-from codelm.data.sources import CodeTreeReader, KeepSchema, StackFields, stack_reader, stdlib_root
+from codelm.data.sources import (
+    CodeTreeReader,
+    KeepSchema,
+    StackFields,
+    stack_reader,
+    stdlib_root,
+)
 from codelm.errors import UserError
 
 

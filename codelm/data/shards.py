@@ -16,21 +16,11 @@ from pathlib import Path
 import numpy as np
 
 from codelm.errors import UserError
+from codelm.io import atomic_write_bytes
 
 
 def token_dtype(vocab_size: int):
     return np.uint16 if vocab_size <= 2**16 else np.uint32
-
-
-def atomic_write_bytes(path: Path, chunks):
-    """Write to PATH.tmp, fsync, rename: a crash never leaves a half-written file."""
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        for chunk in chunks:
-            f.write(chunk)
-        f.flush()
-        os.fsync(f.fileno())
-    tmp.replace(path)
 
 
 class ShardWriter:

@@ -28,6 +28,7 @@ from codelm.data.mix import mix_order, plan_epochs
 from codelm.data.shards import ShardWriter, TokenShards
 from codelm.data.sources import CodeTreeReader, is_validation, stdlib_root
 from codelm.errors import UserError
+from codelm.io import atomic_directory, atomic_write_json
 from codelm.tokenizer import Tokenizer, train_tokenizer
 
 DEFAULT_VAL_FRACTION = 0.05  # 2% of the stdlib is 34 files, one of them a quarter of the tokens: too noisy
@@ -136,10 +137,12 @@ def tokenize_corpus(paths: list[str] | None, tokenizer_path: str | Path, out_dir
                     val_fraction: float = DEFAULT_VAL_FRACTION) -> dict:
     tok = Tokenizer.load(tokenizer_path)
     corpus = Corpus(paths)
+    with atomic_directory(out_dir) as tmp:
+        return _write_splits(tok, corpus, tokenizer_path, tmp, val_fraction)
+
+
+def _write_splits(tok: Tokenizer, corpus: Corpus, tokenizer_path, tmp: Path, val_fraction: float) -> dict:
     weights, max_epochs, budget, seed = corpus.mix()
-    out = Path(out_dir)
-    tmp = out.with_name(out.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
     val = ShardWriter(tmp / "val", tok.vocab_size)
     by_source = {name: ShardWriter(tmp / "sources" / name, tok.vocab_size) for name in weights}
     doc_tokens: dict[str, list[int]] = {name: [] for name in weights}
@@ -184,8 +187,5 @@ def tokenize_corpus(paths: list[str] | None, tokenizer_path: str | Path, out_dir
     shutil.copyfile(tokenizer_path, tmp / "tokenizer.json")
     result = {"sources": corpus.describe(), "val_fraction": val_fraction, "skipped": dict(sorted(corpus.skipped.items())),
               "splits": split_stats, "mix": mix}
-    (tmp / "stats.json").write_text(json.dumps(result, indent=2))
-    if out.exists():
-        shutil.rmtree(out)
-    tmp.rename(out)
+    atomic_write_json(tmp / "stats.json", result)
     return result

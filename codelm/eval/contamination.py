@@ -78,7 +78,7 @@ class CorpusIndex:
 
 
 def humaneval_texts() -> list[tuple[str, str]]:
-    from codelm.eval.humaneval import load_problems
+    from codelm.tasks.humaneval import load_problems
 
     return [(p["task_id"], p["prompt"] + p["canonical_solution"]) for p in load_problems()]
 

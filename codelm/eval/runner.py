@@ -28,11 +28,12 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from codelm.data.shards import atomic_write_bytes
 from codelm.errors import UserError
-from codelm.eval import humaneval, infilling
+from codelm.eval import infilling
 from codelm.eval.passk import mean_pass_at_k
-from codelm.eval.sandbox import environment, run_many
+from codelm.io import atomic_write_bytes
+from codelm.sandbox.supervisor import environment, run_many
+from codelm.tasks import humaneval
 
 MODEL_TASKS = ["humaneval", "humaneval-infill-single", "humaneval-infill-multi", "bpb"]
 TASKS = [*MODEL_TASKS, "contamination"]
@@ -150,7 +151,7 @@ class Evaluation:
         return results
 
     def humaneval(self, task: str) -> dict:
-        from codelm.inference.chat import encode_chat
+        from codelm.chat import encode_chat
 
         cfg, engine = self.cfg, self.engine
         problems = humaneval.load_problems()

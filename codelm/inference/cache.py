@@ -14,8 +14,8 @@ that torch.compile captures the step once (and CUDA graphs can replay it).
 
 import torch
 
+from codelm.config import ModelConfig
 from codelm.errors import UserError
-from codelm.model.llama import ModelConfig
 
 
 class KVCache:

@@ -31,7 +31,12 @@ from codelm.data.fim import fim_prompt
 from codelm.errors import UserError
 from codelm.inference.cache import KVCache, SlotView
 from codelm.inference.quant import quantize_int8
-from codelm.inference.sampling import SamplingParams, apply_processors, processors, sample_rows
+from codelm.inference.sampling import (
+    SamplingParams,
+    apply_processors,
+    processors,
+    sample_rows,
+)
 from codelm.inference.stops import StopTracker, first_stop
 from codelm.model.llama import Transformer
 from codelm.precision import DTYPES, PrecisionChoice, choose_precision
@@ -116,7 +121,7 @@ class Engine:
     def from_checkpoint(cls, path: str | Path, dtype: torch.dtype | str = "auto", device: str = "cpu",
                         quantize: str | None = None, compile: bool = False) -> "Engine":
         """dtype: "auto" (the fastest decode step here, probed once per machine and cached), a name, or a torch.dtype."""
-        from codelm.train.checkpoint import load_model
+        from codelm.checkpoint import load_model
 
         model, tok, _ = load_model(path, device=device)
         if isinstance(dtype, str):

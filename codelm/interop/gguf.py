@@ -13,13 +13,15 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tokenizers import AddedToken, Regex, Tokenizer as HFTokenizer, decoders, models, pre_tokenizers
+from tokenizers import AddedToken, Regex, decoders, models, pre_tokenizers
+from tokenizers import Tokenizer as HFTokenizer
 
+from codelm.checkpoint import load_state, save_model, token_id_list
+from codelm.config import ModelConfig
 from codelm.errors import UserError
 from codelm.interop.hf import generation_config
-from codelm.model.llama import ModelConfig, Transformer
+from codelm.model.llama import Transformer
 from codelm.tokenizer import Tokenizer
-from codelm.train.checkpoint import load_state, save_model, token_id_list
 
 LAYER_NAMES = {
     "attn_norm": "input_layernorm", "ffn_norm": "post_attention_layernorm",

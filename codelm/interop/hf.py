@@ -14,13 +14,21 @@ from pathlib import Path
 
 import safetensors.torch
 import torch
-from tokenizers import Tokenizer as HFTokenizer, processors
+from tokenizers import Tokenizer as HFTokenizer
+from tokenizers import processors
 
+from codelm.checkpoint import (
+    load_model,
+    load_state,
+    save_model,
+    token_id_list,
+    write_model_files,
+)
+from codelm.config import ModelConfig
 from codelm.errors import UserError
-from codelm.model.llama import ModelConfig, Transformer
+from codelm.io import atomic_directory, atomic_write_json
+from codelm.model.llama import Transformer
 from codelm.tokenizer import Tokenizer
-from codelm.train.checkpoint import (atomic_directory, load_model, load_state, save_model, token_id_list,
-                                     write_model_files)
 
 
 def model_config_from_hf(config: dict) -> ModelConfig:
@@ -113,6 +121,6 @@ def export_hf(checkpoint: str | Path, out: str | Path) -> Path:
     with atomic_directory(out) as tmp:
         write_model_files(tmp, model, generation_config(tok.prefix_ids, eos_ids, bos))
         hf.save(str(tmp / "tokenizer.json"))
-        (tmp / "tokenizer_config.json").write_text(json.dumps(tok_config, indent=2))
-        (tmp / "generation_config.json").write_text(json.dumps(hf_special_ids(eos_ids, bos), indent=2))
+        atomic_write_json(tmp / "tokenizer_config.json", tok_config)
+        atomic_write_json(tmp / "generation_config.json", hf_special_ids(eos_ids, bos))
     return Path(out)

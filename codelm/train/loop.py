@@ -24,11 +24,17 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 
+from codelm import checkpoint as ckpt
 from codelm.config import Config, OptimConfig, to_dict, to_toml
 from codelm.errors import UserError
 from codelm.model.llama import Transformer
-from codelm.precision import PrecisionChoice, autocast_context, choice_record, choose_precision, peak_flops
-from codelm.train import checkpoint as ckpt
+from codelm.precision import (
+    PrecisionChoice,
+    autocast_context,
+    choice_record,
+    choose_precision,
+    peak_flops,
+)
 from codelm.train.muon import MuonAdamW
 
 EARLY_LOG_STEPS = (1, 2, 5, 10)  # logged whatever log_every says, so a run shows it is alive within seconds

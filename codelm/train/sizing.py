@@ -15,8 +15,8 @@ from dataclasses import dataclass
 
 import torch
 
-from codelm.config import Config
-from codelm.model.llama import ModelConfig, Transformer
+from codelm.config import Config, ModelConfig
+from codelm.model.llama import Transformer
 from codelm.precision import cached_measurement, time_step
 from codelm.train.loop import probe_step
 

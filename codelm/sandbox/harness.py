@@ -1,4 +1,4 @@
-"""The child side of codelm.eval.sandbox: a trusted supervisor that forks one untrusted worker per job.
+"""The child side of codelm.sandbox.supervisor: a trusted supervisor that forks one untrusted worker per job.
 
 Run as `python -I harness.py UID SOCKET_GUARD`; it imports nothing from codelm.
 The supervisor (PID 1 of the sandbox's PID namespace when there is one) reads

@@ -18,8 +18,6 @@ import json
 import os
 import random
 import shutil
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
 
@@ -27,9 +25,10 @@ import numpy as np
 import safetensors.torch
 import torch
 
+from codelm.config import ModelConfig
 from codelm.errors import UserError
-from codelm.inference.quant import is_quantized
-from codelm.model.llama import ModelConfig, Transformer
+from codelm.io import atomic_directory, atomic_write_json, atomic_write_text
+from codelm.model.llama import Transformer
 from codelm.tokenizer import Tokenizer
 
 
@@ -74,16 +73,9 @@ def set_rng_state(state: dict):
     torch.set_rng_state(torch.frombuffer(bytearray(base64.b64decode(state["torch"])), dtype=torch.uint8))
 
 
-def _write_json(path: Path, obj):
-    with open(path, "w") as f:
-        json.dump(obj, f, indent=2)
-        f.flush()
-        os.fsync(f.fileno())
-
-
 def write_model_files(directory: Path, model: Transformer, extra_config: dict | None = None):
     """model.safetensors and config.json, the part of a checkpoint that HF tools read."""
-    if is_quantized(model):
+    if any(t.dtype == torch.int8 for t in model.state_dict().values()):
         raise UserError("refusing to save int8-quantized weights: they are an inference-only copy "
                         "(save the model before quantize_int8)")
     weights = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
@@ -92,20 +84,7 @@ def write_model_files(directory: Path, model: Transformer, extra_config: dict | 
     safetensors.torch.save_file(weights, directory / "model.safetensors", metadata={"format": "pt"})
     config = hf_config(model.config)
     config["torch_dtype"] = str(next(iter(weights.values())).dtype).removeprefix("torch.")
-    _write_json(directory / "config.json", config | (extra_config or {}))
-
-
-@contextmanager
-def atomic_directory(out: str | Path) -> Iterator[Path]:
-    """A fresh sibling directory to fill; it replaces `out` only if the block finishes."""
-    out = Path(out)
-    tmp = out.with_name(out.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    yield tmp
-    if out.exists():
-        shutil.rmtree(out)
-    tmp.rename(out)
+    atomic_write_json(directory / "config.json", config | (extra_config or {}))
 
 
 def save_model(out: str | Path, model: Transformer, tokenizer: Tokenizer, extra_config: dict | None = None,
@@ -117,7 +96,7 @@ def save_model(out: str | Path, model: Transformer, tokenizer: Tokenizer, extra_
         write_model_files(tmp, model, extra_config)
         tokenizer.save(tmp / "tokenizer.json")
         if tokenizer_config is not None:
-            (tmp / "tokenizer_config.json").write_text(json.dumps(tokenizer_config, indent=2))
+            atomic_write_json(tmp / "tokenizer_config.json", tokenizer_config)
     return Path(out)
 
 
@@ -146,14 +125,12 @@ def save_checkpoint(
     shutil.copyfile(tokenizer_path, tmp / "tokenizer.json")
     if optimizer is not None:
         torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-    _write_json(tmp / "state.json", {"step": step, **state})
+    atomic_write_json(tmp / "state.json", {"step": step, **state})
     final = root / name
     if final.exists():
         shutil.rmtree(final)
     tmp.rename(final)
-    latest_tmp = root / f"latest.tmp{os.getpid()}"
-    latest_tmp.write_text(name)
-    latest_tmp.replace(root / "latest")
+    atomic_write_text(root / "latest", name)
     for old in sorted(p for p in root.glob("step_*") if p.is_dir() and ".tmp" not in p.name)[:-keep]:
         shutil.rmtree(old)
     return final

@@ -10,7 +10,7 @@ k-shot prompting puts k other problems with their canonical solutions first,
 chosen per problem by a fixed rule, never the problem itself.
 
 A completion is scored as the benchmark defines it: prompt + completion is
-the program, `check(entry_point)` the test, always through codelm.eval.sandbox.
+the program, `check(entry_point)` the test, always through codelm.sandbox.supervisor.
 """
 
 import ast
@@ -18,7 +18,7 @@ import random
 import re
 import textwrap
 
-from codelm.eval.sandbox import Limits, Result, run_many
+from codelm.sandbox.supervisor import Limits, Result, run_many
 
 STOP_SEQUENCES = ["\ndef", "\nclass", "\nif __name__", "\nprint(", "\n#"]
 INSTRUCTION = ("Complete the following Python function. Reply with the complete function, including the imports "

@@ -5,7 +5,7 @@ Layers, outermost first:
   allows it: no network but an unconfigured loopback, and a PID namespace whose
   init is the supervisor, so when it exits every process left inside dies with
   it. Otherwise ("socket-guard" mode) socket creation is disabled in the worker.
-- A trusted supervisor per sandbox slot (sandbox_harness.py) forks one worker
+- A trusted supervisor per sandbox slot (harness.py) forks one worker
   per job. The worker drops root for a user id unique to its slot, so file
   permissions and RLIMIT_NPROC bind (root ignores RLIMIT_NPROC) and one slot's
   fork bomb cannot starve another; sets CPU, address-space, file-size,
@@ -41,7 +41,7 @@ from pathlib import Path
 
 from codelm.errors import UserError
 
-HARNESS = Path(__file__).with_name("sandbox_harness.py")
+HARNESS = Path(__file__).with_name("harness.py")
 
 
 @dataclass
