@@ -37,7 +37,8 @@ from sandbox import human_eval_score  # noqa: E402
 
 from codelm.chat import encode_chat  # noqa: E402
 from codelm.checkpoint import load_model  # noqa: E402
-from codelm.eval.runner import EvalConfig, Evaluation  # noqa: E402
+from codelm.config import EvalConfig
+from codelm.eval.runner import Evaluation  # noqa: E402
 from codelm.inference.stops import first_stop  # noqa: E402
 from codelm.interop.gguf import import_gguf  # noqa: E402
 from codelm.tasks import humaneval  # noqa: E402

@@ -53,6 +53,24 @@ class ModelConfig:
         return self.multiple_of * math.ceil(hidden / self.multiple_of)
 
 
+@dataclass(frozen=True)
+class Shape:
+    name: str
+    n_layers: int
+    dim: int
+    n_heads: int
+    n_kv_heads: int
+
+    def model_config(self, base: ModelConfig) -> ModelConfig:
+        return ModelConfig(**{**base.__dict__, "n_layers": self.n_layers, "dim": self.dim, "n_heads": self.n_heads,
+                              "n_kv_heads": self.n_kv_heads})
+
+
+# The speedrun's model shapes (codelm.train.sizing picks one for the machine), smallest first; every shape keeps the tiny config's head layout (wide heads, one shared key/value head)
+LADDER = [Shape("4x96", 4, 96, 1, 1), Shape("4x128", 4, 128, 1, 1), Shape("4x192", 4, 192, 2, 1),
+          Shape("4x256", 4, 256, 2, 1), Shape("6x384", 6, 384, 3, 1)]
+
+
 @dataclass
 class DataConfig:
     tokens: str = "data/tokens"  # `codelm tokenize` output: train/, val/, tokenizer.json
@@ -96,12 +114,72 @@ class TrainConfig:
     keep_checkpoints: int = 2
 
 
+DEFAULT_VAL_FRACTION = 0.05  # 2% of the stdlib is 34 files, one of them a quarter of the tokens: too noisy
+
+MODEL_TASKS = ["humaneval", "humaneval-infill-single", "humaneval-infill-multi", "bpb"]
+TASKS = [*MODEL_TASKS, "contamination"]
+
+
+@dataclass
+class EvalConfig:
+    """`codelm eval`: which tasks on which checkpoint, how to sample, where to write."""
+
+    checkpoint: str | None
+    tasks: list[str]
+    out: str | None = None
+    n: int = 1
+    temperature: float = 0.0  # 0: greedy
+    top_p: float = 0.95
+    k: list[int] = field(default_factory=lambda: [1, 10, 100])
+    limit: int = 0  # 0: every problem / infilling task
+    few_shot: int = 0
+    chat: bool = False
+    max_new_tokens: int = 0  # 0: the task's default
+    batch_size: int = 16
+    seed: int = 0
+    dtype: str = "auto"  # auto: the fastest decode step here; fp32, bf16, fp64
+    quantize: str | None = None  # "int8": weight-only int8 Linear layers
+    compile: bool = False  # the decode step through torch.compile
+    data: list[str] = field(default_factory=list)  # bpb
+    corpus: list[str] = field(default_factory=list)  # contamination
+    contamination_threshold: float = 0.5
+    workers: int = 0  # sandbox processes (0: one per core)
+
+    def __post_init__(self):
+        unknown = [t for t in self.tasks if t not in TASKS]
+        if unknown or not self.tasks:
+            raise UserError(f"unknown task(s) {unknown or self.tasks}: choose from {', '.join(TASKS)}")
+        if any(t in MODEL_TASKS for t in self.tasks) and not self.checkpoint:
+            raise UserError("--checkpoint is required for " + ", ".join(t for t in self.tasks if t in MODEL_TASKS))
+        if "bpb" in self.tasks and not self.data:
+            raise UserError("task bpb needs --data: files or directories of code to score")
+        if self.n < 1 or self.limit < 0 or self.few_shot < 0 or self.batch_size < 1:
+            raise UserError("--n and --batch-size must be >= 1; --limit and --few-shot >= 0")
+        if any(k < 1 for k in self.k):
+            raise UserError(f"--k values must be >= 1, got {self.k}")
+        if self.temperature == 0 and self.n > 1:
+            raise UserError("greedy decoding (--temperature 0) gives one completion per problem: use --n 1, "
+                            "or a temperature such as 0.8 for pass@k with k > 1")
+
+
 @dataclass
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+
+
+def field_default(cls, name: str):
+    """A dataclass field's default: how the CLI takes its defaults from the configs instead of restating them."""
+    f = cls.__dataclass_fields__[name]
+    return f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+
+
+def from_args(cls, args, **values):
+    """A config from parsed CLI arguments named after its fields; fields with no argument keep their default."""
+    given = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if hasattr(args, f.name)}
+    return cls(**(given | values))
 
 
 def _check_type(key: str, value, expected):

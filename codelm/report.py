@@ -15,31 +15,27 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from codelm.data.card import load_stats, stats_table  # noqa: E402
+from codelm.eval.contamination import excerpt_line  # noqa: E402
+from codelm.io import atomic_write_text  # noqa: E402
 from codelm.precision import PrecisionChoice  # noqa: E402
+from codelm.train.metrics import TrainPoint, ValPoint, read_metrics  # noqa: E402
 
 
-def _read_metrics(run_dir: Path) -> tuple[list[dict], list[dict]]:
-    train, val = [], []
-    for line in (run_dir / "metrics.jsonl").read_text().splitlines():
-        record = json.loads(line)
-        (val if "val_loss" in record else train).append(record)
-    return train, val
-
-
-def plot_losses(train: list[dict], val: list[dict], path: Path, baseline: float | None = None):
+def plot_losses(train: list[TrainPoint], val: list[ValPoint], path: Path, baseline: float | None = None):
     fig, ax = plt.subplots(figsize=(7, 4), dpi=110)
-    ax.plot([r["step"] for r in train], [r["loss"] for r in train], lw=0.8, alpha=0.6, label="train loss")
-    periodic = [r for r in val if not r.get("final")]
+    ax.plot([r.step for r in train], [r.loss for r in train], lw=0.8, alpha=0.6, label="train loss")
+    periodic = [r for r in val if not r.final]
     if periodic:
-        ax.plot([r["step"] for r in periodic], [r["val_loss"] for r in periodic], "o-", label="validation loss (subset)")
+        ax.plot([r.step for r in periodic], [r.loss for r in periodic], "o-", label="validation loss (subset)")
     for r in val:
-        if r.get("final"):
-            ax.plot([r["step"]], [r["val_loss"]], "D", color="black", label="final, whole validation split")
+        if r.final:
+            ax.plot([r.step], [r.loss], "D", color="black", label="final, whole validation split")
     if baseline:
         ax.axhline(baseline, color="gray", ls="--", lw=0.8, label=f"unigram baseline ({baseline:.2f})")
     ax.set_xlabel("step")
     ax.set_ylabel("loss (nats/token)")
-    ax.set_ylim(top=min(max(r["loss"] for r in train), (baseline or 10) + 2))
+    ax.set_ylim(top=min(max(r.loss for r in train), (baseline or 10) + 2))
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
@@ -56,7 +52,7 @@ def _table(rows: list[tuple]) -> str:
 def write_report(run_dir: str | Path, title: str = "codelm run") -> Path:
     run_dir = Path(run_dir)
     cfg = tomllib.loads((run_dir / "config.toml").read_text())
-    train, val = _read_metrics(run_dir)
+    train, val = read_metrics(run_dir / "metrics.jsonl")
     data_stats_path = Path(cfg["data"]["tokens"]) / "stats.json"
     data_stats = json.loads(data_stats_path.read_text()) if data_stats_path.is_file() else {}
     summary_path = run_dir / "summary.json"
@@ -68,23 +64,23 @@ def write_report(run_dir: str | Path, title: str = "codelm run") -> Path:
     plot_losses(train, val, run_dir / "loss.png", summary.get("unigram_loss"))
 
     m, o, t, d = cfg["model"], cfg["optim"], cfg["train"], cfg["data"]
-    final = next((r for r in reversed(val) if r.get("final")), val[-1] if val else {})
-    timed = [r for r in train if "tok_s" in r]
+    final = next((r for r in reversed(val) if r.final), val[-1] if val else None)
+    timed = [r for r in train if r.tok_s is not None]
     sections = [f"# {title}", ""]
     compression = summary.get("compression", {})
     sections += ["## Result", "", _table([
-        ("validation bits per byte", f"**{final.get('val_bpb', float('nan')):.4f}**"),
+        ("validation bits per byte", f"**{final.bpb:.4f}**" if final else "-"),
         *[(f"{name} on the same validation text", f"{compression[key]:.4f} bits per byte")
           for key, name in (("gzip", "gzip -9"), ("xz", "xz -9e")) if key in compression],
-        ("validation loss (nats/token)", f"{final.get('val_loss', float('nan')):.4f}"),
+        ("validation loss (nats/token)", f"{final.loss:.4f}" if final else "-"),
         ("unigram baseline loss", f"{summary['unigram_loss']:.4f}" if "unigram_loss" in summary else "-"),
-        ("validation tokens / bytes", f"{final.get('val_tokens', 0):,} / {final.get('val_bytes', 0):,}"),
-        ("steps", f"{train[-1]['step'] if train else 0:,}"),
-        ("training tokens", f"{train[-1]['tokens'] if train else 0:,}"),
-        ("training time", f"{timed[-1]['elapsed'] / 60:.1f} min" if timed else "-"),
-        ("throughput", f"{sum(r['tok_s'] for r in timed) / len(timed):,.0f} tokens/s" if timed else "-"),
+        ("validation tokens / bytes", f"{final.tokens:,} / {final.bytes:,}" if final else "-"),
+        ("steps", f"{train[-1].step if train else 0:,}"),
+        ("training tokens", f"{train[-1].tokens if train else 0:,}"),
+        ("training time", f"{timed[-1].elapsed / 60:.1f} min" if timed else "-"),
+        ("throughput", f"{sum(r.tok_s for r in timed) / len(timed):,.0f} tokens/s" if timed else "-"),
         (f"MFU (of the measured {precision.get('precision', '')} matmul peak)",
-         f"{100 * sum(r['mfu'] for r in timed) / len(timed):.1f}%" if timed else "-"),
+         f"{100 * sum(r.mfu for r in timed) / len(timed):.1f}%" if timed else "-"),
     ]), "", "![loss curve](loss.png)", ""]
     if "plan" in summary:
         sections += ["## Machine and model size", "", summary["plan"], ""]
@@ -113,8 +109,6 @@ def write_report(run_dir: str | Path, title: str = "codelm run") -> Path:
         ]), ""]
         curated = data_stats["sources"][0] if len(data_stats["sources"]) == 1 else ""
         if (Path(curated) / "stats.json").is_file():
-            from codelm.data.card import load_stats, stats_table
-
             sections += [f"### Curation ({curated}/DATA_CARD.md)", "", stats_table(load_stats(curated)), ""]
     eval_results = run_dir / "eval" / "results.json"
     if eval_results.is_file():
@@ -124,7 +118,7 @@ def write_report(run_dir: str | Path, title: str = "codelm run") -> Path:
         for s in samples:
             sections += [f"**{s['kind']}**", "", "```python", s["text"], "```", ""]
     path = run_dir / "report.md"
-    path.write_text("\n".join(sections))
+    atomic_write_text(path, "\n".join(sections))
     return path
 
 
@@ -158,8 +152,6 @@ def plot_pass_at_k(curve: dict[str, float], path: Path, label: str):
 
 def eval_section(results: dict, image_dir: str = "") -> list[str]:
     """The evaluation section: one table of headline numbers, then per-task detail."""
-    from codelm.eval.contamination import excerpt_line
-
     tasks, s = results["tasks"], results["settings"]
     decoding = "greedy" if s["temperature"] == 0 else f"temperature {s['temperature']:g}, top-p {s['top_p']:g}"
     rows = []
@@ -201,20 +193,22 @@ def eval_section(results: dict, image_dir: str = "") -> list[str]:
 
 
 def write_eval_report(out: Path, results: dict) -> Path:
-    """OUT/report.md (and pass_at_k.png); the run's report.md too when OUT is a training run's eval/."""
+    """OUT/report.md (and pass_at_k.png) for the results of one `codelm eval`."""
     h = results["tasks"].get("humaneval")
     if h and h["n"] > 1:  # with one sample per problem there is only pass@1
         plot_pass_at_k(h["curve"], out / "pass_at_k.png", f"HumanEval, n={h['n']}")
     path = out / "report.md"
-    path.write_text("\n".join(["# codelm eval", "", *eval_section(results)]))
-    run_dir = out.parent
-    if out.name == "eval" and (run_dir / "metrics.jsonl").is_file() and (run_dir / "config.toml").is_file():
-        write_report(run_dir, title=_title(run_dir))
+    atomic_write_text(path, "\n".join(["# codelm eval", "", *eval_section(results)]))
     return path
 
 
-def _title(run_dir: Path) -> str:
-    """Keep the run report's existing title."""
+def is_run_dir(path: Path) -> bool:
+    """A training run's directory: what write_report reads is there."""
+    return (path / "metrics.jsonl").is_file() and (path / "config.toml").is_file()
+
+
+def report_title(run_dir: Path) -> str:
+    """The run report's existing title, kept when the report is rewritten with new sections."""
     report = run_dir / "report.md"
     first = report.read_text().split("\n", 1)[0] if report.is_file() else ""
     return first[2:] if first.startswith("# ") else "codelm run"

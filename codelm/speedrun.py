@@ -11,24 +11,25 @@ import time
 from pathlib import Path
 
 from codelm.checkpoint import latest_checkpoint, load_model
-from codelm.config import load_config
+from codelm.config import EvalConfig, ModelConfig, field_default, load_config
 from codelm.data.card import load_stats, stats_table
 from codelm.data.pipeline import curate, load_curate_config
 from codelm.data.shards import TokenShards
 from codelm.data.tokenize import tokenize_corpus, train_tokenizer_on_corpus
 from codelm.errors import UserError
 from codelm.eval.bpb import compression_bpb, unigram_entropy
-from codelm.eval.runner import EvalConfig, Evaluation
+from codelm.eval.runner import Evaluation
 from codelm.inference.engine import Engine
 from codelm.inference.sampling import SamplingParams
 from codelm.model.llama import Transformer
 from codelm.precision import machine_profile
-from codelm.report import write_report
+from codelm.report import write_eval_report, write_report
 from codelm.train.loop import resolve_precision, setup_distributed
 from codelm.train.pretrain import pretrain
 from codelm.train.sizing import LADDER, plan_shape, plan_text
 
-DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "tiny.toml"
+# package data, so that an installed codelm (not only a checkout) finds it
+DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "tiny.toml"
 
 COMPLETION_PROMPTS = [
     "import os\n\n\ndef list_python_files(directory):\n    \"\"\"Return the paths of all .py files under directory.\"\"\"\n",
@@ -90,7 +91,7 @@ def fit_shape(cfg, shape: str, run_dir: Path) -> tuple[list[str], str]:
             f"model.n_kv_heads={s.n_kv_heads}"], plan["text"]
 
 
-def speedrun(data=None, out=None, minutes=None, max_steps=None, config=None, overrides=(), vocab_size=8192,
+def speedrun(data=None, out=None, minutes=None, max_steps=None, config=None, overrides=(), vocab_size=field_default(ModelConfig, "vocab_size"),
              shape="auto") -> Path:
     start = time.time()
     run_dir = Path(out or time.strftime("runs/speedrun-%Y%m%d-%H%M%S"))
@@ -142,8 +143,11 @@ def speedrun(data=None, out=None, minutes=None, max_steps=None, config=None, ove
 
     _banner("6/7 evaluate: HumanEval pass@1, contamination of the curated corpus")
     # infilling takes minutes more at this size: `codelm eval --tasks humaneval-infill-single --checkpoint RUN`
-    Evaluation(EvalConfig(checkpoint=str(run_dir), tasks=["humaneval", "contamination"], corpus=[str(curated_dir)],
-                          out=str(run_dir / "eval")), engine=Engine(model, tok)).run()  # the model step 5 loaded
+    eval_dir = run_dir / "eval"
+    results = Evaluation(EvalConfig(checkpoint=str(run_dir), tasks=["humaneval", "contamination"],
+                                    corpus=[str(curated_dir)], out=str(eval_dir)),
+                         engine=Engine(model, tok)).run()  # the model step 5 loaded
+    write_eval_report(eval_dir, results)
     train_docs = TokenShards(tokens_dir / "train")
     val_docs = TokenShards(tokens_dir / "val")
     summary = {

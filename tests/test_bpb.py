@@ -8,9 +8,10 @@ import torch
 
 from codelm.config import ModelConfig
 from codelm.data.shards import TokenShards
-from codelm.eval.bpb import eval_loader, evaluate, token_bytes_tensor, unigram_entropy
+from codelm.eval.bpb import unigram_entropy
 from codelm.model.llama import Transformer
 from codelm.tokenizer import Tokenizer
+from codelm.train.validation import held_out_loader, held_out_loss, token_bytes_tensor
 
 
 def test_uniform_model_gives_ln_v_per_token_and_matching_bits_per_byte(tokens_dir):
@@ -22,16 +23,17 @@ def test_uniform_model_gives_ln_v_per_token_and_matching_bits_per_byte(tokens_di
                                     max_seq_len=64))
     with torch.no_grad():
         model.lm_head.weight.zero_()  # uniform logits
-    result = evaluate(model, eval_loader(docs, tok, 64, 4), token_bytes_tensor(tok), torch.autocast("cpu", enabled=False), "cpu")
+    result = held_out_loss(model, held_out_loader(docs, tok, 64, 4), token_bytes_tensor(tok),
+                           torch.autocast("cpu", enabled=False), "cpu")
 
     # every token after the very first is predicted once: the documents plus the <|endoftext|> between them
     n_targets = sum(len(d) + 1 for d in docs) - 1
     n_text_bytes = sum(len(tok.decode(d).encode()) for d in docs)
-    assert result["tokens"] == n_targets and result["bytes"] == n_text_bytes
-    assert result["loss"] == pytest.approx(math.log(tok.vocab_size), rel=1e-6)
+    assert result.tokens == n_targets and result.bytes == n_text_bytes
+    assert result.loss == pytest.approx(math.log(tok.vocab_size), rel=1e-6)
     n_text_targets = sum(len(d) for d in docs)  # the <|endoftext|> targets carry no bytes and are left out
     expected_bpb = n_text_targets * math.log(tok.vocab_size) / (math.log(2) * n_text_bytes)
-    assert result["bpb"] == pytest.approx(expected_bpb, rel=1e-6)
+    assert result.bpb == pytest.approx(expected_bpb, rel=1e-6)
 
 
 def test_unigram_entropy_of_a_known_distribution():

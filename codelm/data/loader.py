@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from codelm.data.fim import fim_transform
+from codelm.errors import UserError
 from codelm.model.fused_ce import (
     IGNORE,  # target id excluded from the loss (padding of the final evaluation row)
 )
@@ -98,7 +99,9 @@ class PackedLoader:
 
     def load_state_dict(self, d: dict):
         if len(d["streams"]) != self.n_streams:
-            raise ValueError(f"loader state has {len(d['streams'])} streams, this loader {self.n_streams}")
+            raise UserError(f"cannot resume: the checkpoint drew each optimizer step from {len(d['streams'])} row "
+                            f"streams, this run from {self.n_streams}; resume with the same train.micro_batch, "
+                            f"train.batch_tokens and number of processes")
         self.rows_read = d["rows_read"]
         self.streams = [StreamState(**s) for s in d["streams"]]
 

@@ -23,6 +23,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
+from codelm.config import DEFAULT_VAL_FRACTION, ModelConfig, field_default
 from codelm.data.card import load_stats
 from codelm.data.mix import mix_order, plan_epochs
 from codelm.data.shards import ShardWriter, TokenShards
@@ -30,8 +31,6 @@ from codelm.data.sources import CodeTreeReader, is_validation, stdlib_root
 from codelm.errors import UserError
 from codelm.io import atomic_directory, atomic_write_json
 from codelm.tokenizer import Tokenizer, train_tokenizer
-
-DEFAULT_VAL_FRACTION = 0.05  # 2% of the stdlib is 34 files, one of them a quarter of the tokens: too noisy
 
 
 @dataclass
@@ -105,7 +104,7 @@ def encode_document(tok: Tokenizer, doc: CorpusDoc) -> list[int]:
     return ids + tok.encode(doc.text[pos:])
 
 
-def train_tokenizer_on_corpus(paths: list[str] | None, out: str | Path, vocab_size: int = 8192,
+def train_tokenizer_on_corpus(paths: list[str] | None, out: str | Path, vocab_size: int = field_default(ModelConfig, "vocab_size"),
                               val_fraction: float = DEFAULT_VAL_FRACTION) -> tuple[Tokenizer, int]:
     """Train BPE on the training split only, so validation text stays unseen; returns (tokenizer, documents)."""
     count = 0

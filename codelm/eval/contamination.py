@@ -20,6 +20,8 @@ import numpy as np
 from tqdm import tqdm
 
 from codelm.data.ngrams import CODE_TOKENS, TokenHasher, ngram_hashes
+from codelm.data.tokenize import Corpus
+from codelm.tasks.humaneval import load_problems
 
 MAX_OCCURRENCES = 64
 
@@ -78,8 +80,6 @@ class CorpusIndex:
 
 
 def humaneval_texts() -> list[tuple[str, str]]:
-    from codelm.tasks.humaneval import load_problems
-
     return [(p["task_id"], p["prompt"] + p["canonical_solution"]) for p in load_problems()]
 
 
@@ -87,8 +87,6 @@ def contamination_report(corpus: list[str], items: list[tuple[str, str]] | None 
                          threshold: float = 0.5) -> dict:
     """Overlap of each benchmark item (default: HumanEval) with the documents of a corpus (`codelm curate` output
     or files/directories of code)."""
-    from codelm.data.tokenize import Corpus
-
     documents = [(d.key, d.text) for d in Corpus(corpus).documents()]
     index = CorpusIndex(documents, n)
     overlaps = [index.overlap(name, text, threshold) for name, text in items or humaneval_texts()]

@@ -23,69 +23,27 @@ import random
 import re
 import time
 from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 
 from tqdm import tqdm
 
+from codelm.chat import encode_chat
+from codelm.config import MODEL_TASKS, EvalConfig
+from codelm.data.fim import fim_prompt
 from codelm.errors import UserError
 from codelm.eval import infilling
+from codelm.eval.bpb import evaluate_languages
+from codelm.eval.contamination import contamination_report
 from codelm.eval.passk import mean_pass_at_k
+from codelm.inference.engine import Engine
+from codelm.inference.sampling import SamplingParams
 from codelm.io import atomic_write_bytes
 from codelm.sandbox.supervisor import environment, run_many
 from codelm.tasks import humaneval
+from codelm.tokenizer import FIM_MIDDLE, FIM_PREFIX, FIM_SUFFIX
 
-MODEL_TASKS = ["humaneval", "humaneval-infill-single", "humaneval-infill-multi", "bpb"]
-TASKS = [*MODEL_TASKS, "contamination"]
 DEFAULT_MAX_NEW_TOKENS = {"humaneval": 512, "humaneval-infill-single": 64, "humaneval-infill-multi": 256}
-
-
-@dataclass
-class EvalConfig:
-    checkpoint: str | None
-    tasks: list[str]
-    out: str | None = None
-    n: int = 1
-    temperature: float = 0.0  # 0: greedy
-    top_p: float = 0.95
-    k: list[int] = field(default_factory=lambda: [1, 10, 100])
-    limit: int = 0  # 0: every problem / infilling task
-    few_shot: int = 0
-    chat: bool = False
-    max_new_tokens: int = 0  # 0: the task's default
-    batch_size: int = 16
-    seed: int = 0
-    dtype: str = "auto"  # auto: the fastest decode step here; fp32, bf16, fp64
-    quantize: str | None = None  # "int8": weight-only int8 Linear layers
-    compile: bool = False  # the decode step through torch.compile
-    data: list[str] = field(default_factory=list)  # bpb
-    corpus: list[str] = field(default_factory=list)  # contamination
-    contamination_threshold: float = 0.5
-    workers: int = 0  # sandbox processes (0: one per core)
-
-    def __post_init__(self):
-        unknown = [t for t in self.tasks if t not in TASKS]
-        if unknown or not self.tasks:
-            raise UserError(f"unknown task(s) {unknown or self.tasks}: choose from {', '.join(TASKS)}")
-        if any(t in MODEL_TASKS for t in self.tasks) and not self.checkpoint:
-            raise UserError("--checkpoint is required for " + ", ".join(t for t in self.tasks if t in MODEL_TASKS))
-        if "bpb" in self.tasks and not self.data:
-            raise UserError("task bpb needs --data: files or directories of code to score")
-        if self.n < 1 or self.limit < 0 or self.few_shot < 0 or self.batch_size < 1:
-            raise UserError("--n and --batch-size must be >= 1; --limit and --few-shot >= 0")
-        if any(k < 1 for k in self.k):
-            raise UserError(f"--k values must be >= 1, got {self.k}")
-        if self.temperature == 0 and self.n > 1:
-            raise UserError("greedy decoding (--temperature 0) gives one completion per problem: use --n 1, "
-                            "or a temperature such as 0.8 for pass@k with k > 1")
-
-    def sampling(self, task: str, stop: list[str]):
-        from codelm.inference.sampling import SamplingParams
-
-        greedy = self.temperature == 0
-        return SamplingParams(strategy="greedy" if greedy else "sample", temperature=self.temperature or 1.0,
-                              top_p=1.0 if greedy else self.top_p, n=self.n, seed=self.seed, stop=stop,
-                              max_new_tokens=self.max_new_tokens or DEFAULT_MAX_NEW_TOKENS[task])
 
 
 def generate(engine, prompts: list[list[int]], params, batch_size: int, desc: str) -> list[list]:
@@ -113,6 +71,13 @@ def error_excerpt(result) -> str:
     return "\n".join([result.detail, *tail]).strip()[:600]
 
 
+def task_sampling(cfg: EvalConfig, task: str, stop: list[str]) -> SamplingParams:
+    greedy = cfg.temperature == 0
+    return SamplingParams(strategy="greedy" if greedy else "sample", temperature=cfg.temperature or 1.0,
+                          top_p=1.0 if greedy else cfg.top_p, n=cfg.n, seed=cfg.seed, stop=stop,
+                          max_new_tokens=cfg.max_new_tokens or DEFAULT_MAX_NEW_TOKENS[task])
+
+
 class Evaluation:
     """The tasks of one `codelm eval`; `engine` (default: loaded from cfg.checkpoint) is what generates."""
 
@@ -122,8 +87,6 @@ class Evaluation:
             cfg.corpus = default_corpus(cfg.checkpoint)
         self.engine = engine
         if engine is None and any(t in MODEL_TASKS for t in cfg.tasks):
-            from codelm.inference.engine import Engine
-
             self.engine = Engine.from_checkpoint(cfg.checkpoint, cfg.dtype, quantize=cfg.quantize,
                                                  compile=cfg.compile)
         self.out = Path(cfg.out) if cfg.out else default_out(cfg.checkpoint)
@@ -131,8 +94,6 @@ class Evaluation:
 
     def run(self) -> dict:
         if any(t.startswith("humaneval-infill") for t in self.cfg.tasks):  # fail before any work
-            from codelm.tokenizer import FIM_MIDDLE, FIM_PREFIX, FIM_SUFFIX
-
             self.engine.tok.require(FIM_PREFIX, FIM_SUFFIX, FIM_MIDDLE)
         start = time.time()
         results = {"checkpoint": self.cfg.checkpoint, "settings": asdict(self.cfg), "tasks": {},
@@ -151,8 +112,6 @@ class Evaluation:
         return results
 
     def humaneval(self, task: str) -> dict:
-        from codelm.chat import encode_chat
-
         cfg, engine = self.cfg, self.engine
         problems = humaneval.load_problems()
         chosen = problems[:cfg.limit] if cfg.limit else problems
@@ -162,7 +121,7 @@ class Evaluation:
         else:
             prompts = [engine.encode(humaneval.base_prompt(p, humaneval.shots(p, problems, cfg.few_shot)))
                        for p in chosen]
-        params = cfg.sampling(task, [] if cfg.chat else humaneval.STOP_SEQUENCES)
+        params = task_sampling(cfg, task, [] if cfg.chat else humaneval.STOP_SEQUENCES)
         started = time.time()
         outputs = generate(engine, prompts, params, cfg.batch_size, "humaneval: generating")
         generate_seconds = time.time() - started
@@ -188,8 +147,6 @@ class Evaluation:
                 "passed_problems": sorted((pid for pid, (_, c) in counts.items() if c), key=task_number)}
 
     def infilling(self, task: str) -> dict:
-        from codelm.data.fim import fim_prompt
-
         cfg, engine = self.cfg, self.engine
         problems = {p["task_id"]: p for p in humaneval.load_problems()}
         build = infilling.single_line_tasks if task.endswith("single") else infilling.multi_line_tasks
@@ -198,7 +155,7 @@ class Evaluation:
         if cfg.limit and cfg.limit < total:  # a fixed random sample, the same on every run
             tasks = [tasks[i] for i in sorted(random.Random(0).sample(range(total), cfg.limit))]
         prompts = [fim_prompt(t.prefix, t.suffix, engine.tok) for t in tasks]
-        outputs = generate(engine, prompts, cfg.sampling(task, []), cfg.batch_size, f"{task}: generating")
+        outputs = generate(engine, prompts, task_sampling(cfg, task, []), cfg.batch_size, f"{task}: generating")
         rows, jobs = [], []
         for t, completions in zip(tasks, outputs):
             problem = problems[t.problem_id]
@@ -214,13 +171,9 @@ class Evaluation:
                 "exact_match": sum(r["exact"] for r in rows) / max(len(rows), 1), "statuses": statuses}
 
     def bpb(self, task: str) -> dict:
-        from codelm.eval.bpb import evaluate_languages
-
         return evaluate_languages(self.engine.model, self.engine.tok, self.cfg.data)
 
     def contamination(self, task: str) -> dict:
-        from codelm.eval.contamination import contamination_report
-
         return contamination_report(self.cfg.corpus, threshold=self.cfg.contamination_threshold)
 
     def execute(self, rows: list[dict], jobs: list) -> dict:
@@ -237,12 +190,9 @@ class Evaluation:
         return dict(Counter(row["status"] for row in rows))
 
     def write(self, results: dict):
-        from codelm.report import write_eval_report
-
         self.out.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(self.out / "results.json", [json.dumps(results, indent=2).encode()])
         atomic_write_bytes(self.out / "samples.jsonl", [(json.dumps(row) + "\n").encode() for row in self.samples])
-        write_eval_report(self.out, results)
 
 
 def same_code(a: str, b: str) -> bool:

@@ -16,7 +16,7 @@ import os
 import signal
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -35,7 +35,9 @@ from codelm.precision import (
     choose_precision,
     peak_flops,
 )
+from codelm.train import metrics
 from codelm.train.muon import MuonAdamW
+from codelm.train.validation import HeldOut
 
 EARLY_LOG_STEPS = (1, 2, 5, 10)  # logged whatever log_every says, so a run shows it is alive within seconds
 
@@ -72,7 +74,7 @@ def probe_step(model: Transformer, rows: int, seq_len: int, device: torch.device
 
     def step():
         with autocast_context(device, precision):
-            loss = model(ids[:, :-1], targets=ids[:, 1:])
+            loss = model.loss(ids[:, :-1], ids[:, 1:])
         loss.backward()
         model.zero_grad(set_to_none=True)
 
@@ -140,17 +142,30 @@ def build_optimizer(model: nn.Module, o: OptimConfig, device: torch.device) -> t
     return torch.optim.AdamW(groups, lr=o.lr, betas=(o.beta1, o.beta2), eps=o.eps, fused=device.type in ("cpu", "cuda"))
 
 
-def train_step(model, optimizer, loader, loss_fn, autocast, accum: int, grad_clip: float) -> tuple[float, float]:
-    """One optimizer step over `accum` micro batches; returns (mean loss, gradient norm before clipping)."""
-    ddp = isinstance(model, nn.parallel.DistributedDataParallel)
-    device = next(model.parameters()).device
+class StageLoss(nn.Module):
+    """A stage's loss_fn(model, batch) as a module: DDP and torch.compile wrap a module's forward, so the
+    whole loss must be one (a call to Transformer.loss through a wrapper would bypass the wrapper)."""
+
+    def __init__(self, model: Transformer, loss_fn: Callable[[nn.Module, object], torch.Tensor]):
+        super().__init__()
+        self.model, self.loss_fn = model, loss_fn
+
+    def forward(self, batch):
+        return self.loss_fn(self.model, batch)
+
+
+def train_step(step_loss: nn.Module, optimizer, loader, autocast, accum: int, grad_clip: float) -> tuple[float, float]:
+    """One optimizer step over `accum` micro batches of step_loss(batch) (a StageLoss, maybe wrapped);
+    returns (mean loss, gradient norm before clipping)."""
+    ddp = isinstance(step_loss, nn.parallel.DistributedDataParallel)
+    device = next(step_loss.parameters()).device
     loss_sum = 0.0
     for micro in range(accum):
         batch = loader.next_batch().to(device)
         sync = not ddp or micro == accum - 1  # DDP all-reduces gradients on the last micro batch only
-        with contextlib.nullcontext() if sync else model.no_sync():
+        with contextlib.nullcontext() if sync else step_loss.no_sync():
             with autocast:
-                loss = loss_fn(model, batch)
+                loss = step_loss(batch)
             (loss / accum).backward()
         loss_sum += float(loss.detach())
     params = [p for group in optimizer.param_groups for p in group["params"]]
@@ -191,13 +206,6 @@ def _all_reduce(value: float, env: DistEnv, op=None) -> float:
     return float(t.item())
 
 
-def _truncate_metrics(path: Path, step: int):
-    """Drop records past the checkpoint a run resumes from (they were never saved)."""
-    if not path.is_file():
-        return
-    kept = [line for line in path.read_text().splitlines() if line and json.loads(line).get("step", 0) <= step]
-    path.write_text("".join(line + "\n" for line in kept))
-
 
 def _format_duration(seconds: float) -> str:
     seconds = int(seconds)
@@ -210,7 +218,7 @@ def train(
     model: Transformer,
     loader,
     loss_fn: Callable[[nn.Module, object], torch.Tensor],
-    evaluate: Callable[[Transformer, int | None, object], dict] | None,
+    validate_fn: Callable[[Transformer, int | None, object], HeldOut] | None,
     tokenizer_path: Path,
     resume: bool = False,
 ) -> dict:
@@ -236,7 +244,7 @@ def train(
         loader.load_state_dict(state["loader"])
         ckpt.set_rng_state(state["rng"])
         if env.is_main:
-            _truncate_metrics(metrics_path, step)
+            metrics.truncate_metrics(metrics_path, step)
             print(f"resuming from {found} at step {step}/{max_steps}", flush=True)
     elif not (t.max_steps or t.max_minutes):
         raise UserError("set train.max_steps or train.max_minutes")
@@ -259,12 +267,13 @@ def train(
             flush=True,
         )
 
-    model = raw_model
+    step_loss = StageLoss(raw_model, loss_fn)
     if env.world > 1:
-        model = nn.parallel.DistributedDataParallel(raw_model, device_ids=[device.index] if device.type == "cuda" else None)
+        step_loss = nn.parallel.DistributedDataParallel(step_loss,
+                                                        device_ids=[device.index] if device.type == "cuda" else None)
     if t.compile:
         log_main("compiling the model (torch.compile): the first steps take longer", flush=True)
-        model = torch.compile(model)
+        step_loss = torch.compile(step_loss)
 
     def save(reason: str):
         if env.is_main:
@@ -281,13 +290,12 @@ def train(
         if env.world > 1:
             dist.barrier()
 
-    def log(record: dict):
+    def log(point: metrics.TrainPoint | metrics.ValPoint):
         if env.is_main:
-            with open(metrics_path, "a") as f:
-                f.write(json.dumps(record) + "\n")
+            metrics.append(metrics_path, point)
 
-    def validate(max_tokens: int | None) -> dict:
-        result = evaluate(raw_model, max_tokens, autocast) if (evaluate and env.is_main) else {}
+    def validate(max_tokens: int | None) -> HeldOut | None:
+        result = validate_fn(raw_model, max_tokens, autocast) if (validate_fn and env.is_main) else None
         if env.world > 1:
             dist.barrier()
         return result
@@ -301,7 +309,7 @@ def train(
             lr = learning_rate(step, max_steps or 10**9, cfg.optim)
             for group in optimizer.param_groups:
                 group["lr"] = lr * group["lr_scale"]
-            loss_avg, grad_norm = train_step(model, optimizer, loader, loss_fn, autocast, accum, cfg.optim.grad_clip)
+            loss_avg, grad_norm = train_step(step_loss, optimizer, loader, autocast, accum, cfg.optim.grad_clip)
             step += 1
             loss_avg = _all_reduce(loss_avg, env) / env.world
             if device.type == "cuda":
@@ -321,16 +329,17 @@ def train(
                     if env.is_main:
                         print(f"time budget {t.max_minutes:g} min at {per_step:.2f} s/step: {max_steps} steps", flush=True)
 
-            record = {"step": step, "loss": loss_avg, "lr": lr, "grad_norm": grad_norm, "tokens": step * batch_tokens}
+            record = metrics.TrainPoint(step=step, loss=loss_avg, lr=lr, grad_norm=grad_norm, tokens=step * batch_tokens)
             if step % t.log_every == 0 or step == max_steps or step in EARLY_LOG_STEPS:
                 tok_s = window_tokens / window_seconds
-                record.update(tok_s=tok_s, mfu=tok_s * flops_per_token / peak, elapsed=elapsed_before + train_seconds)
+                record.tok_s, record.mfu = tok_s, tok_s * flops_per_token / peak
+                record.elapsed = elapsed_before + train_seconds
                 if env.is_main:
                     left = (f"~{_format_duration((max_steps - step) * train_seconds / max(1, step - start_step))} left"
                             if max_steps else "timing steps to fix the schedule")
                     print(
                         f"step {step:5d}/{max_steps or '?'} | loss {loss_avg:.4f} | lr {lr:.2e} | "
-                        f"{tok_s:,.0f} tok/s | MFU {100 * record['mfu']:.1f}% | "
+                        f"{tok_s:,.0f} tok/s | MFU {100 * record.mfu:.1f}% | "
                         f"{_format_duration(elapsed_before + train_seconds)} elapsed, {left}",
                         flush=True,
                     )
@@ -338,13 +347,15 @@ def train(
             log(record)
 
             if not math.isfinite(loss_avg):
-                raise RuntimeError(f"loss is {loss_avg} at step {step}: lower optim.lr or check the data")
+                last = ckpt.latest_checkpoint(ckpt_root)
+                raise UserError(f"loss is {loss_avg} at step {step}: lower optim.lr or check the data"
+                                + (f" (the last good checkpoint is {last})" if last else ""))
             finished = max_steps and step >= max_steps
             if t.eval_every and step % t.eval_every == 0 and not finished:
                 result = validate(t.eval_tokens)
-                if env.is_main and result:
-                    log({"step": step, **{f"val_{k}": v for k, v in result.items()}})
-                    print(f"step {step:5d} | val loss {result['loss']:.4f} | val bpb {result['bpb']:.4f}", flush=True)
+                if result:
+                    log(metrics.ValPoint.of(step, result))
+                    print(f"step {step:5d} | val loss {result.loss:.4f} | val bpb {result.bpb:.4f}", flush=True)
             stop_now = _all_reduce(float(stop.requested), env) > 0
             if stop_now:
                 save("signal")
@@ -354,11 +365,12 @@ def train(
 
     if t.eval_every:  # the curve's last point, on the same subset as the periodic ones
         result = validate(t.eval_tokens)
-        if env.is_main and result:
-            log({"step": step, **{f"val_{k}": v for k, v in result.items()}})
+        if result:
+            log(metrics.ValPoint.of(step, result))
     final = validate(None)
-    if env.is_main and final:
-        log({"step": step, **{f"val_{k}": v for k, v in final.items()}, "final": True})
-        print(f"final | val loss {final['loss']:.4f} | val bpb {final['bpb']:.4f} | {final['tokens']:,} tokens", flush=True)
+    if final:
+        log(metrics.ValPoint.of(step, final, final=True))
+        print(f"final | val loss {final.loss:.4f} | val bpb {final.bpb:.4f} | {final.tokens:,} tokens", flush=True)
     save("final")
-    return {"step": step, "stopped": False, "train_seconds": elapsed_before + train_seconds, **final}
+    return {"step": step, "stopped": False, "train_seconds": elapsed_before + train_seconds,
+            **(asdict(final) if final else {})}

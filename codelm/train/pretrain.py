@@ -12,14 +12,14 @@ from codelm.config import Config
 from codelm.data.loader import PackedLoader
 from codelm.data.shards import TokenShards
 from codelm.errors import UserError
-from codelm.eval.bpb import eval_loader, evaluate, token_bytes_tensor
 from codelm.model.llama import Transformer
 from codelm.tokenizer import Tokenizer
 from codelm.train.loop import accumulation_steps, setup_distributed, train
+from codelm.train.validation import HeldOut, held_out_loader, held_out_loss, token_bytes_tensor
 
 
 def next_token_loss(model, batch):
-    return model(batch.inputs, batch.doc_ids, targets=batch.targets)
+    return model.loss(batch.inputs, batch.targets, batch.doc_ids)
 
 
 def pretrain(cfg: Config, resume: bool = False) -> dict:
@@ -48,13 +48,13 @@ def pretrain(cfg: Config, resume: bool = False) -> dict:
     )
     token_bytes = token_bytes_tensor(tok)
 
-    def validate(model: Transformer, max_tokens: int | None, autocast) -> dict:
+    def validate(model: Transformer, max_tokens: int | None, autocast) -> HeldOut:
         """The whole validation split, or (max_tokens) every k-th document: a subset spread over it, the same each time."""
         docs = val_docs
         if max_tokens:
             stride = max(1, val_docs.n_tokens // max_tokens)
             docs = [val_docs[i] for i in range(0, len(val_docs), stride)]
-        batches = eval_loader(docs, tok, cfg.data.seq_len, cfg.train.micro_batch)
-        return evaluate(model, batches, token_bytes, autocast, env.device)
+        batches = held_out_loader(docs, tok, cfg.data.seq_len, cfg.train.micro_batch)
+        return held_out_loss(model, batches, token_bytes, autocast, env.device)
 
     return train(cfg, env, model, loader, next_token_loss, validate, tokenizer_path, resume)

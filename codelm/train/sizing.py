@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
-from codelm.config import Config, ModelConfig
+from codelm.config import LADDER, Config, ModelConfig, Shape
 from codelm.model.llama import Transformer
 from codelm.precision import cached_measurement, time_step
 from codelm.train.loop import probe_step
@@ -26,24 +26,6 @@ from codelm.train.loop import probe_step
 TOKENS_PER_PARAM = 2.5
 PROBE_ROWS = 4  # rows of the timed step: wide enough for full-speed kernels, short enough for a slow machine
 BUDGET_USE = 0.85  # share of the budget spent on steady steps (the rest: compilation, warm-up)
-
-
-@dataclass(frozen=True)
-class Shape:
-    name: str
-    n_layers: int
-    dim: int
-    n_heads: int
-    n_kv_heads: int
-
-    def model_config(self, base: ModelConfig) -> ModelConfig:
-        return ModelConfig(**{**base.__dict__, "n_layers": self.n_layers, "dim": self.dim, "n_heads": self.n_heads,
-                              "n_kv_heads": self.n_kv_heads})
-
-
-# smallest first; every shape keeps the tiny config's head layout (wide heads, one shared key/value head)
-LADDER = [Shape("4x96", 4, 96, 1, 1), Shape("4x128", 4, 128, 1, 1), Shape("4x192", 4, 192, 2, 1),
-          Shape("4x256", 4, 256, 2, 1), Shape("6x384", 6, 384, 3, 1)]
 
 
 @dataclass
