@@ -1,8 +1,8 @@
 """Checkpoints that survive crashes: written whole under a temporary name, then renamed.
 
     run/checkpoints/step_000500/
-        model.safetensors   weights, HF Llama tensor names (lm_head omitted when tied, as HF does)
-        config.json         HF LlamaConfig fields plus codelm's own model config
+        model.safetensors   weights, HF Llama/Qwen3 tensor names (lm_head omitted when tied, as HF does)
+        config.json         HF LlamaConfig (Qwen3Config with QK-norm) fields plus codelm's own model config
         tokenizer.json      the tokenizer the model was trained with
         state.json          step, schedule, loader position, RNG states, run config
         optimizer.pt        optimizer state (training checkpoints only)
@@ -31,12 +31,24 @@ from codelm.io import atomic_directory, atomic_write_json, atomic_write_text
 from codelm.model.llama import Transformer
 from codelm.tokenizer import Tokenizer
 
+HF_DEFAULTS = {  # model types codelm reads, and what transformers assumes where their config.json is silent
+    "llama": {"max_position_embeddings": 2048},
+    "qwen3": {"max_position_embeddings": 32768, "head_dim": 128},
+}
+
 
 def hf_config(cfg: ModelConfig) -> dict:
-    """config.json: what transformers' LlamaConfig reads, plus our config under "codelm"."""
-    return {
-        "architectures": ["LlamaForCausalLM"],
-        "model_type": "llama",
+    """config.json: what transformers reads, plus our config under "codelm".
+
+    A QK-norm model is written as Qwen3, which is Llama plus an RMSNorm over head_dim
+    (eps rms_norm_eps) of each head's q and k before RoPE: codelm's qk_norm exactly.
+    LlamaForCausalLM has no q/k norms and would silently drop those weights."""
+    if cfg.qk_norm:
+        arch = {"architectures": ["Qwen3ForCausalLM"], "model_type": "qwen3", "use_sliding_window": False,
+                "sliding_window": None, "layer_types": ["full_attention"] * cfg.n_layers}
+    else:
+        arch = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "mlp_bias": False}
+    return arch | {
         "vocab_size": cfg.vocab_size,
         "hidden_size": cfg.dim,
         "intermediate_size": cfg.hidden_dim,
@@ -50,9 +62,38 @@ def hf_config(cfg: ModelConfig) -> dict:
         "tie_word_embeddings": cfg.tie_embeddings,
         "hidden_act": "silu",
         "attention_bias": False,
-        "mlp_bias": False,
         "codelm": asdict(cfg),
     }
+
+
+def model_config_from_hf(config: dict) -> ModelConfig:
+    """ModelConfig from an HF Llama or Qwen3 config.json; anything codelm's model cannot represent is an error."""
+    kind = config.get("model_type")
+    if kind not in HF_DEFAULTS:
+        raise UserError(f"only Llama and Qwen3 models can be imported; model_type is {kind!r}")
+    config = HF_DEFAULTS[kind] | {k: v for k, v in config.items() if v is not None}
+    rope = config.get("rope_scaling") or config.get("rope_parameters") or {}  # transformers' order of precedence
+    unsupported = {
+        "rope_scaling": rope.get("rope_type", rope.get("type", "default")) != "default",
+        "attention_bias": bool(config.get("attention_bias")),
+        "mlp_bias": bool(config.get("mlp_bias")),
+        "hidden_act": config.get("hidden_act", "silu") != "silu",
+        "sliding_window": bool(config.get("use_sliding_window")) or
+        any(t != "full_attention" for t in config.get("layer_types", [])),
+    }
+    if any(unsupported.values()):
+        raise UserError(f"config.json uses what codelm's model does not implement: "
+                        f"{[k for k, bad in unsupported.items() if bad]}")
+    dim, heads = config["hidden_size"], config["num_attention_heads"]
+    if config.get("head_dim", dim // heads) != dim // heads:
+        raise UserError(f"head_dim {config['head_dim']} differs from hidden_size / num_attention_heads = {dim // heads}")
+    return ModelConfig(
+        vocab_size=config["vocab_size"], dim=dim, n_layers=config["num_hidden_layers"], n_heads=heads,
+        n_kv_heads=config.get("num_key_value_heads", heads), ffn_dim=config["intermediate_size"],
+        max_seq_len=config["max_position_embeddings"], norm_eps=config.get("rms_norm_eps", 1e-6),
+        rope_theta=rope.get("rope_theta", config.get("rope_theta", 10000.0)),
+        tie_embeddings=bool(config.get("tie_word_embeddings", False)), qk_norm=kind == "qwen3",
+    )
 
 
 def rng_state() -> dict:

@@ -30,10 +30,9 @@ REPO_NAME = "<repo_name>"
 FILE_SEP = "<file_sep>"
 SPECIAL_TOKENS = [EOT, FIM_PREFIX, FIM_MIDDLE, FIM_SUFFIX, FIM_PAD, IM_START, IM_END, REPO_NAME, FILE_SEP]
 
-SPLIT_PATTERN = (
-    r"'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}+|\p{N}"
-    r"| ?[^\s\p{L}\p{N}]++[\r\n]*|\s*[\r\n]|\s+(?!\S)|\s+"
-)
+LLAMA3_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+                r"|\s*[\r\n]+|\s+(?!\S)|\s+")
+SPLIT_PATTERN = LLAMA3_SPLIT.replace(r"|\p{N}{1,3}|", r"|\p{N}|")  # codelm's: digits one by one
 
 
 class Tokenizer:

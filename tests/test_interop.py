@@ -1,5 +1,6 @@
 """Import and export: GGUF and HF folders, checked against transformers on SmolLM2-135M (a model nobody here trained)."""
 
+import dataclasses
 import importlib.util
 import json
 import math
@@ -11,7 +12,7 @@ import torch
 from conftest import run_codelm
 
 from codelm.chat import encode_chat
-from codelm.checkpoint import load_model, save_model
+from codelm.checkpoint import hf_config, load_model, model_config_from_hf, save_model
 from codelm.config import ModelConfig
 from codelm.errors import UserError
 from codelm.eval.runner import EvalConfig, Evaluation
@@ -131,6 +132,49 @@ def test_hf_export_loads_in_transformers_with_the_same_logits_and_ids(small_mode
     back, _, _ = load_model(import_hf(out, tmp_path / "back"))
     for name, tensor in back.state_dict().items():
         assert torch.equal(tensor, model.state_dict()[name]), name
+
+
+@pytest.mark.parametrize("tied", [False, True])
+def test_qk_norm_model_exports_as_qwen3_with_the_same_log_probs(small_model, tmp_path, tied):
+    """LlamaForCausalLM has no q/k norms (transformers would drop them); Qwen3 computes what codelm's qk_norm does."""
+    transformers = pytest.importorskip("transformers", reason="transformers is not installed (test extra)")
+    _, tok = small_model
+    torch.manual_seed(0)
+    model = Transformer(ModelConfig(vocab_size=tok.vocab_size, dim=32, n_layers=2, n_heads=4, n_kv_heads=2,
+                                    max_seq_len=128, qk_norm=True, tie_embeddings=tied)).eval()
+    with torch.no_grad():  # far from init, so a dropped or misplaced norm moves the log-probabilities by nats
+        for p in model.parameters():
+            p.normal_(1.0, 0.5) if p.ndim == 1 else p.normal_(0.0, 0.3)
+    out = export_hf(save_model(tmp_path / "ckpt", model, tok), tmp_path / "hf")
+    hf_model, info = transformers.AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32,
+                                                                       output_loading_info=True)
+    assert type(hf_model).__name__ == "Qwen3ForCausalLM" and not any(info.values()), info
+    ids = [tok.eot_id, *tok.encode(CODE_PROMPT)]
+    with torch.no_grad():
+        theirs = hf_model.eval()(torch.tensor([ids])).logits.float().log_softmax(-1)
+    assert (theirs - logprobs(model, ids)).abs().max() < 1e-4
+    back, _, _ = load_model(import_hf(out, tmp_path / "back"))
+    assert back.config.qk_norm and back.config.tie_embeddings == tied
+    for name, tensor in back.state_dict().items():
+        assert torch.equal(tensor, model.state_dict()[name]), name
+
+
+def test_hf_config_round_trips_and_unrepresentable_configs_are_refused():
+    cfg = ModelConfig(vocab_size=300, dim=64, n_layers=3, n_heads=4, n_kv_heads=2, ffn_dim=96, max_seq_len=512,
+                      rope_theta=5e5, norm_eps=1e-6, tie_embeddings=True, qk_norm=True)
+    for qk_norm in (True, False):
+        config = hf_config(dataclasses.replace(cfg, qk_norm=qk_norm))
+        assert config["model_type"] == ("qwen3" if qk_norm else "llama")
+        assert model_config_from_hf(config) == dataclasses.replace(cfg, qk_norm=qk_norm)
+    qwen3 = hf_config(cfg)
+    with pytest.raises(UserError, match="sliding_window"):
+        model_config_from_hf(qwen3 | {"use_sliding_window": True, "sliding_window": 64})
+    with pytest.raises(UserError, match="head_dim 128"):  # Qwen3's default when config.json has no head_dim
+        model_config_from_hf({k: v for k, v in qwen3.items() if k != "head_dim"})
+    with pytest.raises(UserError, match="rope_scaling"):  # transformers 5 writes rope_parameters
+        model_config_from_hf(qwen3 | {"rope_parameters": {"rope_type": "yarn", "factor": 4.0, "rope_theta": 5e5}})
+    v5_rope = {"rope_parameters": {"rope_type": "default", "rope_theta": 1e6}}
+    assert model_config_from_hf(qwen3 | v5_rope).rope_theta == 1e6
 
 
 def test_cli_import_export_generate_and_complete(small_model, tmp_path):

@@ -16,12 +16,17 @@ import torch
 from tokenizers import AddedToken, Regex, decoders, models, pre_tokenizers
 from tokenizers import Tokenizer as HFTokenizer
 
-from codelm.checkpoint import load_state, save_model, token_id_list
+from codelm.checkpoint import (
+    load_state,
+    model_config_from_hf,
+    save_model,
+    token_id_list,
+)
 from codelm.config import ModelConfig
 from codelm.errors import UserError
 from codelm.interop.hf import generation_config
 from codelm.model.llama import Transformer
-from codelm.tokenizer import Tokenizer
+from codelm.tokenizer import LLAMA3_SPLIT, Tokenizer
 
 LAYER_NAMES = {
     "attn_norm": "input_layernorm", "ffn_norm": "post_attention_layernorm",
@@ -30,9 +35,13 @@ LAYER_NAMES = {
     "ffn_down": "mlp.down_proj",
 }
 TOP_NAMES = {"token_embd": "model.embed_tokens", "output_norm": "model.norm", "output": "lm_head"}
+HF_KEYS = {  # llama.* metadata -> HF config.json key, so codelm.checkpoint.model_config_from_hf reads it
+    "embedding_length": "hidden_size", "block_count": "num_hidden_layers", "feed_forward_length": "intermediate_size",
+    "attention.head_count": "num_attention_heads", "attention.head_count_kv": "num_key_value_heads",
+    "attention.key_length": "head_dim", "context_length": "max_position_embeddings", "rope.freq_base": "rope_theta",
+    "attention.layer_norm_rms_epsilon": "rms_norm_eps",
+}
 
-LLAMA3_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
-                r"|\s*[\r\n]+|\s+(?!\S)|\s+")
 CONTROL, USER_DEFINED = 3, 4  # llama.cpp token types that are special tokens
 
 
@@ -95,15 +104,9 @@ def read_gguf(path: str | Path) -> tuple[ModelConfig, dict[str, torch.Tensor], d
         raise UserError(f"only llama-architecture GGUF files can be imported; this one is {arch!r}")
     if fields.get("llama.rope.scaling.type", "none") not in ("none", "linear") or "llama.rope.scaling.factor" in fields:
         raise UserError("GGUF uses RoPE scaling, which codelm's model does not implement")
-    heads = fields["llama.attention.head_count"]
-    cfg = ModelConfig(
-        vocab_size=len(fields["tokenizer.ggml.tokens"]), dim=fields["llama.embedding_length"],
-        n_layers=fields["llama.block_count"], n_heads=heads,
-        n_kv_heads=fields.get("llama.attention.head_count_kv", heads), ffn_dim=fields["llama.feed_forward_length"],
-        max_seq_len=fields.get("llama.context_length", 2048), rope_theta=fields.get("llama.rope.freq_base", 10000.0),
-        norm_eps=fields.get("llama.attention.layer_norm_rms_epsilon", 1e-5),
-        tie_embeddings=not any(t.name == "output.weight" for t in reader.tensors),
-    )
+    hf = {theirs: fields[f"llama.{ours}"] for ours, theirs in HF_KEYS.items() if f"llama.{ours}" in fields}
+    cfg = model_config_from_hf(hf | {"model_type": "llama", "vocab_size": len(fields["tokenizer.ggml.tokens"]),
+                                     "tie_word_embeddings": not any(t.name == "output.weight" for t in reader.tensors)})
     if fields.get("llama.rope.dimension_count", cfg.head_dim) != cfg.head_dim:
         raise UserError("GGUF rotates only part of each head (rope.dimension_count < head size); not supported")
     weights = {}

@@ -1,7 +1,8 @@
-"""Hugging Face Llama folders in and out.
+"""Hugging Face Llama and Qwen3 folders in and out.
 
 codelm's parameter names are HF's and its RoPE is HF's rotate-half layout, so
-weights move across unchanged; only config.json and the tokenizer files need
+weights move across unchanged; only config.json (codelm.checkpoint.hf_config:
+Qwen3 for QK-norm models, Llama otherwise) and the tokenizer files need
 translating. Export writes a folder that `AutoModelForCausalLM.from_pretrained`
 and `AutoTokenizer.from_pretrained` load with no conversion code: the document
 prefix codelm prompts with (its models start every document with
@@ -20,40 +21,15 @@ from tokenizers import processors
 from codelm.checkpoint import (
     load_model,
     load_state,
+    model_config_from_hf,
     save_model,
     token_id_list,
     write_model_files,
 )
-from codelm.config import ModelConfig
 from codelm.errors import UserError
 from codelm.io import atomic_directory, atomic_write_json
 from codelm.model.llama import Transformer
 from codelm.tokenizer import Tokenizer
-
-
-def model_config_from_hf(config: dict) -> ModelConfig:
-    """ModelConfig from an HF LlamaConfig dict; anything codelm's model cannot represent is an error."""
-    if config.get("model_type") != "llama":
-        raise UserError(f"only Llama-architecture models can be imported; model_type is {config.get('model_type')!r}")
-    unsupported = {
-        "rope_scaling": config.get("rope_scaling") not in (None, {}) and
-        (config.get("rope_scaling") or {}).get("rope_type", "default") != "default",
-        "attention_bias": bool(config.get("attention_bias")),
-        "mlp_bias": bool(config.get("mlp_bias")),
-        "hidden_act": config.get("hidden_act", "silu") != "silu",
-    }
-    if any(unsupported.values()):
-        raise UserError(f"config.json uses what codelm's model does not implement: "
-                        f"{[k for k, bad in unsupported.items() if bad]}")
-    dim, heads = config["hidden_size"], config["num_attention_heads"]
-    if config.get("head_dim", dim // heads) != dim // heads:
-        raise UserError(f"head_dim {config['head_dim']} differs from hidden_size / num_attention_heads = {dim // heads}")
-    return ModelConfig(
-        vocab_size=config["vocab_size"], dim=dim, n_layers=config["num_hidden_layers"], n_heads=heads,
-        n_kv_heads=config.get("num_key_value_heads") or heads, ffn_dim=config["intermediate_size"],
-        max_seq_len=config.get("max_position_embeddings", 2048), rope_theta=config.get("rope_theta", 10000.0),
-        norm_eps=config.get("rms_norm_eps", 1e-6), tie_embeddings=bool(config.get("tie_word_embeddings", False)),
-    )
 
 
 def _read_safetensors(src: Path) -> dict[str, torch.Tensor]:
@@ -78,7 +54,7 @@ def hf_special_ids(eos_ids: list[int], bos_id: int | None) -> dict:
 
 
 def import_hf(src: str | Path, out: str | Path) -> Path:
-    """An HF Llama folder (config.json, safetensors, tokenizer.json) -> a codelm checkpoint."""
+    """An HF Llama or Qwen3 folder (config.json, safetensors, tokenizer.json) -> a codelm checkpoint."""
     src = Path(src)
     for name in ("config.json", "tokenizer.json"):
         if not (src / name).is_file():
@@ -98,7 +74,7 @@ def import_hf(src: str | Path, out: str | Path) -> Path:
 
 
 def export_hf(checkpoint: str | Path, out: str | Path) -> Path:
-    """A codelm checkpoint -> a folder transformers loads as LlamaForCausalLM + a fast tokenizer."""
+    """A codelm checkpoint -> a folder transformers loads (LlamaForCausalLM or Qwen3ForCausalLM) + a fast tokenizer."""
     model, tok, ckpt = load_model(checkpoint)
     config = json.loads((ckpt / "config.json").read_text())
     eos_ids = sorted(tok.stop_ids)
