@@ -10,6 +10,7 @@ import argparse
 import json
 import os
 import sys
+from dataclasses import asdict
 
 from codelm.config import DEFAULT_VAL_FRACTION, LADDER, EvalConfig, ModelConfig, field_default, from_args
 from codelm.errors import UserError
@@ -59,7 +60,7 @@ def cmd_tokenize(args):
     from codelm.data.tokenize import tokenize_corpus
 
     stats = tokenize_corpus(args.data, args.tokenizer, args.out, args.val_fraction)
-    print(json.dumps(stats, indent=2))
+    print(json.dumps(asdict(stats), indent=2))
 
 
 def cmd_pretrain(args):
@@ -143,8 +144,6 @@ def cmd_export(args):
 
 
 def cmd_sandbox_run(args):
-    from dataclasses import asdict
-
     from codelm.sandbox.supervisor import run
 
     program = read_input(args.file)
@@ -375,8 +374,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--data", action="append", default=field_default(EvalConfig, "data"),
                    help="bpb: file or directory of code, or a curated corpus (repeatable)")
     e.add_argument("--corpus", action="append", default=field_default(EvalConfig, "corpus"),
-                   help="contamination: a `codelm curate` output or code files/directories (default: a speedrun "
-                   "directory's own curated corpus)")
+                   help="contamination: a `codelm curate` output or code files/directories (default: the corpus "
+                   "a training run's token shards came from)")
     e.add_argument("--threshold", dest="contamination_threshold", type=float, metavar="SHARE",
                    default=field_default(EvalConfig, "contamination_threshold"),
                    help="contamination: flag an item whose longest copy covers this share of it (default %(default)s)")

@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 from codelm.errors import UserError
-from codelm.io import atomic_write_text
+from codelm.io import atomic_write_json, atomic_write_text
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16, "fp64": torch.float64}
 SLOW_FACTOR = 2.0  # an explicit precision this much slower than the best one gets a warning
@@ -39,6 +39,15 @@ class PrecisionChoice:
     requested: str
     timings: dict[str, float] = field(default_factory=dict)
     cached: bool = False
+    peak_flops: float | None = None  # training: the matmul peak of `precision` that MFU is measured against
+
+    def save(self, path: Path):
+        """A run's precision.json, which the report reads back."""
+        atomic_write_json(path, asdict(self))
+
+    @classmethod
+    def load(cls, path: Path) -> "PrecisionChoice":
+        return cls(**json.loads(Path(path).read_text()))
 
     def describe(self) -> str:
         if not self.timings:
@@ -216,6 +225,3 @@ def peak_flops(device: torch.device, precision: str) -> float:
     value, _ = cached_measurement("peak-flops", device, precision, lambda: measure_peak_flops(device, precision))
     return float(value)
 
-
-def choice_record(choice: PrecisionChoice, peak: float | None = None) -> dict:
-    return {**asdict(choice), **({"peak_flops": peak} if peak else {})}

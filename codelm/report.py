@@ -8,6 +8,7 @@ eval/report.md with a pass@k-against-k plot.
 
 import json
 import tomllib
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import matplotlib
@@ -16,10 +17,33 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from codelm.data.card import load_stats, stats_table  # noqa: E402
+from codelm.data.tokenize import TokenizedStats  # noqa: E402
+from codelm.eval.bpb import Compression  # noqa: E402
 from codelm.eval.contamination import excerpt_line  # noqa: E402
-from codelm.io import atomic_write_text  # noqa: E402
+from codelm.io import atomic_write_json, atomic_write_text  # noqa: E402
 from codelm.precision import PrecisionChoice  # noqa: E402
 from codelm.train.metrics import TrainPoint, ValPoint, read_metrics  # noqa: E402
+
+
+@dataclass
+class RunSummary:
+    """summary.json: what only the speedrun knows about its run (the sizing plan, baselines on the same text)."""
+    step: int
+    bpb: float  # final, whole validation split
+    loss: float
+    params: int
+    unigram_loss: float  # the loss of a model that ignores context
+    compression: Compression
+    plan: str  # the sizing decision, as text
+    wall_minutes: float
+
+    def save(self, path: Path):
+        atomic_write_json(path, asdict(self))
+
+    @classmethod
+    def load(cls, path: Path) -> "RunSummary":
+        d = json.loads(Path(path).read_text())
+        return cls(**{**d, "compression": Compression(**d["compression"])})
 
 
 def plot_losses(train: list[TrainPoint], val: list[ValPoint], path: Path, baseline: float | None = None):
@@ -53,41 +77,41 @@ def write_report(run_dir: str | Path, title: str = "codelm run") -> Path:
     run_dir = Path(run_dir)
     cfg = tomllib.loads((run_dir / "config.toml").read_text())
     train, val = read_metrics(run_dir / "metrics.jsonl")
-    data_stats_path = Path(cfg["data"]["tokens"]) / "stats.json"
-    data_stats = json.loads(data_stats_path.read_text()) if data_stats_path.is_file() else {}
+    tokens_dir = Path(cfg["data"]["tokens"])
+    data_stats = TokenizedStats.load(tokens_dir) if (tokens_dir / "stats.json").is_file() else None
     summary_path = run_dir / "summary.json"
-    summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
+    summary = RunSummary.load(summary_path) if summary_path.is_file() else None
     samples_path = run_dir / "samples.json"
     samples = json.loads(samples_path.read_text()) if samples_path.is_file() else []
     precision_path = run_dir / "precision.json"
-    precision = json.loads(precision_path.read_text()) if precision_path.is_file() else {}
-    plot_losses(train, val, run_dir / "loss.png", summary.get("unigram_loss"))
+    precision = PrecisionChoice.load(precision_path) if precision_path.is_file() else None
+    plot_losses(train, val, run_dir / "loss.png", summary.unigram_loss if summary else None)
 
     m, o, t, d = cfg["model"], cfg["optim"], cfg["train"], cfg["data"]
     final = next((r for r in reversed(val) if r.final), val[-1] if val else None)
     timed = [r for r in train if r.tok_s is not None]
     sections = [f"# {title}", ""]
-    compression = summary.get("compression", {})
+    compression = asdict(summary.compression) if summary else {}
     sections += ["## Result", "", _table([
         ("validation bits per byte", f"**{final.bpb:.4f}**" if final else "-"),
         *[(f"{name} on the same validation text", f"{compression[key]:.4f} bits per byte")
           for key, name in (("gzip", "gzip -9"), ("xz", "xz -9e")) if key in compression],
         ("validation loss (nats/token)", f"{final.loss:.4f}" if final else "-"),
-        ("unigram baseline loss", f"{summary['unigram_loss']:.4f}" if "unigram_loss" in summary else "-"),
+        ("unigram baseline loss", f"{summary.unigram_loss:.4f}" if summary else "-"),
         ("validation tokens / bytes", f"{final.tokens:,} / {final.bytes:,}" if final else "-"),
         ("steps", f"{train[-1].step if train else 0:,}"),
         ("training tokens", f"{train[-1].tokens if train else 0:,}"),
         ("training time", f"{timed[-1].elapsed / 60:.1f} min" if timed else "-"),
         ("throughput", f"{sum(r.tok_s for r in timed) / len(timed):,.0f} tokens/s" if timed else "-"),
-        (f"MFU (of the measured {precision.get('precision', '')} matmul peak)",
+        (f"MFU (of the measured {precision.precision if precision else ''} matmul peak)",
          f"{100 * sum(r.mfu for r in timed) / len(timed):.1f}%" if timed else "-"),
     ]), "", "![loss curve](loss.png)", ""]
-    if "plan" in summary:
-        sections += ["## Machine and model size", "", summary["plan"], ""]
+    if summary:
+        sections += ["## Machine and model size", "", summary.plan, ""]
     sections += ["## Settings", "", _table([
         ("model", f"{m['n_layers']} layers, dim {m['dim']}, {m['n_heads']} heads ({m['n_kv_heads']} kv), "
                   f"vocab {m['vocab_size']}, context {d['seq_len']}, tied embeddings {m['tie_embeddings']}"),
-        ("parameters", f"{summary['params'] / 1e6:.2f}M" if "params" in summary else "-"),
+        ("parameters", f"{summary.params / 1e6:.2f}M" if summary else "-"),
         ("optimizer", (f"Muon lr {o['muon_lr']:g} (hidden matrices) + AdamW lr {o['lr']:g}" if o.get("name") == "muon"
                        else f"AdamW lr {o['lr']:g}") + f", {o['schedule']} schedule, warmup {o['warmup_steps']}, "
                       f"weight decay {o['weight_decay']:g}, clip {o['grad_clip']:g}"),
@@ -97,17 +121,16 @@ def write_report(run_dir: str | Path, title: str = "codelm run") -> Path:
         ("seed", t["seed"]),
     ]), ""]
     if data_stats:
-        splits = data_stats["splits"]
-        mix = ", ".join(f"{name} {m['share']:.1%} of tokens ({m['epochs']:g} epochs)" for name, m in data_stats["mix"].items())
+        train_split, val_split = data_stats.splits["train"], data_stats.splits["val"]
+        mix = ", ".join(f"{name} {m.share:.1%} of tokens ({m.epochs:g} epochs)" for name, m in data_stats.mix.items())
         sections += ["## Data", "", _table([
-            ("sources", ", ".join(data_stats["sources"])),
+            ("sources", ", ".join(data_stats.sources)),
             ("mix", mix),
-            ("train", f"{splits['train']['docs']:,} files, {splits['train']['bytes']:,} bytes, "
-                      f"{splits['train']['tokens']:,} tokens"),
-            ("validation", f"{splits['val']['docs']:,} files, {splits['val']['bytes']:,} bytes, "
-                           f"{splits['val']['tokens']:,} tokens (split by path hash, {data_stats['val_fraction']:g})"),
+            ("train", f"{train_split.docs:,} files, {train_split.bytes:,} bytes, {train_split.tokens:,} tokens"),
+            ("validation", f"{val_split.docs:,} files, {val_split.bytes:,} bytes, {val_split.tokens:,} tokens "
+                           f"(split by path hash, {data_stats.val_fraction:g})"),
         ]), ""]
-        curated = data_stats["sources"][0] if len(data_stats["sources"]) == 1 else ""
+        curated = data_stats.sources[0] if len(data_stats.sources) == 1 else ""
         if (Path(curated) / "stats.json").is_file():
             sections += [f"### Curation ({curated}/DATA_CARD.md)", "", stats_table(load_stats(curated)), ""]
     eval_results = run_dir / "eval" / "results.json"
@@ -122,12 +145,11 @@ def write_report(run_dir: str | Path, title: str = "codelm run") -> Path:
     return path
 
 
-def _precision_text(requested: str, record: dict) -> str:
+def _precision_text(requested: str, choice: PrecisionChoice | None) -> str:
     """What ran and why (the probe's timings), as the training log said it, plus the peak MFU is measured against."""
-    if not record:
+    if choice is None:
         return requested
-    choice = PrecisionChoice(record["precision"], record["requested"], record["timings"], record["cached"])
-    peak = f"; matmul peak {record['peak_flops'] / 1e9:.0f} GFLOP/s" if record.get("peak_flops") else ""
+    peak = f"; matmul peak {choice.peak_flops / 1e9:.0f} GFLOP/s" if choice.peak_flops else ""
     return choice.describe().removeprefix("precision ") + peak
 
 

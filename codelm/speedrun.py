@@ -15,15 +15,16 @@ from codelm.config import EvalConfig, ModelConfig, field_default, load_config
 from codelm.data.card import load_stats, stats_table
 from codelm.data.pipeline import curate, load_curate_config
 from codelm.data.shards import TokenShards
-from codelm.data.tokenize import tokenize_corpus, train_tokenizer_on_corpus
+from codelm.data.tokenize import TokenizedStats, tokenize_corpus, train_tokenizer_on_corpus
 from codelm.errors import UserError
 from codelm.eval.bpb import compression_bpb, unigram_entropy
 from codelm.eval.runner import Evaluation
 from codelm.inference.engine import Engine
 from codelm.inference.sampling import SamplingParams
+from codelm.io import atomic_write_json
 from codelm.model.llama import Transformer
 from codelm.precision import machine_profile
-from codelm.report import write_eval_report, write_report
+from codelm.report import RunSummary, write_eval_report, write_report
 from codelm.train.loop import resolve_precision, setup_distributed
 from codelm.train.pretrain import pretrain
 from codelm.train.sizing import LADDER, plan_shape, plan_text
@@ -55,7 +56,7 @@ def write_samples(run_dir: Path, model, tok, max_new_tokens: int = 64) -> list[d
         middle = engine.complete_middle(prefix, suffix, greedy)[0].text
         samples.append({"kind": "fill-in-the-middle (middle between the markers)",
                         "text": f"{prefix}⟪{middle}⟫{suffix}"})
-    (run_dir / "samples.json").write_text(json.dumps(samples, indent=2))
+    atomic_write_json(run_dir / "samples.json", samples)
     for s in samples:
         print(f"--- {s['kind']}\n{s['text']}")
     return samples
@@ -84,7 +85,7 @@ def fit_shape(cfg, shape: str, run_dir: Path) -> tuple[list[str], str]:
             text += f"\n\nShape {shape} was asked for with --shape."
         plan = {"shape": chosen.name, "text": text}
         run_dir.mkdir(parents=True, exist_ok=True)
-        plan_path.write_text(json.dumps(plan, indent=2))
+        atomic_write_json(plan_path, plan)
     s = next(s for s in LADDER if s.name == plan["shape"])
     print(f"model shape {s.name} ({s.n_layers} layers x {s.dim}, {s.n_heads} heads, {s.n_kv_heads} kv)", flush=True)
     return [f"model.n_layers={s.n_layers}", f"model.dim={s.dim}", f"model.n_heads={s.n_heads}",
@@ -125,8 +126,8 @@ def speedrun(data=None, out=None, minutes=None, max_steps=None, config=None, ove
         print(f"reusing {tokens_dir}")
     else:
         tokenize_corpus([str(curated_dir)], tokenizer_path, tokens_dir)
-    stats = json.loads((tokens_dir / "stats.json").read_text())
-    print(f"train {stats['splits']['train']['tokens']:,} tokens, val {stats['splits']['val']['tokens']:,} tokens")
+    splits = TokenizedStats.load(tokens_dir).splits
+    print(f"train {splits['train'].tokens:,} tokens, val {splits['val'].tokens:,} tokens")
 
     _banner(f"4/7 pretrain {config.name}")
     shape_settings, plan = fit_shape(cfg, shape, run_dir)
@@ -150,20 +151,16 @@ def speedrun(data=None, out=None, minutes=None, max_steps=None, config=None, ove
     write_eval_report(eval_dir, results)
     train_docs = TokenShards(tokens_dir / "train")
     val_docs = TokenShards(tokens_dir / "val")
-    summary = {
-        **{k: v for k, v in result.items() if isinstance(v, (int, float))},
-        "params": model.num_params(),
-        "unigram_loss": unigram_entropy(train_docs, train_docs.vocab_size, tok.eot_id),
-        "compression": compression_bpb([tok.decode(ids) for ids in val_docs]),
-        "plan": plan,
-        "wall_minutes": (time.time() - start) / 60,
-    }
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=float))
+    summary = RunSummary(step=result["step"], bpb=result["bpb"], loss=result["loss"], params=model.num_params(),
+                         unigram_loss=unigram_entropy(train_docs, train_docs.vocab_size, tok.eot_id),
+                         compression=compression_bpb([tok.decode(ids) for ids in val_docs]), plan=plan,
+                         wall_minutes=(time.time() - start) / 60)
+    summary.save(run_dir / "summary.json")
 
     _banner("7/7 report")
     report = write_report(run_dir, title="codelm speedrun")
-    gz = summary["compression"]
-    print(f"validation bpb {result['bpb']:.4f} (gzip -9 {gz['gzip']:.4f}, xz -9e {gz['xz']:.4f}; loss "
-          f"{result['loss']:.4f}, unigram baseline {summary['unigram_loss']:.4f}) | total "
-          f"{summary['wall_minutes']:.1f} min | report: {report}")
+    gz = summary.compression
+    print(f"validation bpb {summary.bpb:.4f} (gzip -9 {gz.gzip:.4f}, xz -9e {gz.xz:.4f}; loss "
+          f"{summary.loss:.4f}, unigram baseline {summary.unigram_loss:.4f}) | total "
+          f"{summary.wall_minutes:.1f} min | report: {report}")
     return run_dir

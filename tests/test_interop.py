@@ -13,9 +13,9 @@ from conftest import run_codelm
 
 from codelm.chat import encode_chat
 from codelm.checkpoint import hf_config, load_model, model_config_from_hf, save_model
-from codelm.config import ModelConfig
+from codelm.config import EvalConfig, ModelConfig
 from codelm.errors import UserError
-from codelm.eval.runner import EvalConfig, Evaluation
+from codelm.eval.runner import Evaluation
 from codelm.inference.engine import Engine
 from codelm.inference.sampling import SamplingParams
 from codelm.interop.gguf import import_gguf, unpermute_rope_rows

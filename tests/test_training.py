@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -69,8 +70,7 @@ def test_a_diverged_loss_stops_with_one_line(tiny_config):
     config, run = tiny_config()
     proc = run_codelm("pretrain", "--config", config, "--set", "model.init_std=1e30", check=False)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
-    assert proc.stderr.startswith("codelm: error: loss is nan at step 1: lower optim.lr"), proc.stderr
-    assert proc.stderr.count("\n") == 1
+    assert re.fullmatch(r"codelm: error: loss is nan at step \d+: lower optim.lr or check the data\n", proc.stderr)
 
 
 def test_sigint_then_resume_reproduces_the_uninterrupted_losses(tiny_config):

@@ -16,7 +16,7 @@ import json
 import shutil
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from itertools import islice
 from pathlib import Path
 
@@ -132,20 +132,58 @@ def _batched(iterable, n):
         yield chunk
 
 
+@dataclass
+class SplitStats:
+    docs: int = 0
+    bytes: int = 0
+    tokens: int = 0  # train: after mixing, what training will see
+
+
+@dataclass
+class SourceShare:
+    """One source's part of the training split: the configured weight and what the mix realized."""
+    weight: float
+    max_epochs: float
+    source_tokens: int
+    epochs: float
+    tokens: int
+    share: float
+    target_share: float
+
+
+@dataclass
+class TokenizedStats:
+    """OUT/stats.json of `codelm tokenize`: what the report and later stages read about the token shards."""
+    sources: list[str]
+    val_fraction: float
+    skipped: dict[str, int]
+    splits: dict[str, SplitStats]
+    mix: dict[str, SourceShare]
+
+    @classmethod
+    def load(cls, tokens_dir: str | Path) -> "TokenizedStats":
+        path = Path(tokens_dir) / "stats.json"
+        if not path.is_file():
+            raise UserError(f"{tokens_dir} is not a `codelm tokenize` output (no stats.json)")
+        d = json.loads(path.read_text())
+        return cls(d["sources"], d["val_fraction"], d["skipped"],
+                   {k: SplitStats(**v) for k, v in d["splits"].items()}, {k: SourceShare(**v) for k, v in d["mix"].items()})
+
+
 def tokenize_corpus(paths: list[str] | None, tokenizer_path: str | Path, out_dir: str | Path,
-                    val_fraction: float = DEFAULT_VAL_FRACTION) -> dict:
+                    val_fraction: float = DEFAULT_VAL_FRACTION) -> TokenizedStats:
     tok = Tokenizer.load(tokenizer_path)
     corpus = Corpus(paths)
     with atomic_directory(out_dir) as tmp:
         return _write_splits(tok, corpus, tokenizer_path, tmp, val_fraction)
 
 
-def _write_splits(tok: Tokenizer, corpus: Corpus, tokenizer_path, tmp: Path, val_fraction: float) -> dict:
+def _write_splits(tok: Tokenizer, corpus: Corpus, tokenizer_path, tmp: Path, val_fraction: float) -> TokenizedStats:
     weights, max_epochs, budget, seed = corpus.mix()
     val = ShardWriter(tmp / "val", tok.vocab_size)
     by_source = {name: ShardWriter(tmp / "sources" / name, tok.vocab_size) for name in weights}
     doc_tokens: dict[str, list[int]] = {name: [] for name in weights}
-    split_stats = {split: {"docs": 0, "bytes": 0, "tokens": 0} for split in ("train", "val")}
+    split_stats = {split: SplitStats() for split in ("train", "val")}
     for chunk in _batched(tqdm(corpus.documents(), desc="tokenize", unit=" docs"), 64):
         plain = iter(tok.encode_batch([d.text for d in chunk if not d.specials]))
         for doc in chunk:
@@ -157,11 +195,11 @@ def _write_splits(tok: Tokenizer, corpus: Corpus, tokenizer_path, tmp: Path, val
                 by_source[doc.source].add(ids)
                 doc_tokens[doc.source].append(len(ids))
             s = split_stats[split]
-            s["docs"] += 1
-            s["bytes"] += len(doc.text.encode())
-            s["tokens"] += len(ids)
+            s.docs += 1
+            s.bytes += len(doc.text.encode())
+            s.tokens += len(ids)
     for split, s in split_stats.items():
-        if s["docs"] == 0:
+        if s.docs == 0:
             raise UserError(f"the {split} split is empty: {corpus.describe()} has too few usable documents")
     val.close({"split": "val"})
     for writer in by_source.values():
@@ -179,12 +217,12 @@ def _write_splits(tok: Tokenizer, corpus: Corpus, tokenizer_path, tmp: Path, val
     train.close({"split": "train"})
     shutil.rmtree(tmp / "sources")
     total = sum(realized.values())
-    mix = {name: {"weight": weights[name], "max_epochs": max_epochs[name], "source_tokens": tokens[name],
-                  "epochs": round(epochs[name], 4), "tokens": realized[name], "share": round(realized[name] / total, 4),
-                  "target_share": round(weights[name] / sum(weights.values()), 4)} for name in weights}
-    split_stats["train"]["tokens"] = total  # after mixing: what training will see
+    mix = {name: SourceShare(weight=weights[name], max_epochs=max_epochs[name], source_tokens=tokens[name],
+                             epochs=round(epochs[name], 4), tokens=realized[name], share=round(realized[name] / total, 4),
+                             target_share=round(weights[name] / sum(weights.values()), 4)) for name in weights}
+    split_stats["train"].tokens = total  # after mixing: what training will see
     shutil.copyfile(tokenizer_path, tmp / "tokenizer.json")
-    result = {"sources": corpus.describe(), "val_fraction": val_fraction, "skipped": dict(sorted(corpus.skipped.items())),
-              "splits": split_stats, "mix": mix}
-    atomic_write_json(tmp / "stats.json", result)
+    result = TokenizedStats(sources=corpus.describe(), val_fraction=val_fraction,
+                            skipped=dict(sorted(corpus.skipped.items())), splits=split_stats, mix=mix)
+    atomic_write_json(tmp / "stats.json", asdict(result))
     return result

@@ -7,7 +7,7 @@ codelm.train.validation, shared with training's periodic validation.
 import contextlib
 import gzip
 import lzma
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 
 import numpy as np
 
@@ -19,13 +19,19 @@ from codelm.tokenizer import Tokenizer
 from codelm.train.validation import held_out_loader, held_out_loss, token_bytes_tensor
 
 
-def compression_bpb(texts: list[str]) -> dict:
+@dataclass
+class Compression:
+    gzip: float  # bits per byte, gzip -9
+    xz: float  # bits per byte, xz -9e
+    bytes: int
+
+
+def compression_bpb(texts: list[str]) -> Compression:
     """Bits per byte of gzip -9 and xz -9e on the concatenated texts: what a model must beat to have learned
     more than a general-purpose compressor finds in the same validation text."""
     raw = "".join(texts).encode()
-    return {"gzip": 8 * len(gzip.compress(raw, compresslevel=9, mtime=0)) / len(raw),
-            "xz": 8 * len(lzma.compress(raw, preset=9 | lzma.PRESET_EXTREME)) / len(raw),
-            "bytes": len(raw)}
+    return Compression(gzip=8 * len(gzip.compress(raw, compresslevel=9, mtime=0)) / len(raw),
+                       xz=8 * len(lzma.compress(raw, preset=9 | lzma.PRESET_EXTREME)) / len(raw), bytes=len(raw))
 
 
 def unigram_entropy(docs, vocab_size: int, eot_id: int) -> float:

@@ -10,13 +10,12 @@ DDP when launched by torchrun (the model code knows nothing of it).
 """
 
 import contextlib
-import json
 import math
 import os
 import signal
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -27,11 +26,11 @@ import torch.nn as nn
 from codelm import checkpoint as ckpt
 from codelm.config import Config, OptimConfig, to_dict, to_toml
 from codelm.errors import UserError
+from codelm.io import atomic_write_text
 from codelm.model.llama import Transformer
 from codelm.precision import (
     PrecisionChoice,
     autocast_context,
-    choice_record,
     choose_precision,
     peak_flops,
 )
@@ -251,7 +250,7 @@ def train(
 
     if env.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.toml").write_text(to_toml(cfg))
+        atomic_write_text(run_dir / "config.toml", to_toml(cfg))
 
     log_main = print if env.is_main else (lambda *a, **k: None)
     choice = resolve_precision(t.precision, raw_model, cfg.data.seq_len, device, log_main)
@@ -259,7 +258,7 @@ def train(
     autocast = autocast_context(device, choice.precision)
     flops_per_token = raw_model.flops_per_token(cfg.data.seq_len)
     if env.is_main:
-        (run_dir / "precision.json").write_text(json.dumps(choice_record(choice, peak), indent=2))
+        replace(choice, peak_flops=peak).save(run_dir / "precision.json")
         print(
             f"model: {raw_model.num_params() / 1e6:.2f}M parameters, {flops_per_token / 1e6:.1f} MFLOP/token | "
             f"batch {batch_tokens} tokens = {accum} x {env.world} x {t.micro_batch} x {cfg.data.seq_len} | "
