@@ -226,6 +226,20 @@ def test_infilling_task_scores_by_execution_and_exact_match(code_tok, tmp_path):
     assert {json.loads(line)["id"] for line in (tmp_path / "samples.jsonl").read_text().splitlines()} == chosen
 
 
+def test_evaluator_generates_to_the_end_of_the_context_and_skips_prompts_without_room(code_tok):
+    from test_inference import endless_engine
+
+    from codelm.eval.runner import generate_batched
+    from codelm.inference.sampling import SamplingParams
+
+    prompts = [[5] * 30, [5] * 40, [5] * 4]  # the middle one fills the context of 40 alone
+    outputs = generate_batched(endless_engine(code_tok, context=40), prompts, SamplingParams(max_new_tokens=100),
+                               batch_size=2, desc="test")
+    assert outputs[1] is None
+    for prompt, [c] in [(prompts[0], outputs[0]), (prompts[2], outputs[2])]:
+        assert (c.finish_reason, len(prompt) + len(c.token_ids)) == ("length", 40)
+
+
 def test_exact_match_ignores_only_trailing_whitespace_and_surrounding_blank_lines():
     from codelm.eval.runner import same_code
 

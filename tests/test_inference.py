@@ -8,6 +8,7 @@ from tokenizers import AddedToken, decoders, models
 from tokenizers import Tokenizer as HFTokenizer
 
 from codelm.config import ModelConfig
+from codelm.data.fim import fim_prompt
 from codelm.errors import UserError
 from codelm.inference.engine import Engine
 from codelm.inference.sampling import SamplingParams, min_p, temperature, top_k, top_p
@@ -47,10 +48,10 @@ def markov_model(log_probs: torch.Tensor) -> Transformer:
     return model.eval()
 
 
-def random_model(vocab: int, seed: int, dim: int = 64, layers: int = 2) -> Transformer:
+def random_model(vocab: int, seed: int, dim: int = 64, layers: int = 2, context: int = 128) -> Transformer:
     torch.manual_seed(seed)
     return Transformer(ModelConfig(vocab_size=vocab, dim=dim, n_layers=layers, n_heads=4, n_kv_heads=2,
-                                   max_seq_len=128)).eval()
+                                   max_seq_len=context)).eval()
 
 
 @pytest.fixture(scope="module")
@@ -217,8 +218,8 @@ def test_speculative_sampling_has_the_targets_distribution():
     target, draft = Engine(markov_model(target_p.log()), tok), Engine(markov_model(draft_p.log()), tok)
     counts = torch.zeros(8, 8)
     for seed in range(1500):
-        out, _ = speculative_generate(target, [1], SamplingParams(strategy="sample", max_new_tokens=2, seed=seed),
-                                      DraftModel(draft), k=2)
+        params = SamplingParams(strategy="sample", top_p=1.0, max_new_tokens=2, seed=seed)
+        out, _ = speculative_generate(target, [1], params, DraftModel(draft), k=2)
         if len(out.token_ids) == 2:
             counts[out.token_ids[0], out.token_ids[1]] += 1
         else:  # the first token ended the text
@@ -237,10 +238,53 @@ def test_fill_in_the_middle_needs_fim_tokens(engine):
         Engine(markov_model(torch.zeros(8, 8)), char_tokenizer()).complete_middle("a", "b", SamplingParams())
 
 
+def endless_engine(tok: Tokenizer, context: int) -> Engine:
+    """A small random model that never ends a text: it can only stop at max_new_tokens or the context's end."""
+    model = random_model(tok.vocab_size, seed=0, dim=32, layers=1, context=context)
+    with torch.no_grad():  # logit 0 for the end-of-text token: below the best of the thousands of others
+        model.lm_head.weight[list(tok.stop_ids)] = 0.0
+    return Engine(model, tok)
+
+
+def test_generation_runs_to_the_end_of_the_context(code_tok):
+    """max_new_tokens beyond the context: each prompt fills it exactly, whatever its batch mates, and says so."""
+    endless = endless_engine(code_tok, context=40)
+    prompts = [[5] * 4, [5] * 30]
+    for params in [SamplingParams(max_new_tokens=100), SamplingParams(strategy="sample", n=2, max_new_tokens=100),
+                   SamplingParams(strategy="beam", num_beams=2, max_new_tokens=100)]:
+        for prompt, completions in zip(prompts, endless.generate(prompts, params)):
+            for c in completions:
+                assert (c.finish_reason, len(prompt) + len(c.token_ids)) == ("length", 40), params.strategy
+                assert c.cut == f"max_new_tokens 100 cut to {40 - len(prompt)}: the context holds 40 tokens"
+    [[c]] = endless.generate([[5] * 39], SamplingParams(max_new_tokens=1))
+    assert len(c.token_ids) == 1 and c.cut is None  # a request that fits is not cut
+    [middle] = endless.complete_middle("def add(a, b):", "\n", SamplingParams(max_new_tokens=100))
+    prompt = fim_prompt("def add(a, b):", "\n", code_tok)
+    assert middle.finish_reason == "length" and len(prompt) + len(middle.token_ids) == 40
+    assert middle.cut == f"max_new_tokens 100 cut to {40 - len(prompt)}: the context holds 40 tokens"
+    out, _ = speculative_generate(endless, [5] * 30, SamplingParams(max_new_tokens=100), PromptLookup())
+    assert len(out.token_ids) == 10 and out.cut == "max_new_tokens 100 cut to 10: the context holds 40 tokens"
+
+
+def test_prompts_without_room_are_clear_errors(engine):
+    with pytest.raises(UserError, match="the prompt is 128 tokens: the model's context of 128 has no room"):
+        engine.generate([[5] * 128], SamplingParams(max_new_tokens=1))
+    with pytest.raises(UserError, match="no room"):
+        engine.complete_middle("x = 1\n" * 100, "", SamplingParams())
+    with pytest.raises(UserError, match="empty prompt"):
+        engine.generate([[5], []], SamplingParams())
+
+
 def test_bad_requests_are_clear_errors(engine):
     with pytest.raises(UserError, match="top_p"):
         SamplingParams(strategy="sample", top_p=0)
-    with pytest.raises(UserError, match="exceed the model's context"):
-        engine.generate(["x"], SamplingParams(max_new_tokens=500))
     with pytest.raises(UserError, match="n must be"):
         SamplingParams(strategy="beam", num_beams=2, n=3)
+
+
+def test_temperature_zero_means_greedy():
+    assert SamplingParams.from_temperature(0, n=1) == SamplingParams()
+    sampled = SamplingParams.from_temperature(0.8, n=5)
+    assert (sampled.strategy, sampled.temperature, sampled.top_p, sampled.n) == ("sample", 0.8, 0.95, 5)
+    with pytest.raises(UserError, match="greedy decoding gives one completion"):
+        SamplingParams.from_temperature(0, n=5)

@@ -1,11 +1,13 @@
 """The transformer: document masking, causality, and agreement with a naive reference implementation."""
 
 import math
+from dataclasses import replace
 
 import pytest
 import torch
 
 from codelm.config import ModelConfig
+from codelm.inference.cache import KVCache
 from codelm.model.llama import Transformer, positions_from_doc_ids
 
 CFG = ModelConfig(vocab_size=97, dim=32, n_layers=2, n_heads=4, n_kv_heads=2, max_seq_len=64, rope_theta=500.0)
@@ -46,6 +48,8 @@ def reference_forward(model: Transformer, ids: list[int]) -> torch.Tensor:
         h = rms(x, sd[p + "input_layernorm.weight"])
         q = (h @ sd[p + "self_attn.q_proj.weight"].T).view(T, c.n_heads, D)
         k = (h @ sd[p + "self_attn.k_proj.weight"].T).view(T, c.n_kv_heads, D)
+        if c.qk_norm:  # each head's query and key normalized on its own, before RoPE
+            q, k = rms(q, sd[p + "self_attn.q_norm.weight"]), rms(k, sd[p + "self_attn.k_norm.weight"])
         v = (h @ sd[p + "self_attn.v_proj.weight"].T).view(T, c.n_kv_heads, D)
         heads = []
         for hd in range(c.n_heads):
@@ -122,11 +126,28 @@ def test_hf_tensor_names_and_tied_embeddings():
         ModelConfig(vocab_size=97, dim=32, n_layers=1, n_heads=4, n_kv_heads=4)).num_params() - 97 * 32
 
 
-def test_qk_norm_adds_norm_weights_and_runs():
-    cfg = ModelConfig(vocab_size=97, dim=32, n_layers=1, n_heads=4, n_kv_heads=2, qk_norm=True)
-    model = Transformer(cfg)
-    assert "model.layers.0.self_attn.q_norm.weight" in model.state_dict()
-    assert model(torch.randint(0, 97, (2, 10))).shape == (2, 10, 97)
+def test_qk_norm_is_a_per_head_rms_norm_before_rope():
+    model = make_model(replace(CFG, qk_norm=True))  # norm weights away from 1, as make_model sets them
+    assert "model.layers.1.self_attn.k_norm.weight" in model.state_dict()
+    ids = torch.randint(0, CFG.vocab_size, (20,)).tolist()
+    expected = reference_forward(model, ids)
+    assert torch.allclose(model(torch.tensor([ids]))[0], expected, atol=1e-9)
+    plain = make_model()  # the same weights without QK-norm give other logits: the norms did act
+    plain.load_state_dict(model.state_dict(), strict=False)
+    assert not torch.allclose(plain(torch.tensor([ids]))[0], expected, atol=1e-3)
+
+
+def test_decode_step_through_the_cache_equals_forward():
+    model = make_model()
+    ids = torch.randint(0, CFG.vocab_size, (2, 12))
+    cache = KVCache(CFG, batch=2, max_len=12, dtype=torch.float64)
+    prefill = model.decode_step(ids[:, :9], cache)
+    assert cache.length == 9  # the step advanced the cache past its tokens
+    steps = [model.decode_step(ids[:, t:t + 1], cache, last_only=True) for t in range(9, 12)]
+    assert cache.length == 12
+    full = model(ids)
+    assert torch.allclose(prefill, full[:, :9], atol=1e-10)
+    assert torch.allclose(torch.stack(steps, 1), full[:, 9:], atol=1e-10)
 
 
 def test_parameter_and_flops_accounting():
@@ -159,9 +180,11 @@ def test_fused_loss_matches_logits_cross_entropy_in_value_and_gradients(precisio
     expected = {n: p.grad.clone() for n, p in model.named_parameters()}
     model.zero_grad()
     with autocast:
-        fused = model(ids, targets=targets)
+        fused = model.loss(ids, targets)
     fused.backward()
     tol = 1e-5 if precision == "fp32" else 2e-2
     assert fused.item() == pytest.approx(reference.item(), rel=tol)
     for n, p in model.named_parameters():
         assert torch.allclose(p.grad, expected[n], rtol=tol, atol=tol * expected[n].abs().max()), n
+    with torch.no_grad(), autocast:  # evaluation takes the same path, without computing gradients
+        assert model.loss(ids, targets).item() == pytest.approx(reference.item(), rel=tol)

@@ -46,10 +46,11 @@ from codelm.tokenizer import FIM_MIDDLE, FIM_PREFIX, FIM_SUFFIX
 DEFAULT_MAX_NEW_TOKENS = {"humaneval": 512, "humaneval-infill-single": 64, "humaneval-infill-multi": 256}
 
 
-def generate(engine, prompts: list[list[int]], params, batch_size: int, desc: str) -> list[list]:
-    """params.n completions per prompt (token ids), batched by length; None for a prompt that does not fit."""
-    from dataclasses import replace
+def generate_batched(engine, prompts: list[list[int]], params: SamplingParams, batch_size: int,
+                     desc: str) -> list[list]:
+    """params.n completions per prompt (token ids), batched by length; None for a prompt that leaves no room.
 
+    The engine runs each prompt until its stop, max_new_tokens or the end of the context."""
     context = engine.model.config.max_seq_len
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     results: list[list | None] = [None] * len(prompts)
@@ -57,9 +58,7 @@ def generate(engine, prompts: list[list[int]], params, batch_size: int, desc: st
     with tqdm(total=len(fits), desc=desc, unit=" prompts") as bar:
         for start in range(0, len(fits), batch_size):
             batch = fits[start:start + batch_size]
-            room = context - max(len(prompts[i]) for i in batch)
-            batch_params = replace(params, max_new_tokens=min(params.max_new_tokens, room))
-            for i, completions in zip(batch, engine.generate([prompts[i] for i in batch], batch_params)):
+            for i, completions in zip(batch, engine.generate([prompts[i] for i in batch], params)):
                 results[i] = completions
             bar.update(len(batch))
     return results
@@ -72,10 +71,8 @@ def error_excerpt(result) -> str:
 
 
 def task_sampling(cfg: EvalConfig, task: str, stop: list[str]) -> SamplingParams:
-    greedy = cfg.temperature == 0
-    return SamplingParams(strategy="greedy" if greedy else "sample", temperature=cfg.temperature or 1.0,
-                          top_p=1.0 if greedy else cfg.top_p, n=cfg.n, seed=cfg.seed, stop=stop,
-                          max_new_tokens=cfg.max_new_tokens or DEFAULT_MAX_NEW_TOKENS[task])
+    return SamplingParams.from_temperature(cfg.temperature, top_p=cfg.top_p, n=cfg.n, seed=cfg.seed, stop=stop,
+                                           max_new_tokens=cfg.max_new_tokens or DEFAULT_MAX_NEW_TOKENS[task])
 
 
 class Evaluation:
@@ -123,7 +120,7 @@ class Evaluation:
                        for p in chosen]
         params = task_sampling(cfg, task, [] if cfg.chat else humaneval.STOP_SEQUENCES)
         started = time.time()
-        outputs = generate(engine, prompts, params, cfg.batch_size, "humaneval: generating")
+        outputs = generate_batched(engine, prompts, params, cfg.batch_size, "humaneval: generating")
         generate_seconds = time.time() - started
         rows, jobs = [], []
         for problem, prompt, completions in zip(chosen, prompts, outputs):
@@ -155,7 +152,8 @@ class Evaluation:
         if cfg.limit and cfg.limit < total:  # a fixed random sample, the same on every run
             tasks = [tasks[i] for i in sorted(random.Random(0).sample(range(total), cfg.limit))]
         prompts = [fim_prompt(t.prefix, t.suffix, engine.tok) for t in tasks]
-        outputs = generate(engine, prompts, task_sampling(cfg, task, []), cfg.batch_size, f"{task}: generating")
+        outputs = generate_batched(engine, prompts, task_sampling(cfg, task, []), cfg.batch_size,
+                                   f"{task}: generating")
         rows, jobs = [], []
         for t, completions in zip(tasks, outputs):
             problem = problems[t.problem_id]

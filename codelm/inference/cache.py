@@ -19,9 +19,10 @@ from codelm.errors import UserError
 
 
 class KVCache:
+    """max_len slots per row. Slots are not positions: with left padding a batch may need more slots
+    than the model's context while every row's positions stay inside it (the engine checks those)."""
+
     def __init__(self, cfg: ModelConfig, batch: int, max_len: int, dtype=torch.float32, device="cpu"):
-        if max_len > cfg.max_seq_len:
-            raise UserError(f"{max_len} tokens (prompt + new tokens) exceed the model's context of {cfg.max_seq_len}")
         shape = (batch, cfg.n_kv_heads, max_len, cfg.head_dim)
         self.k = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(cfg.n_layers)]
         self.v = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(cfg.n_layers)]
@@ -60,6 +61,7 @@ class KVCache:
         return self.k[layer][:, :, :end], self.v[layer][:, :, :end]
 
     def advance(self, T: int):
+        """The T slots written by the step that just ran are now in use (Transformer.decode_step calls this)."""
         self.length += T
 
     def truncate(self, length: int):
@@ -81,7 +83,7 @@ class SlotView:
     step; here the step's inputs keep their shapes and the slot is data, so a
     compiled step runs unchanged for the whole generation. Slots that are not
     valid or not yet written are masked: the result equals KVCache's up to
-    summation order. The caller advances the KVCache afterwards."""
+    summation order."""
 
     def __init__(self, k: list[torch.Tensor], v: list[torch.Tensor], valid: torch.Tensor, slot: torch.Tensor):
         self.k, self.v, self.valid, self.slot = k, v, valid, slot
@@ -97,4 +99,5 @@ class SlotView:
         return self.k[layer], self.v[layer]
 
     def advance(self, T: int):
-        pass
+        """Nothing: the view lives for one step, and Engine.step advances the KVCache under it after the
+        compiled call (a Python int changed inside the compiled step would recompile it every step)."""

@@ -1,7 +1,9 @@
 """The generation engine every stage uses: evaluation, post-training samples, serving, the CLI.
 
 One prefill forward per batch of prompts (left-padded to one length), then one
-token per step through the KV cache. n samples of a prompt share its prefill:
+token per step through the KV cache, until max_new_tokens or the end of the
+model's context, whichever comes first (a prompt's budget never depends on its
+batch mates). n samples of a prompt share its prefill:
 the cache rows are copied after it. Rows that finish leave the batch, so a long
 sample never makes short ones pay for its steps. Beam search runs one prompt at
 a time with its beams as the batch.
@@ -27,6 +29,7 @@ from pathlib import Path
 
 import torch
 
+from codelm.checkpoint import load_model
 from codelm.data.fim import fim_prompt
 from codelm.errors import UserError
 from codelm.inference.cache import KVCache, SlotView
@@ -59,8 +62,9 @@ class Completion:
     text: str  # decoded, cut before any stop string; special tokens at the end are not included
     token_ids: list[int]  # every generated token, the one that ended generation included
     logprobs: list[float] = field(default_factory=list)  # of each token under the model, before any processor
-    finish_reason: str = "length"  # "stop": end-of-text token or stop string; "length": max_new_tokens
+    finish_reason: str = "length"  # "stop": end-of-text token or stop string; "length": max_new_tokens or context full
     score: float | None = None  # beam search: length-normalized log-probability
+    cut: str | None = None  # set when the context could not hold max_new_tokens: a one-line note to show
 
 
 def sample_seed(seed: int, prompt: list[int], sample: int) -> int:
@@ -69,13 +73,12 @@ def sample_seed(seed: int, prompt: list[int], sample: int) -> int:
     return int.from_bytes(digest, "little") >> 1
 
 
-def decode_step(model: Transformer, tokens, positions, k, v, valid, slot) -> torch.Tensor:
+def slot_step(model: Transformer, tokens, positions, k, v, valid, slot) -> torch.Tensor:
     """fp32 logits (B, V) of one new token per row (tokens, positions: (B, 1)) written at cache slot `slot`.
 
     Every input keeps its shape from one step to the next (the slot is a tensor), so
     torch.compile captures this once per batch size class, not once per step."""
-    hidden = model.hidden_states(tokens, positions=positions, cache=SlotView(k, v, valid, slot))
-    return model.lm_head(hidden[:, -1]).float()
+    return model.decode_step(tokens, SlotView(k, v, valid, slot), positions, last_only=True).float()
 
 
 def decode_precision(requested: str, model: Transformer, quantize: str | None = None) -> PrecisionChoice:
@@ -92,8 +95,8 @@ def decode_precision(requested: str, model: Transformer, quantize: str | None = 
         @torch.no_grad()
         def step():
             cache.truncate(0)
-            trial.hidden_states(prompt, cache=cache)
-            trial.lm_head(trial.hidden_states(prompt[:, :1], cache=cache)[:, -1])
+            trial.decode_step(prompt, cache, last_only=True)
+            trial.decode_step(prompt[:, :1], cache, last_only=True)
         return step
 
     c = model.config
@@ -114,15 +117,13 @@ class Engine:
         self.device, self.dtype = param.device, param.dtype
         self._step = None
         if compile:  # CUDA graphs replay the whole step on GPU; inductor's C++ kernels on CPU
-            self._step = torch.compile(decode_step,
+            self._step = torch.compile(slot_step,
                                        mode="reduce-overhead" if self.device.type == "cuda" else None)
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, dtype: torch.dtype | str = "auto", device: str = "cpu",
                         quantize: str | None = None, compile: bool = False) -> "Engine":
         """dtype: "auto" (the fastest decode step here, probed once per machine and cached), a name, or a torch.dtype."""
-        from codelm.checkpoint import load_model
-
         model, tok, _ = load_model(path, device=device)
         if isinstance(dtype, str):
             choice = decode_precision(dtype, model, quantize)
@@ -136,26 +137,39 @@ class Engine:
 
     def generate(self, prompts: list[str | list[int]], params: SamplingParams,
                  on_text: TextCallback | None = None) -> list[list[Completion]]:
-        """params.n completions for each prompt (text, or token ids used as they are)."""
+        """params.n completions for each prompt (text, or token ids used as they are).
+
+        A prompt gets max_new_tokens, or fewer when the context fills first (see `budget`)."""
         ids = [self.encode(p) if isinstance(p, str) else list(p) for p in prompts]
-        if not all(ids):
-            raise ValueError("empty prompt: give at least one token")
+        budgets = [self.budget(p, params.max_new_tokens) for p in ids]
         if params.strategy == "beam":
-            return [self._beam_search(p, params) for p in ids]
-        return self._decode(ids, params, on_text)
+            return [self._beam_search(p, params, *b) for p, b in zip(ids, budgets)]
+        return self._decode(ids, params, budgets, on_text)
 
     def complete_middle(self, prefix: str, suffix: str, params: SamplingParams) -> list[Completion]:
         """Fill-in-the-middle: completions of the PSM prompt, ending at end-of-text."""
         return self.generate([fim_prompt(prefix, suffix, self.tok)], params)[0]
 
+    def budget(self, prompt: list[int], max_new_tokens: int) -> tuple[int, str | None]:
+        """New tokens for `prompt`: max_new_tokens, or what the context has left, with a note saying so.
+
+        UserError for an empty prompt or one that leaves no room for a new token."""
+        context = self.model.config.max_seq_len
+        if not prompt:
+            raise UserError("empty prompt: give at least one token")
+        room = context - len(prompt)
+        if room < 1:
+            raise UserError(f"the prompt is {len(prompt)} tokens: the model's context of {context} has no room "
+                            "for a new one")
+        if max_new_tokens <= room:
+            return max_new_tokens, None
+        return room, f"max_new_tokens {max_new_tokens} cut to {room}: the context holds {context} tokens"
+
     @torch.no_grad()
     def forward(self, tokens: torch.Tensor, cache: KVCache, positions: torch.Tensor | None = None,
                 valid: torch.Tensor | None = None, last_only: bool = True) -> torch.Tensor:
-        """fp32 logits of the new tokens (B, V) for the last position, else (B, T, V)."""
-        hidden = self.model.hidden_states(tokens, positions=positions, cache=cache, valid=valid)
-        if last_only:
-            hidden = hidden[:, -1]
-        return self.model.lm_head(hidden).float()
+        """fp32 logits of the new tokens (B, V) for the last position, else (B, T, V); the cache advances past them."""
+        return self.model.decode_step(tokens, cache, positions, valid, last_only).float()
 
     @torch.no_grad()
     def step(self, tokens: torch.Tensor, positions: torch.Tensor, cache: KVCache) -> torch.Tensor:
@@ -170,7 +184,7 @@ class Engine:
         for t in (cache.valid, *cache.k, *cache.v):  # and any cache length: valid (B, L), keys/values (B, H, L, D)
             torch._dynamo.maybe_mark_dynamic(t, 1 if t.dim() == 2 else 2)
         logits = self._step(self.model, tokens[:, None], positions[:, None], cache.k, cache.v, cache.valid, slot)
-        cache.advance(1)
+        cache.advance(1)  # the compiled step wrote slot `cache.length` through a SlotView, which cannot advance
         return logits
 
     def new_cache(self, batch: int, max_len: int) -> KVCache:
@@ -189,8 +203,9 @@ class Engine:
         logits = self.forward(tokens, cache, positions, valid)
         return cache, logits, positions[:, -1] + 1
 
-    def _decode(self, prompts: list[list[int]], params: SamplingParams, on_text: TextCallback | None):
-        cache, logits, next_pos = self.prefill(prompts, params.max_new_tokens)
+    def _decode(self, prompts: list[list[int]], params: SamplingParams, budgets: list[tuple[int, str | None]],
+                on_text: TextCallback | None):
+        cache, logits, next_pos = self.prefill(prompts, max(limit for limit, _ in budgets))
         n = params.n
         if n > 1:  # the samples of a prompt share its prefill
             copies = torch.arange(len(prompts), device=self.device).repeat_interleave(n)
@@ -200,9 +215,10 @@ class Engine:
         generators = [torch.Generator(device=self.device).manual_seed(sample_seed(params.seed, prompts[i], j))
                       for i, j in rows]
         trackers = [StopTracker(self.tok, params.stop) for _ in rows]
-        results = [Completion("", []) for _ in rows]
+        limits = [budgets[i][0] for i, _ in rows]
+        results = [Completion("", [], cut=budgets[i][1]) for i, _ in rows]
         active = list(range(len(rows)))  # batch row b is rows[active[b]]
-        for step in range(params.max_new_tokens):
+        while True:  # until every row has finished
             history = None
             if params.repetition_penalty != 1.0:
                 history = [prompts[rows[r][0]] + results[r].token_ids for r in active]
@@ -217,7 +233,7 @@ class Engine:
                 if token in self.tok.stop_ids or trackers[r].stopped:
                     result.finish_reason = "stop"
                     delta += trackers[r].flush()
-                elif step == params.max_new_tokens - 1:
+                elif len(result.token_ids) == limits[r]:
                     delta += trackers[r].flush()
                 else:
                     keep.append(b)
@@ -252,10 +268,10 @@ class Engine:
             return processed.argmax(-1)
         return sample_rows(processed.softmax(-1), generators)
 
-    def _beam_search(self, prompt: list[int], params: SamplingParams) -> list[Completion]:
-        """Beam search with length penalty; the best params.n hypotheses, best first."""
+    def _beam_search(self, prompt: list[int], params: SamplingParams, limit: int, cut: str | None) -> list[Completion]:
+        """Beam search with length penalty, `limit` new tokens at most; the best params.n hypotheses, best first."""
         width, alpha = params.num_beams, params.length_penalty
-        cache, logits, next_pos = self.prefill([prompt], params.max_new_tokens)
+        cache, logits, next_pos = self.prefill([prompt], limit)
         cache.select(torch.zeros(width, dtype=torch.long, device=self.device))
         logits, next_pos = logits.expand(width, -1), next_pos.expand(width)
         scores = torch.full((width,), float("-inf"), device=self.device)
@@ -266,7 +282,7 @@ class Engine:
         def normalized(score: float, length: int) -> float:
             return score / length**alpha
 
-        for step in range(params.max_new_tokens):
+        for step in range(limit):
             logprobs = apply_processors(logits, processors(params)).log_softmax(-1)
             candidates = (scores[:, None] + logprobs).flatten()
             top_scores, top_index = candidates.topk(min(2 * width, candidates.numel()))
@@ -278,7 +294,7 @@ class Engine:
                 text, stopped = self._beam_text(ids, params.stop)
                 if stopped:
                     if rank < width:  # as in HF: a hypothesis ends only from the top `width` candidates
-                        finished.append(Completion(text, ids, lps, "stop", normalized(score, len(ids))))
+                        finished.append(Completion(text, ids, lps, "stop", normalized(score, len(ids)), cut=cut))
                 else:
                     survivors.append((beam, token, score, ids, lps))
                 if len(survivors) == width:
@@ -290,10 +306,10 @@ class Engine:
             if len(finished) == width and (params.early_stopping or
                                            finished[-1].score >= normalized(best_running, step + 1)):
                 break
-            if step == params.max_new_tokens - 1:
+            if step == limit - 1:
                 for _, _, score, ids, lps in survivors:
                     finished.append(Completion(self._beam_text(ids, [])[0], ids, lps, "length",
-                                               normalized(score, len(ids))))
+                                               normalized(score, len(ids)), cut=cut))
                 break
             cache.select(torch.tensor([s[0] for s in survivors], device=self.device))
             scores = torch.tensor([s[2] for s in survivors], device=self.device)

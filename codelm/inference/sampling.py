@@ -18,11 +18,17 @@ Processor = Callable[[torch.Tensor], torch.Tensor]
 
 @dataclass
 class SamplingParams:
+    """How tokens are chosen; the defaults here are the only ones (the CLI and the evaluator pass what they are given).
+
+    Greedy is `strategy="greedy"` and nothing else: temperature, top-k, top-p and min-p apply to
+    strategy "sample" only. `from_temperature` reads the other common spelling, temperature 0 for greedy.
+    Generation stops at max_new_tokens or when the model's context is full, whichever comes first."""
+
     strategy: str = "greedy"  # greedy | sample | beam
     max_new_tokens: int = 256
     temperature: float = 1.0
     top_k: int = 0  # 0: off
-    top_p: float = 1.0  # 1: off
+    top_p: float = 0.95  # 1: off; 0.95 is the usual nucleus for code (Codex pass@k)
     min_p: float = 0.0  # 0: off
     repetition_penalty: float = 1.0  # 1: off (CTRL-style: divide positive logits, multiply negative)
     num_beams: int = 4
@@ -50,6 +56,13 @@ class SamplingParams:
         for ok, message in checks:
             if not ok:
                 raise UserError(message)
+
+    @classmethod
+    def from_temperature(cls, temperature: float, **settings) -> "SamplingParams":
+        """The OpenAI / vLLM spelling that `codelm eval --temperature` uses: 0 is greedy, anything else samples."""
+        if temperature == 0:
+            return cls(strategy="greedy", **settings)
+        return cls(strategy="sample", temperature=temperature, **settings)
 
 
 def repetition_penalty(penalty: float, history: torch.Tensor, history_mask: torch.Tensor) -> Processor:

@@ -127,19 +127,25 @@ def speculative_generate(engine: Engine, prompt: list[int], params: SamplingPara
         raise UserError("the number of draft tokens per round must be at least 1")
     if params.strategy not in ("greedy", "sample") or params.n != 1 or params.repetition_penalty != 1.0:
         raise UserError("speculative decoding supports greedy or sample, n=1, and no repetition penalty")
-    if isinstance(drafter, DraftModel) and drafter.engine.model.config.vocab_size != engine.model.config.vocab_size:
-        raise UserError("the draft model must share the target's tokenizer (its vocabulary size differs)")
-    max_len = len(prompt) + params.max_new_tokens + k + 1
+    if isinstance(drafter, DraftModel):
+        draft, target = drafter.engine.model.config, engine.model.config
+        if draft.vocab_size != target.vocab_size:
+            raise UserError("the draft model must share the target's tokenizer (its vocabulary size differs)")
+        if draft.max_seq_len < target.max_seq_len:
+            raise UserError(f"the draft model's context ({draft.max_seq_len} tokens) is shorter than the target's "
+                            f"({target.max_seq_len})")
+    limit, cut = engine.budget(prompt, params.max_new_tokens)
+    max_len = len(prompt) + limit + k + 1
     cache = engine.new_cache(1, max_len)
     if len(prompt) > 1:
         engine.forward(torch.tensor([prompt[:-1]], device=engine.device), cache)
     drafter.start(prompt, max_len)
     generator = torch.Generator(device=engine.device).manual_seed(params.seed)
     stats, tracker = SpeculativeStats(), StopTracker(engine.tok, params.stop)
-    context, result = list(prompt), Completion("", [])
-    while result.finish_reason != "stop" and len(result.token_ids) < params.max_new_tokens:
-        budget = params.max_new_tokens - len(result.token_ids)
-        drafts, q = drafter.propose(context, min(k, budget - 1), params, generator) if budget > 1 else ([], None)
+    context, result = list(prompt), Completion("", [], cut=cut)
+    while result.finish_reason != "stop" and len(result.token_ids) < limit:
+        left = limit - len(result.token_ids)
+        drafts, q = drafter.propose(context, min(k, left - 1), params, generator) if left > 1 else ([], None)
         fed = torch.tensor([[context[-1], *drafts]], device=engine.device)
         logits = engine.forward(fed, cache, last_only=False)[0]
         stats.target_forwards += 1
@@ -159,7 +165,7 @@ def speculative_generate(engine: Engine, prompt: list[int], params: SamplingPara
             if tracker.stopped:
                 result.finish_reason = "stop"
                 break
-            if len(result.token_ids) == params.max_new_tokens:
+            if len(result.token_ids) == limit:
                 break
         stats.tokens = len(result.token_ids)
         cache.truncate(len(context) - 1)

@@ -6,13 +6,15 @@ Hugging Face's `LlamaForCausalLM` (`model.layers.0.self_attn.q_proj.weight`,
 ...), and RoPE uses HF's rotate-half layout, so a state dict is an HF Llama
 checkpoint as is.
 
-Packed rows hold several documents. `doc_ids` (B, T) gives each position's
-document within its row; attention is then causal *and* confined to the
-document, so one document never sees another.
-
-For generation, `cache` (codelm.inference.cache: KVCache, or SlotView for a
-compiled decode step) holds the keys and values of earlier positions; each
-forward appends T positions to it.
+Three entry points, one per use:
+- `forward(input_ids, doc_ids)`: logits of packed rows (evaluation). `doc_ids`
+  (B, T) gives each position's document within its row; attention is then
+  causal *and* confined to the document, so one document never sees another.
+- `loss(input_ids, targets, doc_ids)`: the mean next-token loss of packed rows
+  (training), the LM head fused into the cross-entropy (fused_ce.py).
+- `decode_step(input_ids, cache)`: generation. `cache` (codelm.inference.cache:
+  KVCache, or SlotView for a compiled step) holds the keys and values of earlier
+  tokens; the step appends the new ones and advances the cache past them.
 """
 
 import math
@@ -22,7 +24,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from codelm.config import ModelConfig
-from codelm.model.fused_ce import IGNORE, linear_cross_entropy
+from codelm.model.fused_ce import linear_cross_entropy
 
 SMALL_BATCH_TOKENS = 64  # up to this many tokens, fused_linear runs its layers one by one
 
@@ -157,7 +159,7 @@ class LlamaModel(nn.Module):
 
 
 class Transformer(nn.Module):
-    """The causal LM: `Transformer(cfg)(input_ids, doc_ids) -> logits`."""
+    """The causal LM: `forward` -> logits, `loss` -> mean next-token loss, `decode_step` with a KV cache."""
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -183,26 +185,50 @@ class Transformer(nn.Module):
             else:
                 p.normal_(0.0, std)
 
-    def hidden_states(self, input_ids, doc_ids=None, positions=None, cache=None, valid=None):
-        """Final-norm hidden states (B, T, dim). doc_ids=None means one document per row.
+    def forward(self, input_ids, doc_ids=None, positions=None):
+        """Logits (B, T, vocab). doc_ids=None means one document per row; positions default to each
+        token's place in its document."""
+        return self.lm_head(self._packed_hidden(input_ids, doc_ids, positions))
 
-        With a cache, the T new tokens follow the cached ones: `positions` (B, T) are
-        their RoPE positions and `valid` (B, T) marks real tokens (False: left padding)."""
+    def loss(self, input_ids, targets, doc_ids=None):
+        """Mean next-token cross-entropy against targets (B, T), IGNORE excluded, with or without autograd.
+
+        The LM head runs inside the loss in chunks (fused_ce.py): the (B, T, vocab) logits never exist whole."""
+        hidden = self._packed_hidden(input_ids, doc_ids)
+        return linear_cross_entropy(hidden.flatten(0, 1), self.lm_head.weight, targets.flatten())
+
+    def decode_step(self, input_ids, cache, positions=None, valid=None, last_only=False):
+        """Logits of T new tokens per row that follow the cached ones: (B, T, vocab), or (B, vocab) of the last.
+
+        The step writes the new keys and values at the cache's next T slots, then advances the cache past
+        them (`cache.advance`, its one mutation of the cache's length). positions (B, T): RoPE positions
+        (default: the slots, right for rows without padding); valid (B, T): real tokens (False: left padding)."""
         B, T = input_ids.shape
-        if cache is not None:
-            mask = cache.append_mask(valid if valid is not None else torch.ones_like(input_ids, dtype=torch.bool))
-            if positions is None:
-                positions = (cache.length + torch.arange(T, device=input_ids.device)).expand(B, T)
-        elif T > self.config.max_seq_len:
+        if positions is None:
+            positions = (cache.length + torch.arange(T, device=input_ids.device)).expand(B, T)
+        if valid is None:
+            valid = torch.ones_like(input_ids, dtype=torch.bool)
+        hidden = self._hidden(input_ids, positions, cache.append_mask(valid), cache)
+        cache.advance(T)
+        return self.lm_head(hidden[:, -1] if last_only else hidden)
+
+    def _packed_hidden(self, input_ids, doc_ids=None, positions=None):
+        """Final-norm hidden states of packed rows, attention confined to each document."""
+        B, T = input_ids.shape
+        if T > self.config.max_seq_len:
             raise ValueError(f"sequence of {T} tokens exceeds model.max_seq_len={self.config.max_seq_len}")
-        elif doc_ids is None:
-            mask = None
+        if doc_ids is None:
+            mask = None  # plain causal
             if positions is None:
                 positions = torch.arange(T, device=input_ids.device).expand(B, T)
         else:
             mask = attention_mask(doc_ids)
             if positions is None:
                 positions = positions_from_doc_ids(doc_ids)
+        return self._hidden(input_ids, positions, mask)
+
+    def _hidden(self, input_ids, positions, mask, cache=None):
+        """Final-norm hidden states (B, T, dim). mask: boolean (B, 1, T, keys), None for plain causal attention."""
         x = self.model.embed_tokens(input_ids)
         dtype = torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) else x.dtype
         cos = self.rope_cos[positions][:, None].to(dtype)
@@ -211,19 +237,7 @@ class Transformer(nn.Module):
             mask = torch.zeros(mask.shape, dtype=dtype, device=x.device).masked_fill_(~mask, float("-inf"))
         for i, layer in enumerate(self.model.layers):
             x = layer(x, cos, sin, mask, cache, i)
-        if cache is not None:
-            cache.advance(T)
         return self.model.norm(x)
-
-    def forward(self, input_ids, doc_ids=None, positions=None, targets=None):
-        """Logits (B, T, vocab); with targets, the mean next-token loss instead (IGNORE targets excluded)."""
-        hidden = self.hidden_states(input_ids, doc_ids, positions)
-        if targets is None:
-            return self.lm_head(hidden)
-        if torch.is_grad_enabled():
-            return linear_cross_entropy(hidden.flatten(0, 1), self.lm_head.weight, targets.flatten())
-        logits = self.lm_head(hidden).float()
-        return F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=IGNORE)
 
     def num_params(self, exclude_embedding: bool = False) -> int:
         n = sum(p.numel() for p in self.parameters())  # a tied matrix is counted once
