@@ -27,8 +27,8 @@ from pathlib import Path
 
 import torch
 
+from codelm.config import SamplingParams
 from codelm.inference.engine import DTYPES, Engine
-from codelm.inference.sampling import SamplingParams
 from codelm.inference.speculative import DraftModel, PromptLookup, speculative_generate
 from codelm.interop.gguf import import_gguf
 from codelm.interop.hf import export_hf

@@ -25,7 +25,7 @@ from codelm.data.loader import PackedLoader
 from codelm.model.llama import Transformer
 from codelm.precision import SLOW_FACTOR, autocast_context, device_name, peak_flops
 from codelm.speedrun import DEFAULT_CONFIG
-from codelm.train.loop import build_optimizer, resolve_precision, train_step
+from codelm.train.loop import StageLoss, build_optimizer, resolve_precision, train_step
 from codelm.train.pretrain import next_token_loss
 
 REFERENCE = ModelConfig(vocab_size=8192, dim=384, n_layers=6, n_heads=6, n_kv_heads=6, max_seq_len=256)
@@ -58,7 +58,7 @@ class NanoGPT(nn.Module):
         self.lm_head = nn.Linear(cfg.dim, cfg.vocab_size, bias=False)
         self.lm_head.weight = self.wte.weight  # tied, as in nanoGPT
 
-    def forward(self, idx, doc_ids=None, targets=None):  # nanoGPT has no document masking
+    def loss(self, idx, targets, doc_ids=None):  # nanoGPT has no document masking
         x = self.wte(idx) + self.wpe(torch.arange(idx.shape[1]))
         for block in self.blocks:
             x = block(x)
@@ -83,13 +83,14 @@ def measure(shape: ModelConfig, precision: str, compiled: bool, micro_batch: int
     model = model_class(shape)
     optimizer = build_optimizer(model, load_config().optim, torch.device("cpu"))
     loader = PackedLoader(synthetic_docs(shape.vocab_size), shape.max_seq_len, micro_batch, eot_id=0)
-    runner = torch.compile(model) if compiled else model
+    step_loss = StageLoss(model, next_token_loss)
+    runner = torch.compile(step_loss) if compiled else step_loss
     autocast = autocast_context(torch.device("cpu"), precision)
     warmup = 2
     times = []
     for i in range(warmup + steps):
         start = time.perf_counter()
-        train_step(runner, optimizer, loader, next_token_loss, autocast, 1, 1.0)
+        train_step(runner, optimizer, loader, autocast, 1, 1.0)
         times.append(time.perf_counter() - start)
     per_step = float(np.median(times[warmup:]))
     tok_s = micro_batch * shape.max_seq_len / per_step

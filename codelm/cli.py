@@ -12,7 +12,15 @@ import os
 import sys
 from dataclasses import asdict
 
-from codelm.config import DEFAULT_VAL_FRACTION, LADDER, EvalConfig, ModelConfig, field_default, from_args
+from codelm.config import (
+    DEFAULT_VAL_FRACTION,
+    LADDER,
+    EvalConfig,
+    ModelConfig,
+    SamplingParams,
+    field_default,
+    from_args,
+)
 from codelm.errors import UserError
 from codelm.sandbox.supervisor import Limits
 
@@ -76,13 +84,10 @@ def _engine(checkpoint: str, args):
     return Engine.from_checkpoint(checkpoint, dtype=args.dtype, quantize=args.quantize, compile=args.compile)
 
 
-def _sampling_params(args):
-    from codelm.inference.sampling import SamplingParams
-
-    return SamplingParams(strategy=args.strategy, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
-                          top_k=args.top_k, top_p=args.top_p, min_p=args.min_p,
-                          repetition_penalty=args.repetition_penalty, num_beams=args.num_beams,
-                          length_penalty=args.length_penalty, stop=args.stop or [], n=args.n, seed=args.seed)
+def note_if_cut(completion):
+    """Generation ran into the end of the context: say so on stderr, leaving stdout the text alone."""
+    if completion.cut:
+        print(f"[note] {completion.cut}", file=sys.stderr)
 
 
 def read_input(path: str) -> str:
@@ -98,7 +103,7 @@ def read_input(path: str) -> str:
 def cmd_generate(args):
     engine = _engine(args.checkpoint, args)
     prompt = read_input(args.prompt_file) if args.prompt_file else args.prompt
-    params = _sampling_params(args)
+    params = from_args(SamplingParams, args)
     if args.draft_checkpoint or args.prompt_lookup:
         from codelm.inference.speculative import (
             DraftModel,
@@ -109,23 +114,28 @@ def cmd_generate(args):
         drafter = PromptLookup() if args.prompt_lookup else DraftModel(_engine(args.draft_checkpoint, args))
         completion, stats = speculative_generate(engine, engine.encode(prompt), params, drafter, k=args.num_draft)
         print(prompt + completion.text)
+        note_if_cut(completion)
         print(f"[speculative] acceptance {stats.acceptance_rate:.2f}, {stats.tokens_per_forward:.2f} tokens per "
               f"target forward ({stats.tokens} tokens, {stats.target_forwards} forwards)", file=sys.stderr)
         return
     if params.n == 1 and params.strategy != "beam":  # stream to the terminal
         print(prompt, end="", flush=True)
-        engine.generate([prompt], params, on_text=lambda i, j, text: print(text, end="", flush=True))
+        [[completion]] = engine.generate([prompt], params, on_text=lambda i, j, text: print(text, end="", flush=True))
         print()
+        note_if_cut(completion)
         return
-    for j, completion in enumerate(engine.generate([prompt], params)[0]):
+    completions = engine.generate([prompt], params)[0]
+    for j, completion in enumerate(completions):
         score = f", score {completion.score:.3f}" if completion.score is not None else ""
         print(f"--- completion {j + 1} ({completion.finish_reason}{score})\n{prompt}{completion.text}")
+    note_if_cut(completions[0])
 
 
 def cmd_complete(args):
     prefix, suffix = read_input(args.prefix_file), read_input(args.suffix_file)
-    [middle] = _engine(args.checkpoint, args).complete_middle(prefix, suffix, _sampling_params(args))
+    [middle] = _engine(args.checkpoint, args).complete_middle(prefix, suffix, from_args(SamplingParams, args))
     print(prefix + middle.text + suffix, end="")
+    note_if_cut(middle)
 
 
 def cmd_import(args):
@@ -189,20 +199,26 @@ def add_corpus_args(parser: argparse.ArgumentParser):
                         help="fraction of files held out, chosen by path hash (default %(default)s)")
 
 
-def add_sampling_args(parser: argparse.ArgumentParser, default_strategy: str):
+def add_sampling_args(parser: argparse.ArgumentParser):
     """Decoding settings shared by generate and complete (see codelm.inference.sampling)."""
-    parser.add_argument("--strategy", choices=["greedy", "sample", "beam"], default=default_strategy)
-    parser.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (strategy sample)")
-    parser.add_argument("--top-k", type=int, default=0, help="keep the k most likely tokens (0: off)")
-    parser.add_argument("--top-p", type=float, default=1.0, help="nucleus: smallest set with this mass (1: off)")
-    parser.add_argument("--min-p", type=float, default=0.0, help="drop tokens below min-p x the top probability")
-    parser.add_argument("--repetition-penalty", type=float, default=1.0, help="> 1 discourages repeats (1: off)")
-    parser.add_argument("--num-beams", type=int, default=4, help="beam width (strategy beam)")
-    parser.add_argument("--length-penalty", type=float, default=1.0, help="beam score = logprob / length^this")
-    parser.add_argument("--n", type=int, default=1, help="completions per prompt")
-    parser.add_argument("--max-new-tokens", type=int, default=256)
-    parser.add_argument("--stop", action="append", help="stop string (repeatable), matched on decoded text")
-    parser.add_argument("--seed", type=int, default=0)
+    def option(name: str, text: str, **kw):
+        default = field_default(SamplingParams, name)
+        parser.add_argument(f"--{name.replace('_', '-')}", type=type(default), default=default,
+                            help=f"{text} (default %(default)s)", **kw)
+
+    option("strategy", "how tokens are chosen", choices=["greedy", "sample", "beam"])
+    option("temperature", "sampling temperature (strategy sample)")
+    option("top_k", "keep the k most likely tokens (0: off)")
+    option("top_p", "nucleus: smallest set with this mass (1: off)")
+    option("min_p", "drop tokens below min-p x the top probability")
+    option("repetition_penalty", "> 1 discourages repeats (1: off)")
+    option("num_beams", "beam width (strategy beam)")
+    option("length_penalty", "beam score = logprob / length^this")
+    option("n", "completions per prompt")
+    option("max_new_tokens", "new tokens at most; generation also stops at the end of the model's context")
+    parser.add_argument("--stop", action="append", default=field_default(SamplingParams, "stop"),
+                        help="stop string (repeatable), matched on decoded text")
+    option("seed", "sampling seed")
     add_engine_args(parser)
 
 
@@ -296,7 +312,7 @@ def build_parser() -> argparse.ArgumentParser:
     source = g.add_mutually_exclusive_group(required=True)
     source.add_argument("--prompt", help="text to continue")
     source.add_argument("--prompt-file", help="file whose text to continue")
-    add_sampling_args(g, default_strategy="greedy")
+    add_sampling_args(g)
     g.add_argument("--draft-checkpoint", help="speculative decoding with this smaller model (same tokenizer)")
     g.add_argument("--prompt-lookup", action="store_true", help="speculative decoding with prompt-lookup drafts")
     g.add_argument("--num-draft", type=int, default=4, help="draft tokens per round (default %(default)s)")
@@ -308,7 +324,7 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--checkpoint", required=True, help="checkpoint directory or run directory")
     f.add_argument("--prefix-file", required=True, help="the code before the gap")
     f.add_argument("--suffix-file", required=True, help="the code after the gap")
-    add_sampling_args(f, default_strategy="greedy")
+    add_sampling_args(f)
     f.set_defaults(func=cmd_complete)
 
     i = sub.add_parser("import", help="import an HF Llama folder or a GGUF file as a codelm checkpoint",

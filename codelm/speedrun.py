@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 from codelm.checkpoint import latest_checkpoint, load_model
-from codelm.config import EvalConfig, ModelConfig, field_default, load_config
+from codelm.config import EvalConfig, ModelConfig, SamplingParams, field_default, load_config
 from codelm.data.card import load_stats, stats_table
 from codelm.data.pipeline import curate, load_curate_config
 from codelm.data.shards import TokenShards
@@ -20,7 +20,6 @@ from codelm.errors import UserError
 from codelm.eval.bpb import compression_bpb, unigram_entropy
 from codelm.eval.runner import Evaluation
 from codelm.inference.engine import Engine
-from codelm.inference.sampling import SamplingParams
 from codelm.io import atomic_write_json
 from codelm.model.llama import Transformer
 from codelm.precision import machine_profile

@@ -2,8 +2,14 @@
 
 import json
 import os
+import re
+from dataclasses import fields
 
 from conftest import run_codelm
+
+from codelm.cli import build_parser
+from codelm.config import EvalConfig, SamplingParams, from_args
+from codelm.sandbox.supervisor import Limits
 
 
 def error_line(proc) -> str:
@@ -93,6 +99,30 @@ def test_eval_generate_and_complete_on_a_checkpoint(tiny_config, corpus_paths, t
     spec = run_codelm("generate", "--checkpoint", run, "--prompt", "def f(", "--max-new-tokens", "8",
                       "--draft-checkpoint", run)
     assert spec.stdout.startswith(sample.rstrip("\n")) and "acceptance 1.00" in spec.stderr
+    to_the_end = run_codelm("generate", "--checkpoint", run, "--prompt", "def f(", "--max-new-tokens", "5000")
+    assert to_the_end.stdout.startswith("def f(")  # runs to the end of the 1024-token context, and says so
+    assert re.search(r"^\[note\] max_new_tokens 5000 cut to \d+: the context holds 1024 tokens$", to_the_end.stderr,
+                     re.M), to_the_end.stderr
+    too_long = run_codelm("generate", "--checkpoint", run, "--prompt", "x " * 1100, check=False)
+    assert too_long.returncode == 2 and re.fullmatch(r"codelm: error: the prompt is \d+ tokens: the model's context "
+                                                     r"of 1024 has no room for a new one", too_long.stderr.splitlines()[-1])
+
+
+def test_cli_options_carry_the_config_defaults():
+    """Every option lands in a config field, and an empty command line gives the dataclasses' own defaults."""
+    parser = build_parser()
+    commands = {("eval", "--checkpoint", "c"): (EvalConfig, EvalConfig(checkpoint="c", tasks=["humaneval"])),
+                ("generate", "--checkpoint", "c", "--prompt", "p"): (SamplingParams, SamplingParams()),
+                ("complete", "--checkpoint", "c", "--prefix-file", "a", "--suffix-file", "b"):
+                    (SamplingParams, SamplingParams()),
+                ("sandbox", "run", "f.py"): (Limits, Limits())}
+    engine = {"checkpoint", "dtype", "quantize", "compile", "draft_checkpoint", "prompt_lookup", "num_draft",
+              "prompt", "prompt_file", "prefix_file", "suffix_file", "file", "tests"}
+    for argv, (cls, expected) in commands.items():
+        args = parser.parse_args(argv)
+        assert from_args(cls, args) == expected, argv
+        unused = set(vars(args)) - {f.name for f in fields(cls)} - engine - {"func", "command", "sub"}
+        assert not unused, f"{argv[0]}: options {unused} reach no {cls.__name__} field"
 
 
 def test_help_explains_every_command():

@@ -229,8 +229,8 @@ def test_infilling_task_scores_by_execution_and_exact_match(code_tok, tmp_path):
 def test_evaluator_generates_to_the_end_of_the_context_and_skips_prompts_without_room(code_tok):
     from test_inference import endless_engine
 
+    from codelm.config import SamplingParams
     from codelm.eval.runner import generate_batched
-    from codelm.inference.sampling import SamplingParams
 
     prompts = [[5] * 30, [5] * 40, [5] * 4]  # the middle one fills the context of 40 alone
     outputs = generate_batched(endless_engine(code_tok, context=40), prompts, SamplingParams(max_new_tokens=100),

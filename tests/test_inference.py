@@ -7,11 +7,11 @@ import torch
 from tokenizers import AddedToken, decoders, models
 from tokenizers import Tokenizer as HFTokenizer
 
-from codelm.config import ModelConfig
+from codelm.config import ModelConfig, SamplingParams
 from codelm.data.fim import fim_prompt
 from codelm.errors import UserError
 from codelm.inference.engine import Engine
-from codelm.inference.sampling import SamplingParams, min_p, temperature, top_k, top_p
+from codelm.inference.sampling import min_p, temperature, top_k, top_p
 from codelm.inference.speculative import (
     DraftModel,
     PromptLookup,
@@ -285,6 +285,6 @@ def test_bad_requests_are_clear_errors(engine):
 def test_temperature_zero_means_greedy():
     assert SamplingParams.from_temperature(0, n=1) == SamplingParams()
     sampled = SamplingParams.from_temperature(0.8, n=5)
-    assert (sampled.strategy, sampled.temperature, sampled.top_p, sampled.n) == ("sample", 0.8, 0.95, 5)
+    assert (sampled.strategy, sampled.temperature, sampled.top_p, sampled.n) == ("sample", 0.8, 1.0, 5)
     with pytest.raises(UserError, match="greedy decoding gives one completion"):
         SamplingParams.from_temperature(0, n=5)

@@ -13,11 +13,10 @@ from conftest import run_codelm
 
 from codelm.chat import encode_chat
 from codelm.checkpoint import hf_config, load_model, model_config_from_hf, save_model
-from codelm.config import EvalConfig, ModelConfig
+from codelm.config import EvalConfig, ModelConfig, SamplingParams
 from codelm.errors import UserError
 from codelm.eval.runner import Evaluation
 from codelm.inference.engine import Engine
-from codelm.inference.sampling import SamplingParams
 from codelm.interop.gguf import import_gguf, unpermute_rope_rows
 from codelm.interop.hf import export_hf, import_hf
 from codelm.model.llama import Transformer
@@ -233,6 +232,13 @@ def test_smollm2_greedy_generation_matches_transformers(smollm2):
     theirs = hf_model.generate(torch.tensor([ids]), max_new_tokens=64, do_sample=False, eos_token_id=[0, 2],
                                pad_token_id=2)[0, len(ids):].tolist()
     assert len(theirs) > 20 and ours.token_ids == theirs
+
+
+def test_smollm2_empty_prompt_is_one_line_error(smollm2):
+    """SmolLM2's tokenizer adds no BOS: an empty prompt is no tokens at all, which nothing can continue."""
+    proc = run_codelm("generate", "--checkpoint", smollm2[0], "--prompt", "", check=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert proc.stderr.splitlines()[-1] == "codelm: error: empty prompt: give at least one token"
 
 
 def test_smollm2_export_loads_in_transformers_with_the_same_logits(smollm2, tmp_path):

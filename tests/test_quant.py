@@ -13,10 +13,10 @@ from test_inference import random_model
 from codelm import precision
 from codelm.checkpoint import load_model, save_checkpoint, save_model
 from codelm.cli import build_parser
+from codelm.config import SamplingParams
 from codelm.errors import UserError
 from codelm.inference.engine import Engine, decode_precision
 from codelm.inference.quant import Int8Linear, is_quantized, load_kernel, quantize_int8
-from codelm.inference.sampling import SamplingParams
 from codelm.interop.gguf import import_gguf
 
 PROMPTS = [

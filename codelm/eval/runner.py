@@ -29,15 +29,15 @@ from pathlib import Path
 from tqdm import tqdm
 
 from codelm.chat import encode_chat
-from codelm.config import MODEL_TASKS, EvalConfig
+from codelm.config import MODEL_TASKS, EvalConfig, SamplingParams, load_config
 from codelm.data.fim import fim_prompt
+from codelm.data.tokenize import TokenizedStats
 from codelm.errors import UserError
 from codelm.eval import infilling
 from codelm.eval.bpb import evaluate_languages
 from codelm.eval.contamination import contamination_report
 from codelm.eval.passk import mean_pass_at_k
 from codelm.inference.engine import Engine
-from codelm.inference.sampling import SamplingParams
 from codelm.io import atomic_write_bytes
 from codelm.sandbox.supervisor import environment, run_many
 from codelm.tasks import humaneval
@@ -224,8 +224,12 @@ def default_out(checkpoint: str | None) -> Path:
 
 
 def default_corpus(checkpoint: str | None) -> list[str]:
-    """A speedrun directory's own curated corpus, when the checkpoint is one."""
-    if checkpoint and (Path(checkpoint) / "data" / "curated" / "stats.json").is_file():
-        return [str(Path(checkpoint) / "data" / "curated")]
+    """The corpus a training run's model learned from: its config names the token shards, whose stats name their
+    sources."""
+    config = Path(checkpoint) / "config.toml" if checkpoint else None
+    if config and config.is_file():
+        tokens = load_config(config).data.tokens
+        if (Path(tokens) / "stats.json").is_file():
+            return TokenizedStats.load(tokens).sources
     raise UserError("task contamination needs --corpus: a `codelm curate` output or files/directories of code")
 

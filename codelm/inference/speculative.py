@@ -22,9 +22,10 @@ from dataclasses import dataclass
 
 import torch
 
+from codelm.config import SamplingParams
 from codelm.errors import UserError
 from codelm.inference.engine import Completion, Engine
-from codelm.inference.sampling import SamplingParams, apply_processors, processors
+from codelm.inference.sampling import apply_processors, processors
 from codelm.inference.stops import StopTracker
 
 
