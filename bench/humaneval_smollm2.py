@@ -38,17 +38,18 @@ from sandbox import human_eval_score  # noqa: E402
 from codelm.chat import encode_chat  # noqa: E402
 from codelm.checkpoint import load_model  # noqa: E402
 from codelm.config import EvalConfig
+from codelm.eval.results import EvalResults  # noqa: E402
 from codelm.eval.runner import Evaluation  # noqa: E402
 from codelm.inference.stops import first_stop  # noqa: E402
 from codelm.interop.gguf import import_gguf  # noqa: E402
 from codelm.tasks import humaneval  # noqa: E402
 
 
-def codelm_run(ckpt: Path, out: Path, chat: bool, batch_size: int, limit: int = 0) -> dict:
+def codelm_run(ckpt: Path, out: Path, chat: bool, batch_size: int, limit: int = 0) -> EvalResults:
     if not (out / "results.json").is_file():
         Evaluation(EvalConfig(checkpoint=str(ckpt), tasks=["humaneval"], out=str(out), chat=chat, k=[1],
                               batch_size=batch_size, limit=limit)).run()
-    return json.loads((out / "results.json").read_text())
+    return EvalResults.load(out / "results.json")
 
 
 def samples(out: Path) -> dict[str, dict]:
@@ -145,11 +146,11 @@ def main():
     for mode in args.modes.split(","):
         chat = mode == "chat"
         ours = codelm_run(ckpt, out / f"codelm-{mode}-b{args.batch_size}", chat, args.batch_size)
-        h = ours["tasks"]["humaneval"]
+        h = ours.tasks["humaneval"]
         report += [f"## {mode} prompting", "",
-                   f"codelm: pass@1 {100 * h['pass@k']['1']:.1f}% ({len(h['passed_problems'])}/164), "
-                   f"{ours['seconds']:.0f} s wall ({h['generate_seconds']:.0f} s generating, batch {args.batch_size}); "
-                   f"outcomes {h['statuses']}"]
+                   f"codelm: pass@1 {100 * h.pass_at_k['1']:.1f}% ({len(h.passed_problems)}/164), "
+                   f"{ours.seconds:.0f} s wall ({h.generate_seconds:.0f} s generating, batch {args.batch_size}); "
+                   f"outcomes {h.statuses}"]
         batched = samples(out / f"codelm-{mode}-b{args.batch_size}")
         if mode not in args.check.split(","):
             report.append("")

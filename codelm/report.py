@@ -20,6 +20,7 @@ from codelm.data.card import load_stats, stats_table  # noqa: E402
 from codelm.data.tokenize import TokenizedStats  # noqa: E402
 from codelm.eval.bpb import Compression  # noqa: E402
 from codelm.eval.contamination import excerpt_line  # noqa: E402
+from codelm.eval.results import EvalResults  # noqa: E402
 from codelm.io import atomic_write_json, atomic_write_text  # noqa: E402
 from codelm.precision import PrecisionChoice  # noqa: E402
 from codelm.train.metrics import TrainPoint, ValPoint, read_metrics  # noqa: E402
@@ -135,7 +136,7 @@ def write_report(run_dir: str | Path, title: str = "codelm run") -> Path:
             sections += [f"### Curation ({curated}/DATA_CARD.md)", "", stats_table(load_stats(curated)), ""]
     eval_results = run_dir / "eval" / "results.json"
     if eval_results.is_file():
-        sections += eval_section(json.loads(eval_results.read_text()), "eval/")
+        sections += eval_section(EvalResults.load(eval_results), "eval/")
     if samples:
         sections += ["## Samples (greedy)", ""]
         for s in samples:
@@ -172,53 +173,52 @@ def plot_pass_at_k(curve: dict[str, float], path: Path, label: str):
     plt.close(fig)
 
 
-def eval_section(results: dict, image_dir: str = "") -> list[str]:
+def eval_section(results: EvalResults, image_dir: str = "") -> list[str]:
     """The evaluation section: one table of headline numbers, then per-task detail."""
-    tasks, s = results["tasks"], results["settings"]
-    decoding = "greedy" if s["temperature"] == 0 else f"temperature {s['temperature']:g}, top-p {s['top_p']:g}"
+    tasks, s = results.tasks, results.settings
+    decoding = "greedy" if s.temperature == 0 else f"temperature {s.temperature:g}, top-p {s.top_p:g}"
     rows = []
-    if "humaneval" in tasks:
-        h = tasks["humaneval"]
-        shots = f", {h['few_shot']}-shot" if h["few_shot"] else ""
-        for k, v in h["pass@k"].items():
-            rows.append((f"HumanEval pass@{k}", f"**{100 * v:.1f}%** ({h['problems']} problems, n={h['n']}, "
-                                                f"{h['prompting']} prompting{shots}, {decoding})"))
-        rows.append(("HumanEval outcomes", ", ".join(f"{k} {v}" for k, v in sorted(h["statuses"].items()))))
+    h = tasks.get("humaneval")
+    if h:
+        shots = f", {h.few_shot}-shot" if h.few_shot else ""
+        for k, v in h.pass_at_k.items():
+            rows.append((f"HumanEval pass@{k}", f"**{100 * v:.1f}%** ({h.problems} problems, n={h.n}, "
+                                                f"{h.prompting} prompting{shots}, {decoding})"))
+        rows.append(("HumanEval outcomes", ", ".join(f"{k} {v}" for k, v in sorted(h.statuses.items()))))
     for name in ("humaneval-infill-single", "humaneval-infill-multi"):
         if name in tasks:
             t = tasks[name]
-            rows.append((f"{name} pass@1 / exact match", f"**{100 * t['pass@1']:.1f}%** / {100 * t['exact_match']:.1f}% "
-                                                        f"({t['tasks']} of {t['of']} tasks)"))
-    if "bpb" in tasks:
-        o = tasks["bpb"]["overall"]
-        rows.append(("bits per byte", f"**{o['bpb']:.4f}** ({o['documents']} files, {o['bytes']:,} bytes)"))
-    if "contamination" in tasks:
-        c = tasks["contamination"]
-        rows.append(("contamination", f"{c['flagged']} of {len(c['items'])} HumanEval items flagged (longest copy "
-                                      f">= {c['threshold']:.0%} of the item) in {c['documents']} documents"))
-    lines = ["## Evaluation", "", f"Checkpoint `{results['checkpoint']}`; sandbox isolation: "
-             f"{results.get('sandbox_isolation') or '-'}; {results['seconds']:.0f} s.", "", _table(rows), ""]
-    if "humaneval" in tasks and tasks["humaneval"]["n"] > 1:
+            rows.append((f"{name} pass@1 / exact match", f"**{100 * t.pass_at_1:.1f}%** / {100 * t.exact_match:.1f}% "
+                                                        f"({t.tasks} of {t.of} tasks)"))
+    bpb = tasks.get("bpb")
+    if bpb:
+        o = bpb.overall
+        rows.append(("bits per byte", f"**{o.bpb:.4f}** ({o.documents} files, {o.bytes:,} bytes)"))
+    c = tasks.get("contamination")
+    if c:
+        rows.append(("contamination", f"{c.flagged} of {len(c.items)} HumanEval items flagged (longest copy "
+                                      f">= {c.threshold:.0%} of the item) in {c.documents} documents"))
+    lines = ["## Evaluation", "", f"Checkpoint `{results.checkpoint}`; sandbox isolation: "
+             f"{results.sandbox_isolation or '-'}; {results.seconds:.0f} s.", "", _table(rows), ""]
+    if h and h.n > 1:
         lines += [f"![pass@k against k]({image_dir}pass_at_k.png)", ""]
-    if "bpb" in tasks and len(tasks["bpb"]["languages"]) > 1:
+    if bpb and len(bpb.languages) > 1:
         lines += ["| language | files | bytes | bits per byte |", "|---|---:|---:|---:|"]
-        lines += [f"| {name} | {r['documents']} | {r['bytes']:,} | {r['bpb']:.4f} |"
-                  for name, r in tasks["bpb"]["languages"].items()] + [""]
-    if "contamination" in tasks:
+        lines += [f"| {name} | {r.documents} | {r.bytes:,} | {r.bpb:.4f} |" for name, r in bpb.languages.items()] + [""]
+    if c:
         lines += ["Largest overlaps with the training corpus:", "",
                   "| item | longest copy (tokens) | share of item | n-grams found | where | excerpt |",
                   "|---|---:|---:|---:|---|---|"]
-        lines += [f"| {i['item']}{' **flagged**' if i['flagged'] else ''} | {i['longest']} | {i['longest_fraction']:.0%} "
-                  f"| {i['ngram_fraction']:.0%} | {i['document']} | `{excerpt_line(i['excerpt'])}` |"
-                  for i in tasks["contamination"]["items"][:10]] + [""]
+        lines += [f"| {i.item}{' **flagged**' if i.flagged else ''} | {i.longest} | {i.longest_fraction:.0%} "
+                  f"| {i.ngram_fraction:.0%} | {i.document} | `{excerpt_line(i.excerpt)}` |" for i in c.items[:10]] + [""]
     return lines
 
 
-def write_eval_report(out: Path, results: dict) -> Path:
+def write_eval_report(out: Path, results: EvalResults) -> Path:
     """OUT/report.md (and pass_at_k.png) for the results of one `codelm eval`."""
-    h = results["tasks"].get("humaneval")
-    if h and h["n"] > 1:  # with one sample per problem there is only pass@1
-        plot_pass_at_k(h["curve"], out / "pass_at_k.png", f"HumanEval, n={h['n']}")
+    h = results.tasks.get("humaneval")
+    if h and h.n > 1:  # with one sample per problem there is only pass@1
+        plot_pass_at_k(h.curve, out / "pass_at_k.png", f"HumanEval, n={h.n}")
     path = out / "report.md"
     atomic_write_text(path, "\n".join(["# codelm eval", "", *eval_section(results)]))
     return path

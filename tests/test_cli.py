@@ -9,6 +9,7 @@ from conftest import run_codelm
 
 from codelm.cli import build_parser
 from codelm.config import EvalConfig, SamplingParams, from_args
+from codelm.eval.results import EvalResults
 from codelm.sandbox.supervisor import Limits
 
 
@@ -69,12 +70,11 @@ def test_eval_generate_and_complete_on_a_checkpoint(tiny_config, corpus_paths, t
     run_codelm("eval", "--checkpoint", run, "--tasks", "humaneval,humaneval-infill-single,humaneval-infill-multi,"
                "bpb,contamination", "--limit", "3", "--n", "2", "--temperature", "0.8", "--k", "1,2,10",
                "--max-new-tokens", "12", "--data", mixed, "--corpus", mixed)
-    results = json.loads((run / "eval" / "results.json").read_text())
-    tasks = results["tasks"]
-    assert set(tasks["humaneval"]["pass@k"]) == {"1", "2"} and len(tasks["humaneval"]["curve"]) == 2
-    assert tasks["humaneval-infill-single"]["tasks"] == 3 and tasks["humaneval-infill-multi"]["of"] == 5815
-    assert set(tasks["bpb"]["languages"]) == {"Python", "C"} and tasks["bpb"]["overall"]["documents"] == 3
-    assert tasks["contamination"]["flagged"] == 1 and tasks["contamination"]["items"][0]["item"] == "HumanEval/2"
+    tasks = EvalResults.load(run / "eval" / "results.json").tasks
+    assert set(tasks["humaneval"].pass_at_k) == {"1", "2"} and len(tasks["humaneval"].curve) == 2
+    assert tasks["humaneval-infill-single"].tasks == 3 and tasks["humaneval-infill-multi"].of == 5815
+    assert set(tasks["bpb"].languages) == {"Python", "C"} and tasks["bpb"].overall.documents == 3
+    assert tasks["contamination"].flagged == 1 and tasks["contamination"].items[0].item == "HumanEval/2"
     rows = [json.loads(line) for line in (run / "eval" / "samples.jsonl").read_text().splitlines()]
     assert len(rows) == 3 * 3 * 2 and all(r["status"] in ("passed", "failed", "error", "timeout", "killed")
                                           for r in rows)

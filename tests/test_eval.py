@@ -12,6 +12,7 @@ from codelm.config import EvalConfig
 from codelm.eval.contamination import contamination_report
 from codelm.eval.infilling import multi_line_tasks, single_line_tasks
 from codelm.eval.passk import mean_pass_at_k, pass_at_k
+from codelm.eval.results import EvalResults
 from codelm.eval.runner import Evaluation
 from codelm.report import write_eval_report
 from codelm.sandbox.supervisor import run_many
@@ -161,14 +162,14 @@ def test_contamination_report_finds_the_copied_problem(tmp_path):
     (corpus / "partial.py").write_text(problems[10]["canonical_solution"])
     (corpus / "unrelated.py").write_text("def main():\n    print('hello world')\n")
     report = contamination_report([str(corpus)], n=10, threshold=0.5)
-    items = {i["item"]: i for i in report["items"]}
-    assert report["flagged"] == 1 and items["HumanEval/3"]["flagged"]
-    assert items["HumanEval/3"]["longest_fraction"] == 1.0 and items["HumanEval/3"]["document"] == "copied.py"
-    assert items["HumanEval/3"]["excerpt"] == copied[:500]
+    items = {i.item: i for i in report.items}
+    assert report.flagged == 1 and items["HumanEval/3"].flagged
+    assert items["HumanEval/3"].longest_fraction == 1.0 and items["HumanEval/3"].document == "copied.py"
+    assert items["HumanEval/3"].excerpt == copied[:500]
     partial = items["HumanEval/10"]
-    assert not partial["flagged"] and 0 < partial["longest_fraction"] < 0.5
-    assert partial["excerpt"].strip() in problems[10]["canonical_solution"]
-    assert items["HumanEval/0"]["longest"] == 0
+    assert not partial.flagged and 0 < partial.longest_fraction < 0.5
+    assert partial.excerpt.strip() in problems[10]["canonical_solution"]
+    assert items["HumanEval/0"].longest == 0
 
 
 class AnswerKey:
@@ -198,8 +199,9 @@ def test_humaneval_task_scores_a_model_that_knows_the_answers(code_tok, tmp_path
                             engine=AnswerKey(code_tok, answers))
     everything = evaluation.run()
     write_eval_report(tmp_path, everything)  # the CLI writes the report from the results
-    results = everything["tasks"]["humaneval"]
-    assert results["pass@k"] == {"1": pytest.approx(4 / 6)} and results["passed_problems"] == [p["task_id"] for p in problems[:4]]
+    results = everything.tasks["humaneval"]
+    assert results.pass_at_k == {"1": pytest.approx(4 / 6)} and results.passed_problems == [p["task_id"] for p in problems[:4]]
+    assert EvalResults.load(tmp_path / "results.json") == everything  # what the report reads back is what ran
     rows = [json.loads(line) for line in (tmp_path / "samples.jsonl").read_text().splitlines()]
     assert [r["status"] for r in rows[:4]] == ["passed"] * 4 and {r["status"] for r in rows[4:]} <= {"failed", "error"}
     assert rows[0]["prompt"] == problems[0]["prompt"] and all(r["error"] for r in rows[4:])
@@ -214,15 +216,15 @@ def test_infilling_task_scores_by_execution_and_exact_match(code_tok, tmp_path):
     answers = {code_tok.decode(fim_prompt(t.prefix, t.suffix, code_tok)): t.middle for t in tasks}
     evaluation = Evaluation(EvalConfig(checkpoint="answer key", tasks=["humaneval-infill-single"], limit=6,
                                        out=str(tmp_path)), engine=AnswerKey(code_tok, answers))
-    result = evaluation.run()["tasks"]["humaneval-infill-single"]
-    assert (result["tasks"], result["of"], result["pass@1"], result["exact_match"]) == (6, 1033, 1.0, 1.0)
+    result = evaluation.run().tasks["humaneval-infill-single"]
+    assert (result.tasks, result.of, result.pass_at_1, result.exact_match) == (6, 1033, 1.0, 1.0)
     rows = [json.loads(line) for line in (tmp_path / "samples.jsonl").read_text().splitlines()]
     chosen = {r["id"] for r in rows}
     wrong = {key: "    pass\n" for key in answers}  # every middle replaced by a no-op line
     evaluation = Evaluation(EvalConfig(checkpoint="answer key", tasks=["humaneval-infill-single"], limit=6,
                                        out=str(tmp_path)), engine=AnswerKey(code_tok, wrong))
-    result = evaluation.run()["tasks"]["humaneval-infill-single"]
-    assert result["exact_match"] == 0 and result["pass@1"] < 1
+    result = evaluation.run().tasks["humaneval-infill-single"]
+    assert result.exact_match == 0 and result.pass_at_1 < 1
     assert {json.loads(line)["id"] for line in (tmp_path / "samples.jsonl").read_text().splitlines()} == chosen
 
 

@@ -15,6 +15,7 @@ from codelm.checkpoint import load_model, save_checkpoint, save_model
 from codelm.cli import build_parser
 from codelm.config import SamplingParams
 from codelm.errors import UserError
+from codelm.eval.results import EvalResults
 from codelm.inference.engine import Engine, decode_precision
 from codelm.inference.quant import Int8Linear, is_quantized, load_kernel, quantize_int8
 from codelm.interop.gguf import import_gguf
@@ -154,9 +155,9 @@ def test_cli_quantize_and_dtype_flags(tiny_checkpoint, tmp_path, kernel):
     (code / "a.py").write_text("def add(a, b):\n    return a + b\n" * 20)
     run_codelm("eval", "--checkpoint", str(tiny_checkpoint), "--tasks", "bpb", "--data", str(code),
                "--out", str(tmp_path / "eval"), "--quantize", "int8", "--dtype", "fp32")
-    results = json.loads((tmp_path / "eval" / "results.json").read_text())
-    assert results["settings"]["quantize"] == "int8" and results["precision"] == "float32"
-    assert results["tasks"]["bpb"]["overall"]["bpb"] > 0
+    results = EvalResults.load(tmp_path / "eval" / "results.json")
+    assert results.settings.quantize == "int8" and results.precision == "float32"
+    assert results.tasks["bpb"].overall.bpb > 0
     for command in (["generate", "--checkpoint", "c", "--prompt", "x"], ["complete", "--checkpoint", "c",
                     "--prefix-file", "a", "--suffix-file", "b"], ["eval", "--checkpoint", "c"]):
         args = build_parser().parse_args(command)

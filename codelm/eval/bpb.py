@@ -44,9 +44,35 @@ def unigram_entropy(docs, vocab_size: int, eot_id: int) -> float:
     return float(-(p * np.log(p)).sum())
 
 
+@dataclass
+class LanguageBpb:
+    loss: float
+    bpb: float
+    tokens: int
+    bytes: int
+    documents: int
+
+
+@dataclass
+class BpbScore:
+    """`codelm eval --tasks bpb`: bits per byte over all files and per language."""
+    overall: LanguageBpb
+    languages: dict[str, LanguageBpb]
+    skipped: dict[str, int]
+    seconds: float = 0.0
+
+    @classmethod
+    def from_json(cls, d: dict) -> "BpbScore":
+        return cls(**{**d, "overall": LanguageBpb(**d["overall"]),
+                      "languages": {k: LanguageBpb(**v) for k, v in d["languages"].items()}})
+
+    def summary(self) -> str:
+        return f"bpb: {self.overall.bpb:.4f} over {self.overall.documents} files"
+
+
 def evaluate_languages(model: Transformer, tok: Tokenizer, paths: list[str], seq_len: int = 0,
-                       batch_rows: int = 16) -> dict:
-    """{"overall": ..., "languages": {name: ...}, "documents", "skipped"}; a file's language comes from its name.
+                       batch_rows: int = 16) -> BpbScore:
+    """Bits per byte of the code files under paths, overall and per language (from each file's name).
 
     Runs in the model's own weight dtype: the caller chose it (measured or asked for)."""
     corpus = Corpus(paths)
@@ -59,11 +85,14 @@ def evaluate_languages(model: Transformer, tok: Tokenizer, paths: list[str], seq
     seq_len = seq_len or model.config.max_seq_len
     device = next(model.parameters()).device
     autocast = contextlib.nullcontext()  # the weights' own dtype, as the engine chose it (--dtype)
-    languages = {name: {**asdict(held_out_loss(model, held_out_loader(docs, tok, seq_len, batch_rows),
-                                               token_bytes_tensor(tok), autocast, device)), "documents": len(docs)}
+    languages = {name: LanguageBpb(**asdict(held_out_loss(model, held_out_loader(docs, tok, seq_len, batch_rows),
+                                                          token_bytes_tensor(tok), autocast, device)),
+                                   documents=len(docs))
                  for name, docs in sorted(groups.items(), key=lambda kv: -len(kv[1]))}
-    total = {key: sum(r[key] for r in languages.values()) for key in ("tokens", "bytes", "documents")}
+    scores = languages.values()
+    tokens, n_bytes = sum(r.tokens for r in scores), sum(r.bytes for r in scores)
     # bpb and loss are ratios: the overall values weight each language by its bytes and tokens
-    total["bpb"] = sum(r["bpb"] * r["bytes"] for r in languages.values()) / max(total["bytes"], 1)
-    total["loss"] = sum(r["loss"] * r["tokens"] for r in languages.values()) / max(total["tokens"], 1)
-    return {"overall": total, "languages": languages, "skipped": dict(corpus.skipped)}
+    overall = LanguageBpb(loss=sum(r.loss * r.tokens for r in scores) / max(tokens, 1),
+                          bpb=sum(r.bpb * r.bytes for r in scores) / max(n_bytes, 1), tokens=tokens, bytes=n_bytes,
+                          documents=sum(r.documents for r in scores))
+    return BpbScore(overall=overall, languages=languages, skipped=dict(corpus.skipped))

@@ -14,7 +14,7 @@ MAX_OCCURRENCES times (boilerplate) keep only their first occurrences.
 """
 
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 from tqdm import tqdm
@@ -83,18 +83,34 @@ def humaneval_texts() -> list[tuple[str, str]]:
     return [(p["task_id"], p["prompt"] + p["canonical_solution"]) for p in load_problems()]
 
 
+@dataclass
+class ContaminationReport:
+    corpus: list[str]
+    documents: int
+    ngram: int
+    threshold: float
+    flagged: int
+    items: list[Overlap]  # largest overlap first
+    seconds: float = 0.0
+
+    @classmethod
+    def from_json(cls, d: dict) -> "ContaminationReport":
+        return cls(**{**d, "items": [Overlap(**o) for o in d["items"]]})
+
+    def summary(self) -> str:
+        return f"contamination: {self.flagged} of {len(self.items)} items flagged"
+
+
 def contamination_report(corpus: list[str], items: list[tuple[str, str]] | None = None, n: int = 10,
-                         threshold: float = 0.5) -> dict:
+                         threshold: float = 0.5) -> ContaminationReport:
     """Overlap of each benchmark item (default: HumanEval) with the documents of a corpus (`codelm curate` output
     or files/directories of code)."""
     documents = [(d.key, d.text) for d in Corpus(corpus).documents()]
     index = CorpusIndex(documents, n)
     overlaps = [index.overlap(name, text, threshold) for name, text in items or humaneval_texts()]
-    return {
-        "corpus": corpus, "documents": len(documents), "ngram": n, "threshold": threshold,
-        "flagged": sum(o.flagged for o in overlaps),
-        "items": [asdict(o) for o in sorted(overlaps, key=lambda o: -o.longest_fraction)],
-    }
+    return ContaminationReport(corpus=corpus, documents=len(documents), ngram=n, threshold=threshold,
+                               flagged=sum(o.flagged for o in overlaps),
+                               items=sorted(overlaps, key=lambda o: -o.longest_fraction))
 
 
 def excerpt_line(text: str, width: int = 60) -> str:

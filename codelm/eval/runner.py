@@ -9,9 +9,10 @@ Tasks:
 - contamination: overlap of every HumanEval item with --corpus (no model needed).
 
 Outputs, in OUT (default: CHECKPOINT/eval, or RUN/eval for a run directory):
-results.json (every number), samples.jsonl (one row per completion: prompt,
-completion, status, error excerpt) and report.md with pass_at_k.png; a run's
-own report.md gains the evaluation section.
+results.json (every number: codelm.eval.results) and samples.jsonl (one row
+per completion: prompt, completion, status, error excerpt). The CLI then
+writes report.md with pass_at_k.png, and a run's own report.md gains the
+evaluation section.
 
 Generation is batched with prompts sorted by length. A prompt that leaves no
 room in the model's context is not generated: the sample counts as failed,
@@ -23,7 +24,6 @@ import random
 import re
 import time
 from collections import Counter
-from dataclasses import asdict
 from pathlib import Path
 
 from tqdm import tqdm
@@ -34,9 +34,10 @@ from codelm.data.fim import fim_prompt
 from codelm.data.tokenize import TokenizedStats
 from codelm.errors import UserError
 from codelm.eval import infilling
-from codelm.eval.bpb import evaluate_languages
-from codelm.eval.contamination import contamination_report
+from codelm.eval.bpb import BpbScore, evaluate_languages
+from codelm.eval.contamination import ContaminationReport, contamination_report
 from codelm.eval.passk import mean_pass_at_k
+from codelm.eval.results import EvalResults, HumanEvalScore, InfillingScore
 from codelm.inference.engine import Engine
 from codelm.io import atomic_write_bytes
 from codelm.sandbox.supervisor import environment, run_many
@@ -89,26 +90,28 @@ class Evaluation:
         self.out = Path(cfg.out) if cfg.out else default_out(cfg.checkpoint)
         self.samples: list[dict] = []
 
-    def run(self) -> dict:
+    def run(self) -> EvalResults:
         if any(t.startswith("humaneval-infill") for t in self.cfg.tasks):  # fail before any work
             self.engine.tok.require(FIM_PREFIX, FIM_SUFFIX, FIM_MIDDLE)
         start = time.time()
-        results = {"checkpoint": self.cfg.checkpoint, "settings": asdict(self.cfg), "tasks": {},
-                   "precision": str(self.engine.dtype).removeprefix("torch.") if self.engine else None}
+        results = EvalResults(checkpoint=self.cfg.checkpoint, settings=self.cfg, tasks={},
+                              precision=str(self.engine.dtype).removeprefix("torch.") if self.engine else None)
         for task in self.cfg.tasks:
             print(f"=== {task}", flush=True)
             task_start = time.time()
             runner = {"humaneval": self.humaneval, "humaneval-infill-single": self.infilling,
                       "humaneval-infill-multi": self.infilling, "bpb": self.bpb,
                       "contamination": self.contamination}[task]
-            results["tasks"][task] = {**runner(task), "seconds": round(time.time() - task_start, 1)}
-            print(summary_line(task, results["tasks"][task]), flush=True)
-        results["sandbox_isolation"] = environment()[0] if self.samples else None
-        results["seconds"] = round(time.time() - start, 1)
+            score = runner(task)
+            score.seconds = round(time.time() - task_start, 1)
+            results.tasks[task] = score
+            print(score.summary(), flush=True)
+        results.sandbox_isolation = environment()[0] if self.samples else None
+        results.seconds = round(time.time() - start, 1)
         self.write(results)
         return results
 
-    def humaneval(self, task: str) -> dict:
+    def humaneval(self, task: str) -> HumanEvalScore:
         cfg, engine = self.cfg, self.engine
         problems = humaneval.load_problems()
         chosen = problems[:cfg.limit] if cfg.limit else problems
@@ -137,13 +140,14 @@ class Evaluation:
             n, c = counts.get(row["id"], (0, 0))
             counts[row["id"]] = (n + 1, c + (row["status"] == "passed"))
         per_problem = list(counts.values())
-        return {"problems": len(chosen), "n": cfg.n, "prompting": "chat" if cfg.chat else "base",
-                "few_shot": cfg.few_shot, "pass@k": {str(k): v for k, v in mean_pass_at_k(per_problem, cfg.k).items()},
-                "curve": {str(k): v for k, v in mean_pass_at_k(per_problem, list(range(1, cfg.n + 1))).items()},
-                "statuses": statuses, "generate_seconds": round(generate_seconds, 1),
-                "passed_problems": sorted((pid for pid, (_, c) in counts.items() if c), key=task_number)}
+        return HumanEvalScore(
+            problems=len(chosen), n=cfg.n, prompting="chat" if cfg.chat else "base", few_shot=cfg.few_shot,
+            pass_at_k={str(k): v for k, v in mean_pass_at_k(per_problem, cfg.k).items()},
+            curve={str(k): v for k, v in mean_pass_at_k(per_problem, list(range(1, cfg.n + 1))).items()},
+            statuses=statuses, generate_seconds=round(generate_seconds, 1),
+            passed_problems=sorted((pid for pid, (_, c) in counts.items() if c), key=task_number))
 
-    def infilling(self, task: str) -> dict:
+    def infilling(self, task: str) -> InfillingScore:
         cfg, engine = self.cfg, self.engine
         problems = {p["task_id"]: p for p in humaneval.load_problems()}
         build = infilling.single_line_tasks if task.endswith("single") else infilling.multi_line_tasks
@@ -164,14 +168,14 @@ class Evaluation:
                              "finish_reason": completions[j].finish_reason if completions else "skipped"})
                 jobs.append((t.prefix + middle + t.suffix, humaneval.tests(problem)) if completions else None)
         statuses = self.execute(rows, jobs)
-        return {"tasks": len(tasks), "of": total, "n": cfg.n,
-                "pass@1": sum(r["status"] == "passed" for r in rows) / max(len(rows), 1),
-                "exact_match": sum(r["exact"] for r in rows) / max(len(rows), 1), "statuses": statuses}
+        return InfillingScore(task=task, tasks=len(tasks), of=total, n=cfg.n,
+                              pass_at_1=sum(r["status"] == "passed" for r in rows) / max(len(rows), 1),
+                              exact_match=sum(r["exact"] for r in rows) / max(len(rows), 1), statuses=statuses)
 
-    def bpb(self, task: str) -> dict:
+    def bpb(self, task: str) -> BpbScore:
         return evaluate_languages(self.engine.model, self.engine.tok, self.cfg.data)
 
-    def contamination(self, task: str) -> dict:
+    def contamination(self, task: str) -> ContaminationReport:
         return contamination_report(self.cfg.corpus, threshold=self.cfg.contamination_threshold)
 
     def execute(self, rows: list[dict], jobs: list) -> dict:
@@ -187,9 +191,9 @@ class Evaluation:
         self.samples += rows
         return dict(Counter(row["status"] for row in rows))
 
-    def write(self, results: dict):
+    def write(self, results: EvalResults):
         self.out.mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(self.out / "results.json", [json.dumps(results, indent=2).encode()])
+        results.save(self.out / "results.json")
         atomic_write_bytes(self.out / "samples.jsonl", [(json.dumps(row) + "\n").encode() for row in self.samples])
 
 
@@ -203,18 +207,6 @@ def same_code(a: str, b: str) -> bool:
 
 def task_number(task_id: str) -> int:
     return int(re.sub(r"\D", "", task_id) or 0)
-
-
-def summary_line(task: str, result: dict) -> str:
-    if task == "humaneval":
-        scores = ", ".join(f"pass@{k} {v:.3f}" for k, v in result["pass@k"].items())
-        return f"{task}: {scores} over {result['problems']} problems ({result['statuses']})"
-    if task.startswith("humaneval-infill"):
-        return (f"{task}: pass@1 {result['pass@1']:.3f}, exact match {result['exact_match']:.3f} "
-                f"over {result['tasks']} tasks")
-    if task == "bpb":
-        return f"bpb: {result['overall']['bpb']:.4f} over {result['overall']['documents']} files"
-    return f"contamination: {result['flagged']} of {len(result['items'])} items flagged"
 
 
 def default_out(checkpoint: str | None) -> Path:

@@ -1,0 +1,79 @@
+"""results.json of `codelm eval`: one typed record per task, written by the runner, read by the report and benches.
+
+A record's fields are the file's keys, so a renamed field fails where it is
+read back (`EvalResults.load`), not as a missing key deep in a report.
+"""
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from codelm.config import EvalConfig
+from codelm.eval.bpb import BpbScore
+from codelm.eval.contamination import ContaminationReport
+from codelm.io import atomic_write_json
+
+
+@dataclass
+class HumanEvalScore:
+    problems: int
+    n: int  # completions per problem
+    prompting: str  # base | chat
+    few_shot: int
+    pass_at_k: dict[str, float]  # for the requested k <= n
+    curve: dict[str, float]  # pass@k for every k from 1 to n
+    statuses: dict[str, int]  # sandbox verdicts of all completions
+    generate_seconds: float
+    passed_problems: list[str]
+    seconds: float = 0.0
+
+    @classmethod
+    def from_json(cls, d: dict) -> "HumanEvalScore":
+        return cls(**d)
+
+    def summary(self) -> str:
+        scores = ", ".join(f"pass@{k} {v:.3f}" for k, v in self.pass_at_k.items())
+        return f"humaneval: {scores} over {self.problems} problems ({self.statuses})"
+
+
+@dataclass
+class InfillingScore:
+    task: str
+    tasks: int  # evaluated
+    of: int  # in the benchmark
+    n: int
+    pass_at_1: float
+    exact_match: float
+    statuses: dict[str, int]
+    seconds: float = 0.0
+
+    @classmethod
+    def from_json(cls, d: dict) -> "InfillingScore":
+        return cls(**d)
+
+    def summary(self) -> str:
+        return f"{self.task}: pass@1 {self.pass_at_1:.3f}, exact match {self.exact_match:.3f} over {self.tasks} tasks"
+
+
+TaskScore = HumanEvalScore | InfillingScore | BpbScore | ContaminationReport
+RECORDS = {"humaneval": HumanEvalScore, "humaneval-infill-single": InfillingScore,
+           "humaneval-infill-multi": InfillingScore, "bpb": BpbScore, "contamination": ContaminationReport}
+
+
+@dataclass
+class EvalResults:
+    checkpoint: str | None
+    settings: EvalConfig
+    precision: str | None  # what the engine ran in (None: no model task)
+    tasks: dict[str, TaskScore]
+    sandbox_isolation: str | None = None  # how generated code was confined (None: nothing ran)
+    seconds: float = 0.0
+
+    def save(self, path: Path):
+        atomic_write_json(path, asdict(self))
+
+    @classmethod
+    def load(cls, path: Path) -> "EvalResults":
+        d = json.loads(Path(path).read_text())
+        tasks = {name: RECORDS[name].from_json(task) for name, task in d["tasks"].items()}
+        return cls(**{**d, "settings": EvalConfig(**d["settings"]), "tasks": tasks})
