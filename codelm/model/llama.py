@@ -4,7 +4,7 @@ RMSNorm, rotary position embeddings, SwiGLU MLP, grouped-query attention,
 optional QK-norm and tied embeddings. Module and parameter names follow
 Hugging Face's `LlamaForCausalLM` (`model.layers.0.self_attn.q_proj.weight`,
 ...), and RoPE uses HF's rotate-half layout, so a state dict is an HF Llama
-checkpoint as is.
+checkpoint as is (with QK-norm, a Qwen3 one: codelm.checkpoint says which).
 
 Three entry points, one per use:
 - `forward(input_ids, doc_ids)`: logits of packed rows (evaluation). `doc_ids`
@@ -150,7 +150,9 @@ class DecoderLayer(nn.Module):
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
-class LlamaModel(nn.Module):
+class Decoder(nn.Module):
+    """Embedding, the layers and the final norm: the body of the network, without the LM head."""
+
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.dim)
@@ -164,7 +166,7 @@ class Transformer(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.config = cfg
-        self.model = LlamaModel(cfg)
+        self.model = Decoder(cfg)  # attribute names as HF's: state-dict keys model.layers.N..., lm_head
         self.lm_head = nn.Linear(cfg.dim, cfg.vocab_size, bias=False)
         if cfg.tie_embeddings:
             self.lm_head.weight = self.model.embed_tokens.weight
