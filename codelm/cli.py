@@ -58,14 +58,14 @@ def cmd_data_stats(args):
 
 
 def cmd_tokenizer_train(args):
-    from codelm.data.tokenize import train_tokenizer_on_corpus
+    from codelm.data.corpus import train_tokenizer_on_corpus
 
     tok, docs = train_tokenizer_on_corpus(args.data, args.out, args.vocab_size, args.val_fraction)
     print(f"tokenizer: {tok.vocab_size} tokens, trained on {docs} documents -> {args.out}")
 
 
 def cmd_tokenize(args):
-    from codelm.data.tokenize import tokenize_corpus
+    from codelm.data.corpus import tokenize_corpus
 
     stats = tokenize_corpus(args.data, args.tokenizer, args.out, args.val_fraction)
     print(json.dumps(asdict(stats), indent=2))

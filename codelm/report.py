@@ -17,7 +17,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from codelm.data.card import load_stats, stats_table  # noqa: E402
-from codelm.data.tokenize import TokenizedStats  # noqa: E402
+from codelm.data.corpus import TokenizedStats  # noqa: E402
 from codelm.eval.bpb import Compression  # noqa: E402
 from codelm.eval.contamination import excerpt_line  # noqa: E402
 from codelm.eval.results import EvalResults  # noqa: E402

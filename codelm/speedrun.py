@@ -13,9 +13,9 @@ from pathlib import Path
 from codelm.checkpoint import latest_checkpoint, load_model
 from codelm.config import EvalConfig, ModelConfig, SamplingParams, field_default, load_config
 from codelm.data.card import load_stats, stats_table
+from codelm.data.corpus import TokenizedStats, tokenize_corpus, train_tokenizer_on_corpus
 from codelm.data.pipeline import curate, load_curate_config
 from codelm.data.shards import TokenShards
-from codelm.data.tokenize import TokenizedStats, tokenize_corpus, train_tokenizer_on_corpus
 from codelm.errors import UserError
 from codelm.eval.bpb import compression_bpb, unigram_entropy
 from codelm.eval.runner import Evaluation

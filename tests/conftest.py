@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from codelm.data.corpus import tokenize_corpus, train_tokenizer_on_corpus
 from codelm.data.sources import stdlib_root
-from codelm.data.tokenize import tokenize_corpus, train_tokenizer_on_corpus
 
 REPO = Path(__file__).resolve().parent.parent
 # precision and throughput probes are cached per machine; tests (and the CLI runs they start) use their own cache
@@ -80,11 +80,11 @@ def tiny_config(tmp_path, tokens_dir):
     return make
 
 
-def run_codelm(*args, check=True, **kwargs) -> subprocess.CompletedProcess:
+def run_codelm(*args, check=True, cwd=REPO, **kwargs) -> subprocess.CompletedProcess:
     """The real CLI in a fresh process, as a user runs it."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.run([sys.executable, "-m", "codelm", *map(str, args)], capture_output=True, text=True,
-                          env=env, cwd=REPO, **kwargs)
+                          env=env, cwd=cwd, **kwargs)
     if check and proc.returncode != 0:
         raise AssertionError(f"codelm {' '.join(map(str, args))} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
     return proc

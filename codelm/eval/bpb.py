@@ -11,8 +11,8 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from codelm.data.corpus import Corpus
 from codelm.data.languages import language_of
-from codelm.data.tokenize import Corpus
 from codelm.errors import UserError
 from codelm.model.llama import Transformer
 from codelm.tokenizer import Tokenizer

@@ -19,8 +19,8 @@ from dataclasses import dataclass
 import numpy as np
 from tqdm import tqdm
 
+from codelm.data.corpus import Corpus
 from codelm.data.ngrams import CODE_TOKENS, TokenHasher, ngram_hashes
-from codelm.data.tokenize import Corpus
 from codelm.tasks.humaneval import load_problems
 
 MAX_OCCURRENCES = 64

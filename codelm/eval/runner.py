@@ -30,8 +30,8 @@ from tqdm import tqdm
 
 from codelm.chat import encode_chat
 from codelm.config import MODEL_TASKS, EvalConfig, SamplingParams, load_config
+from codelm.data.corpus import TokenizedStats
 from codelm.data.fim import fim_prompt
-from codelm.data.tokenize import TokenizedStats
 from codelm.errors import UserError
 from codelm.eval import infilling
 from codelm.eval.bpb import BpbScore, evaluate_languages
