@@ -1,4 +1,4 @@
-"""The generation engine every stage uses: evaluation, post-training samples, serving, the CLI.
+"""The generation engine: the CLI, the speedrun's samples and the evaluator all decode through it.
 
 One prefill forward per batch of prompts (left-padded to one length), then one
 token per step through the KV cache, until max_new_tokens or the end of the
