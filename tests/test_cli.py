@@ -5,6 +5,7 @@ import os
 import re
 from dataclasses import fields
 
+import pytest
 from conftest import run_codelm
 
 from codelm.cli import build_parser
@@ -56,6 +57,7 @@ def test_bad_files_are_skipped_and_counted(tmp_path, tokens_dir):
     assert proc.returncode == 0
 
 
+@pytest.mark.slow
 def test_eval_generate_and_complete_on_a_checkpoint(tiny_config, corpus_paths, tmp_path):
     config, run = tiny_config()
     run_codelm("pretrain", "--config", config, "--set", "train.max_steps=5", "--set", "model.max_seq_len=1024")
@@ -125,6 +127,7 @@ def test_cli_options_carry_the_config_defaults():
         assert not unused, f"{argv[0]}: options {unused} reach no {cls.__name__} field"
 
 
+@pytest.mark.slow
 def test_help_explains_every_command():
     for cmd in (["speedrun"], ["tokenizer", "train"], ["tokenize"], ["pretrain"], ["generate"], ["complete"],
                 ["import"], ["export"], ["sandbox", "run"], ["eval"]):

@@ -9,7 +9,7 @@ from codelm.config import OptimConfig, load_config, to_toml
 from codelm.errors import UserError
 from codelm.train.loop import learning_rate
 
-TINY = REPO / "configs" / "tiny.toml"
+TINY = REPO / "codelm" / "configs" / "tiny.toml"
 
 
 def test_overrides_are_typed_and_nested(tmp_path):
@@ -44,7 +44,7 @@ def test_resolved_config_round_trips(tmp_path):
 
 def test_missing_config_file():
     with pytest.raises(UserError, match="config file not found"):
-        load_config(REPO / "configs" / "nope.toml")
+        load_config(REPO / "codelm" / "configs" / "nope.toml")
 
 
 def test_cosine_schedule_warms_up_then_decays_to_the_floor():

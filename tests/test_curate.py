@@ -277,6 +277,7 @@ def _assert_same_files(a, b, except_names=()):
         assert (a / rel).read_bytes() == (b / rel).read_bytes(), rel
 
 
+@pytest.mark.slow
 def test_ray_executor_reproduces_the_local_run(curated, hostile_corpus, tmp_path):
     """The same config on a local Ray instance (datatrove's RayPipelineExecutor) gives the same bytes.
 
@@ -349,4 +350,4 @@ def test_example_data_config_has_only_known_keys():
     from conftest import REPO
 
     with pytest.raises(UserError, match="source 'code': path not found"):  # parsing got past every key
-        load_curate_config(str(REPO / "configs" / "data.toml"))
+        load_curate_config(str(REPO / "codelm" / "configs" / "data.toml"))

@@ -176,6 +176,7 @@ def test_hf_config_round_trips_and_unrepresentable_configs_are_refused():
     assert model_config_from_hf(qwen3 | v5_rope).rope_theta == 1e6
 
 
+@pytest.mark.slow
 def test_cli_import_export_generate_and_complete(small_model, tmp_path):
     model, tok = small_model
     write_gguf(tmp_path / "m.gguf", model, tok, {})
@@ -212,6 +213,7 @@ def smollm2(tmp_path_factory):
     return ckpt, hf_model, hf_tok
 
 
+@pytest.mark.slow
 def test_smollm2_tokenizer_and_logits_match_transformers(smollm2):
     ckpt, hf_model, hf_tok = smollm2
     model, tok, _ = load_model(ckpt)
@@ -224,6 +226,7 @@ def test_smollm2_tokenizer_and_logits_match_transformers(smollm2):
     assert (theirs - logprobs(model, ids)).abs().max() < 1e-3
 
 
+@pytest.mark.slow
 def test_smollm2_greedy_generation_matches_transformers(smollm2):
     ckpt, hf_model, _ = smollm2
     engine = Engine.from_checkpoint(ckpt, dtype="fp32")
@@ -234,6 +237,7 @@ def test_smollm2_greedy_generation_matches_transformers(smollm2):
     assert len(theirs) > 20 and ours.token_ids == theirs
 
 
+@pytest.mark.slow
 def test_smollm2_empty_prompt_is_one_line_error(smollm2):
     """SmolLM2's tokenizer adds no BOS: an empty prompt is no tokens at all, which nothing can continue."""
     proc = run_codelm("generate", "--checkpoint", smollm2[0], "--prompt", "", check=False)
@@ -241,6 +245,7 @@ def test_smollm2_empty_prompt_is_one_line_error(smollm2):
     assert proc.stderr.splitlines()[-1] == "codelm: error: empty prompt: give at least one token"
 
 
+@pytest.mark.slow
 def test_smollm2_export_loads_in_transformers_with_the_same_logits(smollm2, tmp_path):
     import transformers
 
@@ -259,6 +264,7 @@ def test_smollm2_export_loads_in_transformers_with_the_same_logits(smollm2, tmp_
     assert math.isclose(json.loads((out / "config.json").read_text())["rope_theta"], 100000.0)
 
 
+@pytest.mark.slow
 def test_smollm2_chat_prompt_matches_transformers_and_infilling_is_refused(smollm2, tmp_path):
     ckpt, _, hf_tok = smollm2
     _, tok, _ = load_model(ckpt)
@@ -271,6 +277,7 @@ def test_smollm2_chat_prompt_matches_transformers_and_infilling_is_refused(smoll
         Evaluation(EvalConfig(checkpoint=str(ckpt), tasks=["humaneval-infill-single"], out=str(tmp_path))).run()
 
 
+@pytest.mark.slow
 def test_fp64_greedy_is_independent_of_the_batch(smollm2):
     """fp32 logits of a prompt move by ~1e-5 with its batch mates (CPU kernels sum in a shape-dependent order);
     in fp64 they are identical once rounded to fp32, so greedy output cannot depend on the batch."""

@@ -66,6 +66,7 @@ def test_int8_kernel_matches_dequantized_product(kernel):
             quantized.scale.max() / 2 + 1e-7  # rounding error: half a step of each row's scale
 
 
+@pytest.mark.slow
 def test_int8_smollm2_logits_and_greedy_tokens_stay_close_to_fp32(smollm2, capsys):
     """Tolerances, measured: loss +0.02%, mean |log p difference| of the next tokens 0.06 nats, argmax agreement
     97% under teacher forcing; free-running greedy generations share ~60% of their tokens before first diverging."""
@@ -95,6 +96,7 @@ def test_int8_smollm2_logits_and_greedy_tokens_stay_close_to_fp32(smollm2, capsy
     assert prefix_agreement > 0.4
 
 
+@pytest.mark.slow
 def test_compiled_decode_gives_the_eager_tokens(code_tok, kernel):
     """Greedy and sampled, n > 1, rows finishing at different steps (stop strings), beam search; fp32 and int8."""
     prompts = ["import os", "class Parser:\n    def __init__(self, text):", "x = [1, 2"]
@@ -145,6 +147,7 @@ def test_auto_dtype_takes_the_faster_decode_step_and_caches_it(monkeypatch, tmp_
     assert decode_precision("auto", model, quantize="int8").precision == "bf16" and len(probed) == 4  # own key
 
 
+@pytest.mark.slow
 def test_cli_quantize_and_dtype_flags(tiny_checkpoint, tmp_path, kernel):
     out = run_codelm("generate", "--checkpoint", str(tiny_checkpoint), "--prompt", "def f(", "--max-new-tokens", "4",
                      "--quantize", "int8", "--dtype", "fp32")

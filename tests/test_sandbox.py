@@ -57,6 +57,7 @@ HOSTILE = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", list(HOSTILE))
 def test_hostile_program_is_contained(name):
     program, expected = HOSTILE[name]
@@ -124,6 +125,7 @@ def test_parallel_runs_keep_their_order_and_the_cli_runs_one(tmp_path):
     assert missing.returncode == 2 and "file not found" in missing.stderr
 
 
+@pytest.mark.slow
 def test_warm_slots_are_clean_between_jobs_and_replaced_when_they_die(tmp_path):
     """One supervisor serves many jobs: what a job leaves running is killed before the next starts, a fork
     bomb in one slot does not starve another (each slot has its own user), and a dead supervisor is restarted."""

@@ -29,6 +29,7 @@ def final_validation(run_dir) -> ValPoint:
     return next(r for r in val if r.final)
 
 
+@pytest.mark.slow
 def test_a_few_hundred_steps_beat_the_unigram_baseline(tiny_config, tokens_dir):
     config, run = tiny_config()
     run_codelm("pretrain", "--config", config, "--set", "train.max_steps=300", "--set", "train.precision='auto'",
@@ -49,6 +50,7 @@ def test_a_few_hundred_steps_beat_the_unigram_baseline(tiny_config, tokens_dir):
     assert chosen["requested"] == "auto" and chosen["precision"] == min(chosen["timings"], key=chosen["timings"].get)
 
 
+@pytest.mark.slow
 def test_muon_trains_and_resumes_exactly(tiny_config):
     config, straight = tiny_config("muon")
     muon = ["--set", "optim.name='muon'", "--set", "train.max_steps=10", "--set", "train.ckpt_every=5"]
@@ -73,6 +75,7 @@ def test_a_diverged_loss_stops_with_one_line(tiny_config):
     assert re.fullmatch(r"codelm: error: loss is nan at step \d+: lower optim.lr or check the data\n", proc.stderr)
 
 
+@pytest.mark.slow
 def test_sigint_then_resume_reproduces_the_uninterrupted_losses(tiny_config):
     steps = 200  # long enough that a test process starved for seconds still signals mid-run
     config, straight = tiny_config("straight")
@@ -133,6 +136,7 @@ def test_a_kill_during_checkpoint_write_leaves_the_previous_checkpoint(tmp_path,
         assert torch.equal(value, expected[name])
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not torch.distributed.is_gloo_available(), reason="gloo backend not built into this torch")
 def test_ddp_on_two_gloo_processes_matches_one_process(tiny_config):
     steps = 8
@@ -152,6 +156,7 @@ def test_ddp_on_two_gloo_processes_matches_one_process(tiny_config):
     assert one[steps] < one[1]  # and it trained
 
 
+@pytest.mark.slow
 def test_a_time_budget_fixes_the_number_of_steps(tiny_config):
     config, run = tiny_config()
     proc = run_codelm("pretrain", "--config", config, "--set", "train.max_steps=0", "--set", "train.max_minutes=0.15")
