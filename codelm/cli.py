@@ -251,8 +251,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--max-steps", type=int, default=None, help="train exactly this many steps instead of a time budget")
     s.add_argument("--config", default=None, help="model/training config (default: codelm/configs/tiny.toml)")
     s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
-    s.add_argument("--vocab-size", type=int, default=field_default(ModelConfig, "vocab_size"),
-                   help="tokenizer vocabulary (default %(default)s)")
+    s.add_argument("--vocab-size", type=int, default=None,
+                   help="tokenizer vocabulary, and the model's (default: the config's model.vocab_size)")
     s.add_argument("--shape", default="auto", choices=["auto", "config", *SHAPE_NAMES],
                    help="model shape: auto (default) times a ladder of shapes here and takes the largest that sees "
                    "enough tokens per parameter in the budget; config keeps the config file's; or a ladder shape")

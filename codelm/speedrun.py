@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 from codelm.checkpoint import latest_checkpoint, load_model
-from codelm.config import EvalConfig, ModelConfig, SamplingParams, field_default, load_config
+from codelm.config import EvalConfig, SamplingParams, load_config
 from codelm.data.card import load_stats, stats_table
 from codelm.data.corpus import TokenizedStats, tokenize_corpus, train_tokenizer_on_corpus
 from codelm.data.pipeline import curate, load_curate_config
@@ -91,7 +91,7 @@ def fit_shape(cfg, shape: str, run_dir: Path) -> tuple[list[str], str]:
             f"model.n_kv_heads={s.n_kv_heads}"], plan["text"]
 
 
-def speedrun(data=None, out=None, minutes=None, max_steps=None, config=None, overrides=(), vocab_size=field_default(ModelConfig, "vocab_size"),
+def speedrun(data=None, out=None, minutes=None, max_steps=None, config=None, overrides=(), vocab_size=None,
              shape="auto") -> Path:
     start = time.time()
     run_dir = Path(out or time.strftime("runs/speedrun-%Y%m%d-%H%M%S"))
@@ -102,7 +102,9 @@ def speedrun(data=None, out=None, minutes=None, max_steps=None, config=None, ove
     config = Path(config) if config else DEFAULT_CONFIG
     if not config.is_file():
         raise UserError(f"config not found: {config}")
-    settings = [*overrides, f'data.tokens="{tokens_dir}"', f'train.out_dir="{run_dir}"']
+    # the tokenizer's vocabulary: --vocab-size, else the config's; the model's embedding and head as wide
+    vocab_size = vocab_size or load_config(config, overrides).model.vocab_size
+    settings = [*overrides, f"model.vocab_size={vocab_size}", f'data.tokens="{tokens_dir}"', f'train.out_dir="{run_dir}"']
     if max_steps is not None:
         settings += [f"train.max_steps={max_steps}"]
     if minutes is not None:
