@@ -187,9 +187,12 @@ def int_list(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
 
 
-def shown(value) -> str:
-    """A default as the user would type it (lists comma-separated)."""
-    return ",".join(map(str, value)) if isinstance(value, list) else str(value)
+def config_option(parser: argparse.ArgumentParser, cls, name: str, text: str, **kw):
+    """--name for the config field `name` of `cls`: its default (shown in the help) and its type come from the field."""
+    default = field_default(cls, name)
+    kw.setdefault("type", type(default))
+    shown = ",".join(map(str, default)) if isinstance(default, list) else default  # as the user would type it
+    parser.add_argument(f"--{name.replace('_', '-')}", default=default, help=f"{text} (default {shown})", **kw)
 
 
 def add_corpus_args(parser: argparse.ArgumentParser):
@@ -202,9 +205,7 @@ def add_corpus_args(parser: argparse.ArgumentParser):
 def add_sampling_args(parser: argparse.ArgumentParser):
     """Decoding settings shared by generate and complete (see codelm.inference.sampling)."""
     def option(name: str, text: str, **kw):
-        default = field_default(SamplingParams, name)
-        parser.add_argument(f"--{name.replace('_', '-')}", type=type(default), default=default,
-                            help=f"{text} (default %(default)s)", **kw)
+        config_option(parser, SamplingParams, name, text, **kw)
 
     option("strategy", "how tokens are chosen", choices=["greedy", "sample", "beam"])
     option("temperature", "sampling temperature (strategy sample)")
@@ -354,10 +355,9 @@ def build_parser() -> argparse.ArgumentParser:
                        "available, else a socket guard). Exit status 0 only when it passed.")
     sr.add_argument("file", help="Python file, or - for standard input")
     sr.add_argument("--tests", help="file of tests run after the program (asserts)")
-    for name, kind, text in (("cpu_seconds", int, "CPU time limit"), ("wall_seconds", float, "wall-clock limit"),
-                             ("memory_mb", int, "address-space limit in MB")):
-        sr.add_argument(f"--{name.replace('_', '-')}", type=kind, default=field_default(Limits, name),
-                        help=f"{text} (default %(default)s)")
+    for name, text in (("cpu_seconds", "CPU time limit"), ("wall_seconds", "wall-clock limit"),
+                       ("memory_mb", "address-space limit in MB")):
+        config_option(sr, Limits, name, text)
     sr.set_defaults(func=cmd_sandbox_run)
 
     e = sub.add_parser("eval", help="evaluate a checkpoint: HumanEval pass@k, infilling, bits per byte, contamination",
@@ -369,9 +369,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "bpb (bits per byte on --data, per language), contamination (HumanEval overlap with --corpus).")
     e.add_argument("--checkpoint", help="checkpoint, run directory, or imported model (not needed for contamination)")
     def eval_option(name: str, text: str, **kw):
-        default = field_default(EvalConfig, name)
-        kw.setdefault("type", type(default))
-        e.add_argument(f"--{name.replace('_', '-')}", default=default, help=f"{text} (default {shown(default)})", **kw)
+        config_option(e, EvalConfig, name, text, **kw)
 
     e.add_argument("--tasks", type=comma_list, default=["humaneval"], help="comma-separated tasks (default humaneval)")
     e.add_argument("--out", help="output directory (default: CHECKPOINT/eval)")
