@@ -15,7 +15,6 @@ new directory is in place.
 
 import base64
 import json
-import os
 import random
 import shutil
 from dataclasses import asdict
@@ -160,17 +159,13 @@ def save_checkpoint(
     for stale in root.glob("*.tmp*"):
         shutil.rmtree(stale, ignore_errors=True) if stale.is_dir() else stale.unlink()
     name = f"step_{step:06d}"
-    tmp = root / f"{name}.tmp{os.getpid()}"
-    tmp.mkdir()
-    write_model_files(tmp, model)
-    shutil.copyfile(tokenizer_path, tmp / "tokenizer.json")
-    if optimizer is not None:
-        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-    atomic_write_json(tmp / "state.json", {"step": step, **state})
     final = root / name
-    if final.exists():
-        shutil.rmtree(final)
-    tmp.rename(final)
+    with atomic_directory(final) as tmp:
+        write_model_files(tmp, model)
+        shutil.copyfile(tokenizer_path, tmp / "tokenizer.json")
+        if optimizer is not None:
+            torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+        atomic_write_json(tmp / "state.json", {"step": step, **state})
     atomic_write_text(root / "latest", name)
     for old in sorted(p for p in root.glob("step_*") if p.is_dir() and ".tmp" not in p.name)[:-keep]:
         shutil.rmtree(old)
