@@ -7,7 +7,7 @@ from conftest import REPO
 
 from codelm.config import OptimConfig, load_config, to_toml
 from codelm.errors import UserError
-from codelm.train.loop import learning_rate
+from codelm.train.loop import budget_steps, decay_start, learning_rate
 
 TINY = REPO / "codelm" / "configs" / "tiny.toml"
 
@@ -62,3 +62,14 @@ def test_wsd_schedule_is_flat_then_decays_linearly_to_the_floor():
     assert lrs[5:80] == [2.0] * 75
     assert lrs[80] < 2.0 and lrs[-1] == pytest.approx(0.0)
     assert all(a > b for a, b in zip(lrs[80:], lrs[81:]))
+
+
+def test_a_time_budget_replanned_mid_run_never_moves_the_decay_behind_the_current_step():
+    o = OptimConfig(lr=1.0, warmup_steps=5, schedule="wsd", decay_frac=0.4)
+    assert budget_steps(30, seconds_left=100.0, per_step=0.5, o=o) == 230  # slower or faster steps: shorter or longer
+    assert budget_steps(30, seconds_left=50.0, per_step=0.5, o=o) == 130
+    late = budget_steps(90, seconds_left=1.0, per_step=0.5, o=o)  # the steps got much slower at step 90
+    assert late == 150 and decay_start(late, o) == 90  # the decay starts now, it does not jump ahead
+    assert learning_rate(89, late, o) == 1.0 and learning_rate(90, late, o) < 1.0
+    cosine = OptimConfig(lr=1.0, warmup_steps=5, schedule="cosine")
+    assert decay_start(1000, cosine) == 5  # cosine decays from the end of warmup: no re-planning after it

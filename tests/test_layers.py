@@ -3,8 +3,8 @@
 Read lowest first. core: configs, errors, atomic files, tokenizer, chat templates,
 precision probes. model: the network. checkpoint: weights on disk and the HF/GGUF
 formats. sandbox: untrusted code. tasks: benchmark items checked through the
-sandbox. data: curation, shards, loaders. inference: the engine. train: the one
-loop and its recipes. eval: what a checkpoint is worth. serve: the HTTP API.
+sandbox. data: curation, shards, loaders. inference: the engine. synth: instruction data
+mined from code or written by a teacher model. train: the one loop and its recipes. eval: what a checkpoint is worth. serve: the HTTP API.
 entry: the CLI, the speedrun and the report, which may use everything.
 """
 
@@ -21,6 +21,7 @@ LAYERS = [
     ("tasks", ["codelm.tasks"]),
     ("data", ["codelm.data"]),
     ("inference", ["codelm.inference"]),
+    ("synth", ["codelm.synth"]),
     ("train", ["codelm.train"]),
     ("eval", ["codelm.eval"]),
     ("serve", ["codelm.serve"]),

@@ -112,11 +112,27 @@ def learning_rate(step: int, max_steps: int, o: OptimConfig) -> float:
     if o.schedule == "cosine":
         progress = min(1.0, (step - o.warmup_steps) / max(1, max_steps - o.warmup_steps))
         return floor + (o.lr - floor) * 0.5 * (1 + math.cos(math.pi * progress))
-    decay_start = max(o.warmup_steps, int(max_steps * (1 - o.decay_frac)))
-    if step < decay_start:
+    start = decay_start(max_steps, o)
+    if step < start:
         return o.lr
-    progress = min(1.0, (step - decay_start + 1) / max(1, max_steps - decay_start))
+    progress = min(1.0, (step - start + 1) / max(1, max_steps - start))
     return o.lr + (floor - o.lr) * progress
+
+
+def decay_start(max_steps: int, o: OptimConfig) -> int:
+    """The first step whose LR depends on max_steps: before it, a time-budgeted run may still change its length."""
+    if o.schedule == "cosine":
+        return o.warmup_steps
+    return max(o.warmup_steps, int(max_steps * (1 - o.decay_frac)))
+
+
+def budget_steps(step: int, seconds_left: float, per_step: float, o: OptimConfig) -> int:
+    """The run's length when `seconds_left` of the time budget remain at `per_step` seconds a step, never so short
+    that the LR decay should already have started before `step`."""
+    total = step + max(1, int(seconds_left / per_step))
+    if o.schedule == "wsd" and o.decay_frac < 1:
+        total = max(total, math.ceil(step / (1 - o.decay_frac)))
+    return total
 
 
 def build_optimizer(model: nn.Module, o: OptimConfig, device: torch.device) -> torch.optim.Optimizer:
@@ -302,6 +318,7 @@ def train(
     train_seconds, start_step = 0.0, step
     window_seconds, window_tokens = 0.0, 0  # step time only: evaluation and checkpoints are not throughput
     step_times: list[float] = []
+    time_budget = bool(t.max_minutes) and not t.max_steps
     with StopSignal() as stop:
         while max_steps == 0 or step < max_steps:
             step_start = time.perf_counter()
@@ -318,15 +335,21 @@ def train(
             window_seconds += dt
             window_tokens += batch_tokens
 
-            if max_steps == 0:  # time budget: run at the flat post-warmup LR, time steady steps, then fix the length
+            if time_budget:  # time the steady steps, fix the length, and re-fix it while the LR is still flat
                 step_times.append(dt)
                 budget = t.max_minutes * 60 - elapsed_before
-                if len(step_times) >= 30 or (len(step_times) >= 3 and train_seconds > budget / 4):
-                    per_step = float(np.median(step_times[len(step_times) // 3 :]))  # past compile and warm-up
-                    max_steps = step + max(1, int((budget - train_seconds) / per_step))
-                    max_steps = int(_all_reduce(max_steps, env, dist.ReduceOp.MIN))
-                    if env.is_main:
-                        print(f"time budget {t.max_minutes:g} min at {per_step:.2f} s/step: {max_steps} steps", flush=True)
+                first = max_steps == 0 and (len(step_times) >= 30 or (len(step_times) >= 3 and train_seconds > budget / 4))
+                again = (max_steps and len(step_times) >= 30 and step % t.log_every == 0
+                         and step < decay_start(max_steps, cfg.optim))
+                if first or again:
+                    per_step = float(np.median(step_times[len(step_times) // 3 :][-100:]))  # past compile; recent
+                    planned = budget_steps(step, budget - train_seconds, per_step, cfg.optim)
+                    planned = int(_all_reduce(planned, env, dist.ReduceOp.MIN))
+                    if env.is_main and (first or abs(planned - max_steps) > 0.02 * max_steps):
+                        change = "" if first else f" (was {max_steps}: steps {'slower' if planned < max_steps else 'faster'})"
+                        print(f"time budget {t.max_minutes:g} min at {per_step:.2f} s/step: {planned} steps{change}",
+                              flush=True)
+                    max_steps = planned
 
             record = metrics.TrainPoint(step=step, loss=loss_avg, lr=lr, grad_norm=grad_norm, tokens=step * batch_tokens)
             if step % t.log_every == 0 or step == max_steps or step in EARLY_LOG_STEPS:
