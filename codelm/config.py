@@ -114,6 +114,17 @@ class TrainConfig:
     keep_checkpoints: int = 2
 
 
+@dataclass
+class LoraConfig:
+    """LoRA fine-tuning (codelm.model.lora): low-rank adapters on the named Linear layers, the base frozen."""
+
+    r: int = 0  # adapter rank; 0: LoRA off (full fine-tuning)
+    alpha: float = 16.0  # the adapter's output is scaled by alpha / r (alpha / sqrt(r) with rslora)
+    targets: str = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"  # comma-separated module names
+    rslora: bool = False  # rank-stabilized scaling (Kalajdzievski 2023): alpha / sqrt(r)
+    dropout: float = 0.0  # dropout on the adapter's input (training only)
+
+
 DEFAULT_VAL_FRACTION = 0.05  # 2% of the stdlib is 34 files, one of them a quarter of the tokens: too noisy
 
 @dataclass
@@ -217,6 +228,7 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)
 
 
 def field_default(cls, name: str):
