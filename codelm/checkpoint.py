@@ -8,6 +8,11 @@
         optimizer.pt        optimizer state (training checkpoints only)
     run/checkpoints/latest  name of the newest complete checkpoint
 
+A LoRA run's checkpoint holds its adapters in PEFT's format (codelm.interop.peft:
+adapter_config.json, whose base_model_name_or_path is the base checkpoint, and
+adapter_model.safetensors) in place of model.safetensors and config.json; loading
+one loads the base and applies the adapters.
+
 A process killed mid-write leaves only a `*.tmp*` directory, which loading
 ignores and the next save removes; `latest` is replaced atomically after the
 new directory is in place.
@@ -26,8 +31,10 @@ import torch
 
 from codelm.config import ModelConfig
 from codelm.errors import UserError
+from codelm.interop.peft import is_adapter, load_adapter, read_adapter, save_adapter
 from codelm.io import atomic_directory, atomic_write_json, atomic_write_text
 from codelm.model.llama import Transformer
+from codelm.model.lora import lora_spec
 from codelm.tokenizer import Tokenizer
 
 HF_DEFAULTS = {  # model types codelm reads, and what transformers assumes where their config.json is silent
@@ -153,7 +160,17 @@ def save_checkpoint(
     state: dict,
     optimizer: torch.optim.Optimizer | None = None,
     keep: int = 2,
+    base_model: str | Path | None = None,
 ) -> Path:
+    """A training checkpoint. A model with LoRA adapters saves only them (PEFT format), with base_model,
+    the checkpoint they apply to, recorded as their base_model_name_or_path."""
+    base = None
+    if lora_spec(model) is not None:
+        if base_model is None:
+            raise ValueError("save_checkpoint: a LoRA model needs base_model, the checkpoint its adapters apply to")
+        base = resolve_checkpoint(base_model).resolve()
+        if is_adapter(base):
+            raise UserError(f"the base {base} is itself a LoRA adapter: merge it into a plain checkpoint first")
     root = Path(ckpt_root)
     root.mkdir(parents=True, exist_ok=True)
     for stale in root.glob("*.tmp*"):
@@ -161,7 +178,10 @@ def save_checkpoint(
     name = f"step_{step:06d}"
     final = root / name
     with atomic_directory(final) as tmp:
-        write_model_files(tmp, model)
+        if base is not None:
+            save_adapter(tmp, model, base)
+        else:
+            write_model_files(tmp, model)
         shutil.copyfile(tokenizer_path, tmp / "tokenizer.json")
         if optimizer is not None:
             torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
@@ -181,15 +201,16 @@ def latest_checkpoint(ckpt_root: str | Path) -> Path | None:
 
 
 def resolve_checkpoint(path: str | Path) -> Path:
-    """Accept a checkpoint directory, a run's checkpoints/ directory, or a run directory."""
+    """Accept a checkpoint or adapter directory, a run's checkpoints/ directory, or a run directory."""
     path = Path(path)
-    if (path / "model.safetensors").is_file():
+    if (path / "model.safetensors").is_file() or is_adapter(path):
         return path
     for root in (path, path / "checkpoints"):
         found = latest_checkpoint(root)
         if found is not None:
             return found
-    raise UserError(f"no checkpoint at {path} (expected model.safetensors, or a run with checkpoints/latest)")
+    raise UserError(f"no checkpoint at {path} (expected model.safetensors, adapter_config.json, "
+                    "or a run with checkpoints/latest)")
 
 
 def load_model(path: str | Path, device="cpu") -> tuple[Transformer, Tokenizer, Path]:
@@ -197,8 +218,13 @@ def load_model(path: str | Path, device="cpu") -> tuple[Transformer, Tokenizer, 
 
     An imported model's config.json sets where documents start (`codelm_prefix_ids`)
     and which tokens end generation (`eos_token_id`, with <|endoftext|> if present);
-    its tokenizer_config.json, the chat template."""
+    its tokenizer_config.json, the chat template. An adapter directory gives its base (tokenizer included)
+    with the adapters applied, unmerged (codelm.model.lora.merge_and_unload folds them in)."""
     ckpt = resolve_checkpoint(path)
+    if is_adapter(ckpt):
+        model, tok, _ = load_model(adapter_base(ckpt), device)
+        load_adapter(model, ckpt)
+        return model.eval(), tok, ckpt
     config = json.loads((ckpt / "config.json").read_text())
     model = Transformer(ModelConfig(**config["codelm"]))
     load_weights(model, ckpt)
@@ -210,7 +236,30 @@ def load_model(path: str | Path, device="cpu") -> tuple[Transformer, Tokenizer, 
     return model.float().to(device).eval(), tok, ckpt
 
 
+def adapter_base(ckpt: Path) -> Path:
+    """The checkpoint an adapter directory applies to: its base_model_name_or_path, relative to the adapter."""
+    name = read_adapter(ckpt).base_model
+    base = ckpt / name if name else None
+    if base is not None and is_adapter(base):
+        raise UserError(f"the base of the adapter in {ckpt}, {base}, is itself a LoRA adapter: merge it into a "
+                        "plain checkpoint first (codelm export hf --merge-lora, then codelm import hf)")
+    if base is None or not ((base / "model.safetensors").is_file() and (base / "config.json").is_file()):
+        raise UserError(f"the adapter in {ckpt} names base_model_name_or_path {name!r}, which is not a codelm "
+                        "checkpoint directory here (import the base model and set it there)")
+    return base
+
+
 def load_weights(model: Transformer, ckpt: Path):
+    """The checkpoint's weights into the model; an adapter checkpoint's base and adapters into a model
+    that already has adapters of the same spec (resume applies LoRA before building its optimizer)."""
+    if is_adapter(ckpt):
+        adapter = read_adapter(ckpt)
+        if lora_spec(model) != adapter.spec:
+            raise UserError(f"checkpoint {ckpt} holds LoRA adapters {adapter.spec}; the model's are {lora_spec(model)}")
+        base = adapter_base(ckpt)
+        weights = safetensors.torch.load_file(base / "model.safetensors") | adapter.weights
+        load_state(model, weights, f"checkpoint {ckpt} on its base {base}")
+        return
     weights = safetensors.torch.load_file(ckpt / "model.safetensors")
     load_state(model, weights, f"checkpoint {ckpt}")
 
