@@ -149,8 +149,10 @@ def cmd_import(args):
 def cmd_export(args):
     from codelm.interop.hf import export_hf
 
-    print(f"exported {args.checkpoint} -> {export_hf(args.checkpoint, args.out)} "
-          "(load with transformers' AutoModelForCausalLM / AutoTokenizer.from_pretrained)")
+    out = export_hf(args.checkpoint, args.out, merge_lora=args.merge_lora)
+    lora = "; its LoRA adapter in adapter/ with peft's PeftModel.from_pretrained" if (out / "adapter").is_dir() else ""
+    print(f"exported {args.checkpoint} -> {out} "
+          f"(load with transformers' AutoModelForCausalLM / AutoTokenizer.from_pretrained{lora})")
 
 
 def cmd_sandbox_run(args):
@@ -340,10 +342,13 @@ def build_parser() -> argparse.ArgumentParser:
     x = sub.add_parser("export", help="export a checkpoint for transformers",
                        description="Write an HF folder (config.json, model.safetensors, tokenizer.json, "
                        "tokenizer_config.json, generation_config.json) that AutoModelForCausalLM and AutoTokenizer "
-                       "load with no conversion code.")
+                       "load with no conversion code. A LoRA adapter checkpoint exports as its base model plus "
+                       "the adapter in PEFT's format in OUT/adapter/, or merged with --merge-lora.")
     x.add_argument("format", choices=["hf"])
-    x.add_argument("--checkpoint", required=True, help="checkpoint directory or run directory")
+    x.add_argument("--checkpoint", required=True, help="checkpoint, adapter or run directory")
     x.add_argument("--out", required=True, help="directory to write")
+    x.add_argument("--merge-lora", action="store_true",
+                   help="fold a LoRA adapter into the weights (in fp32) and write a plain model")
     x.set_defaults(func=cmd_export)
 
     sb = sub.add_parser("sandbox", help="run untrusted code with the evaluator's isolation").add_subparsers(

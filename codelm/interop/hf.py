@@ -19,6 +19,7 @@ from tokenizers import Tokenizer as HFTokenizer
 from tokenizers import processors
 
 from codelm.checkpoint import (
+    adapter_base,
     load_model,
     load_state,
     model_config_from_hf,
@@ -27,8 +28,10 @@ from codelm.checkpoint import (
     write_model_files,
 )
 from codelm.errors import UserError
+from codelm.interop.peft import save_adapter
 from codelm.io import atomic_directory, atomic_write_json
 from codelm.model.llama import Transformer
+from codelm.model.lora import lora_spec, merge_and_unload, unload_lora
 from codelm.tokenizer import Tokenizer
 
 
@@ -73,10 +76,17 @@ def import_hf(src: str | Path, out: str | Path) -> Path:
     return save_model(out, model, tok, extra, tok_config)
 
 
-def export_hf(checkpoint: str | Path, out: str | Path) -> Path:
-    """A codelm checkpoint -> a folder transformers loads (LlamaForCausalLM or Qwen3ForCausalLM) + a fast tokenizer."""
+def export_hf(checkpoint: str | Path, out: str | Path, merge_lora: bool = False) -> Path:
+    """A codelm checkpoint -> a folder transformers loads (LlamaForCausalLM or Qwen3ForCausalLM) + a fast tokenizer.
+
+    A LoRA adapter checkpoint exports with its adapters merged into the weights (merge_lora), or as its
+    base model plus the adapters in PEFT's format in out/adapter/, whose base_model_name_or_path is out."""
     model, tok, ckpt = load_model(checkpoint)
-    config = json.loads((ckpt / "config.json").read_text())
+    lora = lora_spec(model) is not None
+    if merge_lora and not lora:
+        raise UserError(f"--merge-lora: {ckpt} holds no LoRA adapter")
+    source = adapter_base(ckpt) if lora else ckpt  # config.json and tokenizer_config.json are the base's
+    config = json.loads((source / "config.json").read_text())
     eos_ids = sorted(tok.stop_ids)
     bos = config.get("bos_token_id", tok.prefix_ids[0] if tok.prefix_ids else None)
     hf = HFTokenizer.from_str(tok.hf.to_str())
@@ -85,7 +95,7 @@ def export_hf(checkpoint: str | Path, out: str | Path) -> Path:
         template = " ".join(name for name, _ in prefix)
         hf.post_processor = processors.TemplateProcessing(single=f"{template} $A", pair=f"{template} $A $B",
                                                           special_tokens=prefix)
-    tok_config_path = ckpt / "tokenizer_config.json"  # an imported model's, with its chat template
+    tok_config_path = source / "tokenizer_config.json"  # an imported model's, with its chat template
     tok_config = json.loads(tok_config_path.read_text()) if tok_config_path.is_file() else {}
     tok_config.update({
         "tokenizer_class": "PreTrainedTokenizerFast",
@@ -94,7 +104,12 @@ def export_hf(checkpoint: str | Path, out: str | Path) -> Path:
         "bos_token": hf.id_to_token(bos) if bos is not None else None,
         "add_bos_token": False,  # the post-processor above already adds the prefix
     })
+    if merge_lora:
+        merge_and_unload(model)  # before writing anything: a broken adapter is refused here
     with atomic_directory(out) as tmp:
+        if lora and not merge_lora:
+            save_adapter(tmp / "adapter", model, Path(out).resolve())
+            unload_lora(model)
         write_model_files(tmp, model, generation_config(tok.prefix_ids, eos_ids, bos))
         hf.save(str(tmp / "tokenizer.json"))
         atomic_write_json(tmp / "tokenizer_config.json", tok_config)
