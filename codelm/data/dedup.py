@@ -16,7 +16,9 @@ clusters -> filter. codelm keeps steps 2 and 4 as they are and replaces
      license, then first in (repo, path) order.
 
 The removal lists are written in datatrove's `.remove` format, so its
-MinhashDedupFilter drops the documents.
+MinhashDedupFilter drops the documents. NearDuplicateIndex is the same
+shingles, banding and verification in memory, for a stream of small texts
+(mined functions) where datatrove's files would cost more than the work.
 """
 
 import hashlib
@@ -33,6 +35,9 @@ from datatrove.utils.hashing import HashConfig
 from datatrove.utils.word_tokenizers import WordTokenizer
 
 from codelm.data.ngrams import WORDS, TokenHasher, ngram_hashes
+
+
+MERSENNE_61 = np.uint64((1 << 61) - 1)
 
 
 @dataclass
@@ -79,6 +84,53 @@ class _CodeWords(WordTokenizer):
         return [m.span() for m in WORDS.finditer(text)]
 
 
+def code_shingles(hasher: TokenHasher, text: str, n: int) -> np.ndarray:
+    """The text's distinct n-gram hashes of `\\w+` tokens, as a column (one row per shingle)."""
+    return np.unique(ngram_hashes(hasher(WORDS.findall(text)), n)).reshape(-1, 1)
+
+
+def minhash(shingles: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """The MinHash signature of a shingle column under the permutations x -> (a x + b) mod (2^61 - 1)."""
+    with np.errstate(over="ignore"):
+        return np.min((shingles * a + b) % MERSENNE_61, axis=0)
+
+
+def minhash_parameters(num_perm: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(a, b) rows of the permutations, drawn as datatrove's MinhashDedupSignature draws them."""
+    gen = np.random.RandomState(seed)
+    return (gen.randint(1, MERSENNE_61, dtype=np.uint64, size=(1, num_perm)),
+            gen.randint(0, MERSENNE_61, dtype=np.uint64, size=(1, num_perm)))
+
+
+class NearDuplicateIndex:
+    """In-memory MinHash LSH over a stream of small texts (mined functions, synthesized solutions): the
+    curation's shingles, banding and verification on the whole signature, without datatrove's files."""
+
+    def __init__(self, cfg: DedupConfig):
+        self.cfg = cfg
+        self.bands, self.rows = lsh_bands(cfg.num_perm, cfg.threshold)
+        self.a, self.b = minhash_parameters(self.bands * self.rows, cfg.seed)
+        self.hasher = TokenHasher()
+        self.buckets: list[dict[bytes, list[int]]] = [{} for _ in range(self.bands)]
+        self.signatures: list[np.ndarray] = []
+
+    def add(self, text: str) -> bool:
+        """True if the text near-duplicates one added before (and is not kept); else it is kept, False."""
+        shingles = code_shingles(self.hasher, text, self.cfg.ngram)
+        if len(shingles) == 0:  # shorter than one shingle: nothing to compare
+            return False
+        sig = minhash(shingles, self.a, self.b)
+        keys = [sig[i * self.rows:(i + 1) * self.rows].tobytes() for i in range(self.bands)]
+        for bucket, key in zip(self.buckets, keys):
+            for other in bucket.get(key, ()):
+                if np.mean(self.signatures[other] == sig) >= self.cfg.threshold:
+                    return True
+        for bucket, key in zip(self.buckets, keys):
+            bucket.setdefault(key, []).append(len(self.signatures))
+        self.signatures.append(sig)
+        return False
+
+
 def keep_preference(meta: dict) -> tuple:
     """Sort key, smallest kept: most stars, then a known license, then first in (repo, path) order."""
     return (-int(meta.get("stars", -1)), 0 if meta.get("license") else 1, meta.get("repo", ""), meta.get("path", ""))
@@ -96,12 +148,10 @@ class CodeMinhashSignature(MinhashDedupSignature):
         self._sigs: dict[int, np.ndarray] = {}
 
     def get_shingles(self, text: str) -> np.ndarray:
-        hashes = ngram_hashes(self._hasher(WORDS.findall(text)), self.config.n_grams)
-        return np.unique(hashes).reshape(-1, 1)
+        return code_shingles(self._hasher, text, self.config.n_grams)
 
     def get_signature(self, shingles: np.ndarray) -> list[list[int]]:
-        a, b = self.parameters
-        full = np.min((shingles * a + b) % np.uint64((1 << 61) - 1), axis=0)
+        full = minhash(shingles, *self.parameters)
         self._sigs[len(self._docs) - 1] = full
         return [x.tolist() for x in np.split(full, self.config.num_buckets)]
 
