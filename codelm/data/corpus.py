@@ -79,8 +79,7 @@ class Corpus:
             reader = CodeTreeReader(root, source="data", only_python=not self.paths)
             for doc in reader():
                 yield CorpusDoc(doc.metadata["path"], "data", doc.text, [])
-            self.skipped.update({k[len("skipped_"):]: v.total for k, v in reader.stats.stats.items()
-                                 if k.startswith("skipped_")})
+            self.skipped.update(reader.skipped())
 
     @staticmethod
     def _curated_documents(directory: Path) -> Iterator[CorpusDoc]:

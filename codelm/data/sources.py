@@ -120,6 +120,10 @@ class CodeTreeReader(PipelineStep):
         # Nothing tracked: a directory git ignores inside some work tree (e.g. ~/.pyenv/versions), so walk it
         return tracked if tracked else list(_walk_files(self.root, self.only_python))
 
+    def skipped(self) -> dict[str, int]:
+        """Files not read so far, by reason (the `skipped_<reason>` stats)."""
+        return {k[len("skipped_"):]: v.total for k, v in self.stats.stats.items() if k.startswith("skipped_")}
+
     def run(self, data=None, rank: int = 0, world_size: int = 1) -> Iterator[Document]:
         base = self.root.parent if self.root.is_file() else self.root
         for rel in self.list_files()[rank::world_size]:
