@@ -23,6 +23,7 @@ from codelm.config import (
 )
 from codelm.errors import UserError
 from codelm.sandbox.supervisor import Limits
+from codelm.synth.config import MineConfig
 
 SHAPE_NAMES = [shape.name for shape in LADDER]
 
@@ -163,6 +164,12 @@ def cmd_sandbox_run(args):
     result = run(program, tests, from_args(Limits, args))
     print(json.dumps(asdict(result), indent=2))
     sys.exit(0 if result.status == "passed" else 1)
+
+
+def cmd_synth_mine(args):
+    from codelm.synth.mine import mine
+
+    print(mine(from_args(MineConfig, args)).summary(args.out))
 
 
 def cmd_eval(args):
@@ -400,6 +407,32 @@ def build_parser() -> argparse.ArgumentParser:
                    help="contamination: flag an item whose longest copy covers this share of it (default %(default)s)")
     eval_option("workers", "parallel sandboxes (0: one per core)")
     e.set_defaults(func=cmd_eval)
+
+    sy = sub.add_parser("synth", help="instruction data made from code").add_subparsers(
+        dest="sub", required=True, metavar="SUB")
+    sm = sy.add_parser("mine", help="documented functions of a corpus become chat rows with provenance and tests",
+                       description="Every top-level function and method with a docstring becomes a chat row: the "
+                       "user asks for the signature and the docstring's behaviour, the assistant answers with the "
+                       "function (and the imports it uses) in a python fence. Kept only if it returns a value, uses "
+                       "no process/file/network modules, reads no module-level name but imports, is not too long, "
+                       "not an exact or near duplicate and not HumanEval material; doctests in the docstring run in "
+                       "the sandbox against the function: it is dropped if it fails them, else its examples become "
+                       "the row's asserts. Writes OUT (JSONL) and the stats beside it (rows, drops per reason).")
+    sm.add_argument("--corpus", required=True, help="a `codelm curate` output directory, or a directory or file "
+                    "of Python code")
+    sm.add_argument("--out", required=True, help="the JSONL file to write (NAME.jsonl; NAME.stats.json beside it)")
+
+    def mine_option(name: str, text: str, **kw):
+        config_option(sm, MineConfig, name, text, **kw)
+
+    mine_option("max_lines", "drop functions longer than this many lines (docstring and decorators included)")
+    mine_option("max_chars", "drop functions longer than this many characters")
+    mine_option("limit", "stop after this many rows (0: all)")
+    mine_option("seed", "chooses each row's phrasing of the request")
+    mine_option("workers", "parallel sandboxes for the doctests (0: one per core)")
+    sm.add_argument("--no-tests", dest="tests", action="store_false",
+                    help="do not run doctests: no sandbox, rows without asserts, failing doctests not caught")
+    sm.set_defaults(func=cmd_synth_mine)
     return p
 
 

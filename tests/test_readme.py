@@ -35,6 +35,7 @@ TINY = {
     "export": {"RUN": "run"},
     "import": {"path/to/hf_model": "hf_model"},
     "sandbox run": {"--tests": AS_DOCUMENTED},
+    "synth mine": {"DIR": "src"},
     "eval": {"RUN_OR_CHECKPOINT": "run", "--tasks": AS_DOCUMENTED, "--limit": "--limit 2",
              "--data": "--data program.py", "--corpus": "--corpus corpus", "--out": AS_DOCUMENTED, "DIR": "eval-out"},
 }
@@ -145,6 +146,12 @@ def scratch(tmp_path_factory) -> Path:
 def test_sandbox_commands(scratch):
     for command, stdin in commands_of("sandbox run"):
         assert json.loads(run_documented(command, stdin, scratch).stdout)["status"] == "passed"
+
+
+def test_synth_commands(scratch):
+    for command, stdin in commands_of("synth mine"):
+        run_documented(command, stdin, scratch)
+        assert json.loads((scratch / "rows.stats.json").read_text())["rows"] > 0
 
 
 @pytest.fixture(scope="module")
