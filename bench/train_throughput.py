@@ -25,8 +25,8 @@ from codelm.data.loader import PackedLoader
 from codelm.model.llama import Transformer
 from codelm.precision import SLOW_FACTOR, autocast_context, device_name, peak_flops
 from codelm.speedrun import DEFAULT_CONFIG
-from codelm.train.loop import StageLoss, build_optimizer, resolve_precision, train_step
-from codelm.train.pretrain import next_token_loss
+from codelm.train.loop import DistEnv, StageLoss, build_optimizer, resolve_precision, train_step
+from codelm.train.objectives import NextToken
 
 REFERENCE = ModelConfig(vocab_size=8192, dim=384, n_layers=6, n_heads=6, n_kv_heads=6, max_seq_len=256)
 
@@ -83,14 +83,15 @@ def measure(shape: ModelConfig, precision: str, compiled: bool, micro_batch: int
     model = model_class(shape)
     optimizer = build_optimizer(model, load_config().optim, torch.device("cpu"))
     loader = PackedLoader(synthetic_docs(shape.vocab_size), shape.max_seq_len, micro_batch, eot_id=0)
-    step_loss = StageLoss(model, next_token_loss)
+    objective = NextToken()
+    step_loss = StageLoss(model, objective)
     runner = torch.compile(step_loss) if compiled else step_loss
     autocast = autocast_context(torch.device("cpu"), precision)
     warmup = 2
     times = []
     for i in range(warmup + steps):
         start = time.perf_counter()
-        train_step(runner, optimizer, loader, autocast, 1, 1.0)
+        train_step(runner, objective, optimizer, loader, autocast, 1, 1.0, DistEnv(0, 1, torch.device("cpu")))
         times.append(time.perf_counter() - start)
     per_step = float(np.median(times[warmup:]))
     tok_s = micro_batch * shape.max_seq_len / per_step

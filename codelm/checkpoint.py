@@ -162,13 +162,14 @@ def save_checkpoint(
     keep: int = 2,
     base_model: str | Path | None = None,
 ) -> Path:
-    """A training checkpoint. A model with LoRA adapters saves only them (PEFT format), with base_model,
-    the checkpoint they apply to, recorded as their base_model_name_or_path."""
-    base = None
+    """A training checkpoint. base_model is the checkpoint the run started from (train.init_from), if any. A
+    model with LoRA adapters saves only them (PEFT format), recording base_model as their
+    base_model_name_or_path; a whole model keeps base_model's chat template (tokenizer_config.json) and
+    generation settings (where documents start, which tokens end a reply), so a fine-tuned import still chats."""
+    base = resolve_checkpoint(base_model).resolve() if base_model is not None else None
     if lora_spec(model) is not None:
-        if base_model is None:
+        if base is None:
             raise ValueError("save_checkpoint: a LoRA model needs base_model, the checkpoint its adapters apply to")
-        base = resolve_checkpoint(base_model).resolve()
         if is_adapter(base):
             raise UserError(f"the base {base} is itself a LoRA adapter: merge it into a plain checkpoint first")
     root = Path(ckpt_root)
@@ -178,10 +179,12 @@ def save_checkpoint(
     name = f"step_{step:06d}"
     final = root / name
     with atomic_directory(final) as tmp:
-        if base is not None:
+        if lora_spec(model) is not None:
             save_adapter(tmp, model, base)
         else:
-            write_model_files(tmp, model)
+            write_model_files(tmp, model, inherited_config(base, model) if base is not None else None)
+            if base is not None and (base / "tokenizer_config.json").is_file():
+                shutil.copyfile(base / "tokenizer_config.json", tmp / "tokenizer_config.json")
         shutil.copyfile(tokenizer_path, tmp / "tokenizer.json")
         if optimizer is not None:
             torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
@@ -190,6 +193,14 @@ def save_checkpoint(
     for old in sorted(p for p in root.glob("step_*") if p.is_dir() and ".tmp" not in p.name)[:-keep]:
         shutil.rmtree(old)
     return final
+
+
+def inherited_config(base: Path, model: Transformer) -> dict:
+    """The keys of base's config.json that the model's shape does not determine (an import's generation
+    settings: codelm_prefix_ids, eos_token_id, ...), carried into checkpoints trained from it."""
+    config = json.loads((base / "config.json").read_text()) if (base / "config.json").is_file() else {}
+    own = hf_config(model.config)
+    return {k: v for k, v in config.items() if k not in own and k != "torch_dtype"}
 
 
 def latest_checkpoint(ckpt_root: str | Path) -> Path | None:

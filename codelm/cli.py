@@ -11,6 +11,7 @@ import json
 import os
 import sys
 from dataclasses import asdict
+from pathlib import Path
 
 from codelm.config import (
     DEFAULT_VAL_FRACTION,
@@ -26,6 +27,7 @@ from codelm.sandbox.supervisor import Limits
 from codelm.synth.config import MineConfig
 
 SHAPE_NAMES = [shape.name for shape in LADDER]
+SFT_CONFIG = Path(__file__).resolve().parent / "configs" / "sft.toml"
 
 DATA_HELP = ("a `codelm curate` output directory, or files/directories of code read as they are (repeatable); "
              "default: the Python standard library of this interpreter")
@@ -77,6 +79,15 @@ def cmd_pretrain(args):
     from codelm.train.pretrain import pretrain
 
     pretrain(load_config(args.config, args.set), resume=args.resume)
+
+
+def cmd_sft(args):
+    from codelm.config import load_config
+    from codelm.train.sft import sft
+
+    named = [f"train.init_from={args.init_from!r}" if args.init_from else None,
+             f"sft.data={args.data!r}" if args.data else None, f"train.out_dir={args.out!r}" if args.out else None]
+    sft(load_config(args.config or SFT_CONFIG, [*filter(None, named), *args.set]), resume=args.resume)
 
 
 def _engine(checkpoint: str, args):
@@ -314,6 +325,21 @@ def build_parser() -> argparse.ArgumentParser:
                    help="override a config key, e.g. --set train.max_steps=100 (repeatable)")
     r.add_argument("--resume", action="store_true", help="continue from train.out_dir/checkpoints/latest")
     r.set_defaults(func=cmd_pretrain)
+
+    f = sub.add_parser("sft", help="supervised fine-tuning on chats: assistant-only loss, optional LoRA",
+                       description="Fine-tune a checkpoint (codelm or imported) on chat data, learning only the "
+                       "assistant's tokens. Data: JSONL with 'messages' (OpenAI/HF), 'prompt'/'completion' or "
+                       "'instruction'/'response' per line, rendered with the checkpoint's chat template (ChatML for "
+                       "codelm models). Examples are packed whole into rows; longer ones are dropped and counted. "
+                       "Defaults: codelm/configs/sft.toml. Runs under torchrun too.")
+    f.add_argument("--init-from", help="checkpoint to fine-tune (train.init_from)")
+    f.add_argument("--data", help="chat JSONL (sft.data)")
+    f.add_argument("--out", help="run directory (train.out_dir)")
+    f.add_argument("--config", default=None, help="TOML config (default: codelm/configs/sft.toml)")
+    f.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config key, e.g. --set lora.r=16 --set optim.lr=5e-4 (repeatable)")
+    f.add_argument("--resume", action="store_true", help="continue from OUT/checkpoints/latest")
+    f.set_defaults(func=cmd_sft)
 
     g = sub.add_parser("generate", help="generate from a checkpoint: greedy, sampling, beam, speculative",
                        description="Continue a prompt with the KV-cache engine. A single completion streams to the "

@@ -112,6 +112,7 @@ class TrainConfig:
     eval_tokens: int = 131072  # validation tokens per periodic evaluation (the final one uses all)
     ckpt_every: int = 500  # steps between checkpoints; one is always written at the end
     keep_checkpoints: int = 2
+    init_from: str = ""  # a checkpoint (codelm or imported) to start from; its model shape replaces [model]
 
 
 @dataclass
@@ -123,6 +124,15 @@ class LoraConfig:
     targets: str = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"  # comma-separated module names
     rslora: bool = False  # rank-stabilized scaling (Kalajdzievski 2023): alpha / sqrt(r)
     dropout: float = 0.0  # dropout on the adapter's input (training only)
+
+
+@dataclass
+class SFTConfig:
+    """Supervised fine-tuning data (codelm.data.sft): chats as JSONL, learned on the assistant's tokens only."""
+
+    data: str = ""  # JSONL: {"messages": [...]}, {"prompt", "completion"} or {"instruction", "response"} per line
+    val_fraction: float = 0.05  # held out by a hash of each example, for the validation loss
+    epochs: float = 1.0  # passes over the training examples, when train.max_steps and max_minutes are 0
 
 
 DEFAULT_VAL_FRACTION = 0.05  # 2% of the stdlib is 34 files, one of them a quarter of the tokens: too noisy
@@ -229,6 +239,7 @@ class Config:
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     lora: LoraConfig = field(default_factory=LoraConfig)
+    sft: SFTConfig = field(default_factory=SFTConfig)
 
 
 def field_default(cls, name: str):
@@ -327,8 +338,6 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Co
         raise UserError(f"optim.schedule must be 'cosine' or 'wsd', got {cfg.optim.schedule!r}")
     if cfg.train.precision not in ("auto", "bf16", "fp32"):
         raise UserError(f"train.precision must be 'auto', 'bf16' or 'fp32', got {cfg.train.precision!r}")
-    if cfg.data.seq_len > cfg.model.max_seq_len:
-        raise UserError(f"data.seq_len={cfg.data.seq_len} exceeds model.max_seq_len={cfg.model.max_seq_len}")
     return cfg
 
 

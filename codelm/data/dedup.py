@@ -36,7 +36,6 @@ from datatrove.utils.word_tokenizers import WordTokenizer
 
 from codelm.data.ngrams import WORDS, TokenHasher, ngram_hashes
 
-
 MERSENNE_61 = np.uint64((1 << 61) - 1)
 
 

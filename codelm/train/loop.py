@@ -1,12 +1,12 @@
-"""The one training loop, shared by every stage that updates weights.
+"""The one training loop, shared by every recipe that updates weights.
 
-A stage (pretraining here; SFT, DPO and RL later) supplies a model, a resumable
-batch stream and a loss. The loop owns everything else: device and precision
-(bf16 autocast over fp32 master weights, or fp32), gradient accumulation to a
-global batch in tokens, AdamW with decay on matrices only, warmup then cosine
-or warmup-stable-decay, clipping, periodic validation, metrics.jsonl, progress
-lines with tokens/s and MFU, checkpoints, SIGINT/SIGTERM, exact resume, and
-DDP when launched by torchrun (the model code knows nothing of it).
+A recipe (pretrain.py, sft.py, ...) supplies a model, a BatchStream and an
+Objective. The loop owns everything else: device and precision (bf16 autocast
+over fp32 master weights, or fp32), gradient accumulation to a global batch in
+tokens, AdamW or Muon, warmup then cosine or warmup-stable-decay, clipping,
+periodic validation, metrics.jsonl, progress lines with tokens/s and MFU,
+checkpoints, SIGINT/SIGTERM, exact resume, time budgets, and DDP when launched
+by torchrun (the model code knows nothing of it).
 """
 
 import contextlib
@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -28,6 +29,7 @@ from codelm.config import Config, OptimConfig, to_dict, to_toml
 from codelm.errors import UserError
 from codelm.io import atomic_write_text
 from codelm.model.llama import Transformer
+from codelm.model.lora import LoraSpec, apply_lora
 from codelm.precision import (
     PrecisionChoice,
     autocast_context,
@@ -39,6 +41,28 @@ from codelm.train.muon import MuonAdamW
 from codelm.train.validation import HeldOut
 
 EARLY_LOG_STEPS = (1, 2, 5, 10)  # logged whatever log_every says, so a run shows it is alive within seconds
+
+
+class BatchStream(Protocol):
+    """Where a recipe's micro batches come from: endless, each of train.micro_batch rows of data.seq_len
+    tokens (this process's share), and resumable: the loop saves state_dict in every checkpoint."""
+
+    def next_batch(self) -> Any: ...  # with .to(device)
+
+    def state_dict(self) -> dict: ...
+
+    def load_state_dict(self, state: dict) -> None: ...
+
+
+class Objective(Protocol):
+    """What a recipe minimises. units(batch) counts what the loss sums over (target tokens, pairs), so that
+    a step's loss is the mean over all the units of its micro batches, however unevenly they are spread
+    (a mean per micro batch would weigh a micro batch with few targets like a full one). Calling it gives
+    the loss summed over the batch's units and metrics summed the same way (the loop logs their means)."""
+
+    def units(self, batch) -> int: ...
+
+    def __call__(self, model: nn.Module, batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]: ...
 
 
 @dataclass
@@ -158,36 +182,52 @@ def build_optimizer(model: nn.Module, o: OptimConfig, device: torch.device) -> t
 
 
 class StageLoss(nn.Module):
-    """A stage's loss_fn(model, batch) as a module: DDP and torch.compile wrap a module's forward, so the
-    whole loss must be one (a call to Transformer.loss through a wrapper would bypass the wrapper)."""
+    """A recipe's objective as a module: DDP and torch.compile wrap a module's forward, so the whole loss must
+    be one (a call to Transformer.loss through a wrapper would bypass the wrapper)."""
 
-    def __init__(self, model: Transformer, loss_fn: Callable[[nn.Module, object], torch.Tensor]):
+    def __init__(self, model: Transformer, objective: Objective):
         super().__init__()
-        self.model, self.loss_fn = model, loss_fn
+        self.model, self.objective = model, objective
 
     def forward(self, batch):
-        return self.loss_fn(self.model, batch)
+        return self.objective(self.model, batch)
 
 
-def train_step(step_loss: nn.Module, optimizer, loader, autocast, accum: int, grad_clip: float) -> tuple[float, float]:
-    """One optimizer step over `accum` micro batches of step_loss(batch) (a StageLoss, maybe wrapped);
-    returns (mean loss, gradient norm before clipping)."""
+@dataclass
+class StepResult:
+    loss: float  # mean per unit over every process's micro batches
+    grad_norm: float  # before clipping
+    metrics: dict[str, float]  # the objective's metrics, means per unit
+
+
+def train_step(step_loss: StageLoss | nn.Module, objective: Objective, optimizer, stream: BatchStream, autocast,
+               accum: int, grad_clip: float, env: DistEnv) -> StepResult:
+    """One optimizer step over `accum` micro batches (step_loss is the StageLoss, maybe wrapped by DDP or
+    torch.compile); the gradient is that of the mean loss over all units of the step on all processes."""
     ddp = isinstance(step_loss, nn.parallel.DistributedDataParallel)
     device = next(step_loss.parameters()).device
-    loss_sum = 0.0
-    for micro in range(accum):
-        batch = loader.next_batch().to(device)
+    batches = [stream.next_batch().to(device) for _ in range(accum)]
+    units = _all_reduce(float(sum(objective.units(b) for b in batches)), env)
+    scale = env.world / max(units, 1.0)  # DDP averages gradients over processes: undo that for a global mean
+    loss_sum, metric_sums = 0.0, {}
+    for micro, batch in enumerate(batches):
         sync = not ddp or micro == accum - 1  # DDP all-reduces gradients on the last micro batch only
         with contextlib.nullcontext() if sync else step_loss.no_sync():
             with autocast:
-                loss = step_loss(batch)
-            (loss / accum).backward()
+                loss, metrics_ = step_loss(batch)
+            (loss * scale).backward()
         loss_sum += float(loss.detach())
+        for name, value in metrics_.items():
+            metric_sums[name] = metric_sums.get(name, 0.0) + float(value.detach())
     params = [p for group in optimizer.param_groups for p in group["params"]]
     grad_norm = float(nn.utils.clip_grad_norm_(params, grad_clip if grad_clip > 0 else float("inf")))
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
-    return loss_sum / accum, grad_norm
+
+    def mean(total: float) -> float:
+        return _all_reduce(total, env) / max(units, 1.0)
+
+    return StepResult(mean(loss_sum), grad_norm, {name: mean(v) for name, v in sorted(metric_sums.items())})
 
 
 class StopSignal:
@@ -231,8 +271,8 @@ def train(
     cfg: Config,
     env: DistEnv,
     model: Transformer,
-    loader,
-    loss_fn: Callable[[nn.Module, object], torch.Tensor],
+    stream: BatchStream,
+    objective: Objective,
     validate_fn: Callable[[Transformer, int | None, object], HeldOut] | None,
     tokenizer_path: Path,
     resume: bool = False,
@@ -243,7 +283,19 @@ def train(
     ckpt_root = run_dir / "checkpoints"
     metrics_path = run_dir / "metrics.jsonl"
     device = env.device
+    if cfg.data.seq_len > model.config.max_seq_len:
+        raise UserError(f"data.seq_len={cfg.data.seq_len} is longer than the model's context "
+                        f"({model.config.max_seq_len} tokens)")
 
+    base_model = ckpt.resolve_checkpoint(t.init_from) if t.init_from else None
+    if cfg.lora.r:  # before the optimizer, which then holds only the adapters
+        if base_model is None:
+            raise UserError("LoRA adapts a trained model: set train.init_from (--init-from) to its checkpoint")
+        targets = apply_lora(model, LoraSpec.from_config(cfg.lora))
+        if env.is_main:
+            trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+            print(f"LoRA r={cfg.lora.r} alpha={cfg.lora.alpha:g}{' (rsLoRA)' if cfg.lora.rslora else ''} on "
+                  f"{len(targets)} layers: {trainable:,} trainable parameters of {model.num_params():,}", flush=True)
     raw_model = model.to(device)
     optimizer = build_optimizer(raw_model, cfg.optim, device)
     accum = accumulation_steps(cfg, env.world)
@@ -256,7 +308,7 @@ def train(
         ckpt.load_weights(raw_model, found)
         state = ckpt.load_training_state(found, optimizer)
         step, max_steps, elapsed_before = state["step"], state["max_steps"], state["elapsed"]
-        loader.load_state_dict(state["loader"])
+        stream.load_state_dict(state["loader"])
         ckpt.set_rng_state(state["rng"])
         if env.is_main:
             metrics.truncate_metrics(metrics_path, step)
@@ -282,7 +334,7 @@ def train(
             flush=True,
         )
 
-    step_loss = StageLoss(raw_model, loss_fn)
+    step_loss = StageLoss(raw_model, objective)
     if env.world > 1:
         step_loss = nn.parallel.DistributedDataParallel(step_loss,
                                                         device_ids=[device.index] if device.type == "cuda" else None)
@@ -295,12 +347,13 @@ def train(
             state = {
                 "max_steps": max_steps,
                 "elapsed": elapsed_before + train_seconds,
-                "loader": loader.state_dict(),
+                "loader": stream.state_dict(),
                 "rng": ckpt.rng_state(),
                 "reason": reason,
                 "config": to_dict(cfg),
             }
-            path = ckpt.save_checkpoint(ckpt_root, step, raw_model, tokenizer_path, state, optimizer, t.keep_checkpoints)
+            path = ckpt.save_checkpoint(ckpt_root, step, raw_model, tokenizer_path, state, optimizer,
+                                        t.keep_checkpoints, base_model)
             print(f"checkpoint: {path}", flush=True)
         if env.world > 1:
             dist.barrier()
@@ -325,9 +378,9 @@ def train(
             lr = learning_rate(step, max_steps or 10**9, cfg.optim)
             for group in optimizer.param_groups:
                 group["lr"] = lr * group["lr_scale"]
-            loss_avg, grad_norm = train_step(step_loss, optimizer, loader, autocast, accum, cfg.optim.grad_clip)
+            result = train_step(step_loss, objective, optimizer, stream, autocast, accum, cfg.optim.grad_clip, env)
             step += 1
-            loss_avg = _all_reduce(loss_avg, env) / env.world
+            loss_avg = result.loss
             if device.type == "cuda":
                 torch.cuda.synchronize()
             dt = time.perf_counter() - step_start
@@ -338,7 +391,8 @@ def train(
             if time_budget:  # time the steady steps, fix the length, and re-fix it while the LR is still flat
                 step_times.append(dt)
                 budget = t.max_minutes * 60 - elapsed_before
-                first = max_steps == 0 and (len(step_times) >= 30 or (len(step_times) >= 3 and train_seconds > budget / 4))
+                timed = len(step_times) >= 30 or (len(step_times) >= 3 and train_seconds > budget / 4)
+                first = max_steps == 0 and timed
                 again = (max_steps and len(step_times) >= 30 and step % t.log_every == 0
                          and step < decay_start(max_steps, cfg.optim))
                 if first or again:
@@ -346,12 +400,14 @@ def train(
                     planned = budget_steps(step, budget - train_seconds, per_step, cfg.optim)
                     planned = int(_all_reduce(planned, env, dist.ReduceOp.MIN))
                     if env.is_main and (first or abs(planned - max_steps) > 0.02 * max_steps):
-                        change = "" if first else f" (was {max_steps}: steps {'slower' if planned < max_steps else 'faster'})"
+                        pace = "slower" if planned < max_steps else "faster"
+                        change = "" if first else f" (was {max_steps}: steps {pace})"
                         print(f"time budget {t.max_minutes:g} min at {per_step:.2f} s/step: {planned} steps{change}",
                               flush=True)
                     max_steps = planned
 
-            record = metrics.TrainPoint(step=step, loss=loss_avg, lr=lr, grad_norm=grad_norm, tokens=step * batch_tokens)
+            record = metrics.TrainPoint(step=step, loss=loss_avg, lr=lr, grad_norm=result.grad_norm,
+                                        tokens=step * batch_tokens, metrics=result.metrics or None)
             if step % t.log_every == 0 or step == max_steps or step in EARLY_LOG_STEPS:
                 tok_s = window_tokens / window_seconds
                 record.tok_s, record.mfu = tok_s, tok_s * flops_per_token / peak
@@ -360,7 +416,9 @@ def train(
                     left = (f"~{_format_duration((max_steps - step) * train_seconds / max(1, step - start_step))} left"
                             if max_steps else "timing steps to fix the schedule")
                     print(
-                        f"step {step:5d}/{max_steps or '?'} | loss {loss_avg:.4f} | lr {lr:.2e} | "
+                        f"step {step:5d}/{max_steps or '?'} | loss {loss_avg:.4f} | "
+                        + "".join(f"{name} {value:.4f} | " for name, value in result.metrics.items())
+                        + f"lr {lr:.2e} | "
                         f"{tok_s:,.0f} tok/s | MFU {100 * record.mfu:.1f}% | "
                         f"{_format_duration(elapsed_before + train_seconds)} elapsed, {left}",
                         flush=True,

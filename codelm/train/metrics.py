@@ -23,6 +23,7 @@ class TrainPoint:
     tok_s: float | None = None  # the timing fields are set on logged steps only
     mfu: float | None = None
     elapsed: float | None = None  # seconds of training, across resumes
+    metrics: dict[str, float] | None = None  # the objective's own (DPO's reward margins, ...)
 
     def to_json(self) -> dict:
         return {k: v for k, v in asdict(self).items() if v is not None}

@@ -1,4 +1,5 @@
-"""Pretraining: next-token prediction on packed documents, a fraction of them in FIM order.
+"""Pretraining: next-token prediction on packed documents, a fraction of them in FIM order; from scratch, or
+continued from train.init_from.
 
 Everything generic (precision, accumulation, schedule, checkpoints, DDP) is in
 loop.py; this module only says which batches to draw and which loss to take.
@@ -8,6 +9,7 @@ from pathlib import Path
 
 import torch
 
+from codelm import checkpoint as ckpt
 from codelm.config import Config
 from codelm.data.loader import PackedLoader
 from codelm.data.shards import TokenShards
@@ -15,11 +17,8 @@ from codelm.errors import UserError
 from codelm.model.llama import Transformer
 from codelm.tokenizer import Tokenizer
 from codelm.train.loop import accumulation_steps, setup_distributed, train
+from codelm.train.objectives import NextToken
 from codelm.train.validation import HeldOut, held_out_loader, held_out_loss, token_bytes_tensor
-
-
-def next_token_loss(model, batch):
-    return model.loss(batch.inputs, batch.targets, batch.doc_ids)
 
 
 def pretrain(cfg: Config, resume: bool = False) -> dict:
@@ -29,10 +28,18 @@ def pretrain(cfg: Config, resume: bool = False) -> dict:
     tok = Tokenizer.load(tokenizer_path)
     train_docs = TokenShards(tokens_dir / "train")
     val_docs = TokenShards(tokens_dir / "val")
+    torch.manual_seed(cfg.train.seed)  # the initial weights are part of what the seed fixes
+    if cfg.train.init_from:
+        model, init_tok, _ = ckpt.load_model(cfg.train.init_from)
+        if init_tok.hf.to_str() != tok.hf.to_str():
+            raise UserError(f"train.init_from={cfg.train.init_from} has another tokenizer than {tokenizer_path}: "
+                            "its token ids would mean other things; tokenize the data with the checkpoint's tokenizer")
+        cfg.model = model.config
+        model.train()
+    else:
+        model = Transformer(cfg.model)
     if cfg.model.vocab_size < tok.vocab_size:
         raise UserError(f"model.vocab_size={cfg.model.vocab_size} is smaller than the tokenizer's {tok.vocab_size}")
-    torch.manual_seed(cfg.train.seed)  # the initial weights are part of what the seed fixes
-    model = Transformer(cfg.model)
     loader = PackedLoader(
         train_docs,
         cfg.data.seq_len,
@@ -57,4 +64,4 @@ def pretrain(cfg: Config, resume: bool = False) -> dict:
         batches = held_out_loader(docs, tok, cfg.data.seq_len, cfg.train.micro_batch)
         return held_out_loss(model, batches, token_bytes, autocast, env.device)
 
-    return train(cfg, env, model, loader, next_token_loss, validate, tokenizer_path, resume)
+    return train(cfg, env, model, loader, NextToken(), validate, tokenizer_path, resume)

@@ -1,0 +1,57 @@
+"""Supervised fine-tuning: a checkpoint learns to answer chats, on the assistant's tokens only.
+
+The data (codelm.data.sft) is rendered with the checkpoint's own chat template (ChatML for codelm models)
+and packed without cropping; the objective is pretraining's next-token loss, which skips every target the
+batch marks IGNORE (the prompt, the other roles, padding). Everything else is the shared loop's.
+"""
+
+import math
+
+import torch
+
+from codelm import checkpoint as ckpt
+from codelm.config import Config
+from codelm.data.sft import PackedExamples, encode_examples, read_conversations, split_held_out
+from codelm.errors import UserError
+from codelm.model.llama import Transformer
+from codelm.train.loop import accumulation_steps, setup_distributed, train
+from codelm.train.objectives import NextToken
+from codelm.train.validation import HeldOut, held_out_loss, token_bytes_tensor
+
+
+def sft(cfg: Config, resume: bool = False) -> dict:
+    env = setup_distributed(cfg.train.device)
+    t = cfg.train
+    if not t.init_from:
+        raise UserError("SFT starts from a trained model: give --init-from CHECKPOINT (train.init_from)")
+    if not cfg.sft.data:
+        raise UserError("SFT needs chat data: give --data FILE.jsonl (sft.data)")
+    torch.manual_seed(t.seed)
+    model, tok, source = ckpt.load_model(t.init_from)
+    model.train()
+    cfg.model = model.config
+    examples = encode_examples(read_conversations(cfg.sft.data), tok, tok.chat_template)
+    train_examples, held_out = split_held_out(examples, cfg.sft.val_fraction)
+    if not train_examples:
+        raise UserError(f"sft.val_fraction={cfg.sft.val_fraction} holds out every example of {cfg.sft.data}")
+    pad_id = tok.eot_id if tok.eot_id is not None else 0
+    stream = PackedExamples(train_examples, cfg.data.seq_len, t.micro_batch, pad_id, seed=t.seed,
+                            rank=env.rank, world=env.world)
+    if not (t.max_steps or t.max_minutes):
+        rows_per_step = accumulation_steps(cfg, env.world) * t.micro_batch * env.world
+        t.max_steps = max(1, math.ceil(cfg.sft.epochs * stream.rows_per_epoch() / rows_per_step))
+    if env.is_main:
+        learned = sum(int(e.learn.sum()) for e in train_examples)
+        template = "the checkpoint's own" if tok.chat_template else "ChatML"
+        print(f"sft: {len(examples)} examples from {cfg.sft.data}: {len(train_examples)} to train on "
+              f"({learned:,} assistant tokens), {len(held_out)} held out; {stream.dropped} longer than "
+              f"{cfg.data.seq_len + 1} tokens dropped | chat template: {template}", flush=True)
+    token_bytes = token_bytes_tensor(tok)
+
+    def validate(model: Transformer, max_tokens: int | None, autocast) -> HeldOut:
+        """Loss and bits per byte on the held-out examples' assistant tokens (all of them each time)."""
+        batches = PackedExamples(held_out, cfg.data.seq_len, t.micro_batch, pad_id, shuffle=False, passes=1)
+        return held_out_loss(model, batches, token_bytes, autocast, env.device)
+
+    return train(cfg, env, model, stream, NextToken(), validate if held_out else None, source / "tokenizer.json",
+                 resume)
