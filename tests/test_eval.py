@@ -209,6 +209,31 @@ def test_humaneval_task_scores_a_model_that_knows_the_answers(code_tok, tmp_path
     assert not (tmp_path / "pass_at_k.png").exists()  # one sample per problem: pass@1 only, nothing to plot
 
 
+class ChatAnswerKey(AnswerKey):
+    """Answers a chat prompt by the problem its last user message asks for."""
+
+    def generate(self, prompts, params):
+        from codelm.inference.engine import Completion
+
+        asked = [self.tok.decode(p).rsplit("<|im_start|>user", 1)[-1] for p in prompts]
+        return [[Completion(next(a for key, a in self.answers.items() if key.strip() in t), [], finish_reason="stop")]
+                for t in asked]
+
+
+def test_chat_scores_count_the_replies_that_define_the_entry_point(code_tok, tmp_path):
+    problems = load_problems()[:4]
+    fence = "Here you go:\n```python\n{}\n```"
+    answers = {problems[0]["prompt"]: fence.format(problems[0]["prompt"] + problems[0]["canonical_solution"]),
+               problems[1]["prompt"]: fence.format(problems[1]["canonical_solution"]),  # the body only
+               problems[2]["prompt"]: "I cannot help with that.",
+               problems[3]["prompt"]: fence.format(f"def {problems[3]['entry_point']}(*args):\n    return None")}
+    evaluation = Evaluation(EvalConfig(checkpoint="answer key", tasks=["humaneval"], limit=4, chat=True,
+                                       out=str(tmp_path)), engine=ChatAnswerKey(code_tok, answers))
+    score = evaluation.run().tasks["humaneval"]
+    assert score.defines_entry_point == pytest.approx(2 / 4) and "50% of replies define" in score.summary()
+    assert score.passed_problems == [problems[0]["task_id"], problems[1]["task_id"]]
+
+
 def test_infilling_task_scores_by_execution_and_exact_match(code_tok, tmp_path):
     from codelm.data.fim import fim_prompt
 

@@ -26,6 +26,7 @@ class HumanEvalScore:
     generate_seconds: float
     passed_problems: list[str]
     seconds: float = 0.0
+    defines_entry_point: float | None = None  # chat: share of replies whose code defines the function asked for
 
     @classmethod
     def from_json(cls, d: dict) -> "HumanEvalScore":
@@ -33,7 +34,9 @@ class HumanEvalScore:
 
     def summary(self) -> str:
         scores = ", ".join(f"pass@{k} {v:.3f}" for k, v in self.pass_at_k.items())
-        return f"humaneval: {scores} over {self.problems} problems ({self.statuses})"
+        usable = ("" if self.defines_entry_point is None
+                  else f", {100 * self.defines_entry_point:.0f}% of replies define the entry point")
+        return f"humaneval: {scores} over {self.problems} problems ({self.statuses}){usable}"
 
 
 @dataclass

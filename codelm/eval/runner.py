@@ -145,7 +145,10 @@ class Evaluation:
             pass_at_k={str(k): v for k, v in mean_pass_at_k(per_problem, cfg.k).items()},
             curve={str(k): v for k, v in mean_pass_at_k(per_problem, list(range(1, cfg.n + 1))).items()},
             statuses=statuses, generate_seconds=round(generate_seconds, 1),
-            passed_problems=sorted((pid for pid, (_, c) in counts.items() if c), key=task_number))
+            passed_problems=sorted((pid for pid, (_, c) in counts.items() if c), key=task_number),
+            defines_entry_point=(sum(humaneval.defines(r["completion"], p["entry_point"])
+                                     for r, p in zip(rows, (p for p in chosen for _ in range(cfg.n))))
+                                 / max(len(rows), 1)) if cfg.chat else None)
 
     def infilling(self, task: str) -> InfillingScore:
         cfg, engine = self.cfg, self.engine
