@@ -258,6 +258,11 @@ def add_engine_args(parser: argparse.ArgumentParser):
                         "but compiling takes 20 s to 2 minutes, so it pays only for long generations")
 
 
+def command_group(sub, name: str, text: str):
+    """A command with subcommands of its own (`codelm tokenizer train`, `codelm synth mine`, ...)."""
+    return sub.add_parser(name, help=text).add_subparsers(dest="sub", required=True, metavar="SUB")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="codelm", description="Build code language models end to end.")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -293,12 +298,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="override a config key, e.g. --set dedup.threshold=0.8 (repeatable)")
     c.set_defaults(func=cmd_curate)
 
-    d = sub.add_parser("data", help="inspect curated data").add_subparsers(dest="sub", required=True, metavar="SUB")
+    d = command_group(sub, "data", "inspect curated data")
     ds = d.add_parser("stats", help="print the documents/languages/removals table of a curated corpus")
     ds.add_argument("dir", help="a `codelm curate` output directory")
     ds.set_defaults(func=cmd_data_stats)
 
-    t = sub.add_parser("tokenizer", help="tokenizer commands").add_subparsers(dest="sub", required=True, metavar="SUB")
+    t = command_group(sub, "tokenizer", "tokenizer commands")
     tt = t.add_parser("train", help="train byte-level BPE on a corpus's training split",
                       description="Train byte-level BPE (digits split, whitespace runs kept, codelm's special tokens) "
                       "on the training split of a corpus and save tokenizer.json.")
@@ -384,8 +389,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="fold a LoRA adapter into the weights (in fp32) and write a plain model")
     x.set_defaults(func=cmd_export)
 
-    sb = sub.add_parser("sandbox", help="run untrusted code with the evaluator's isolation").add_subparsers(
-        dest="sub", required=True, metavar="SUB")
+    sb = command_group(sub, "sandbox", "run untrusted code with the evaluator's isolation")
     sr = sb.add_parser("run", help="run one program (and optional tests) in the sandbox; prints the result",
                        description="Run a Python file (or - for stdin) as the evaluator runs generated code: its "
                        "own process as an unprivileged user, resource limits, a wall-clock timeout, a fresh "
@@ -434,8 +438,7 @@ def build_parser() -> argparse.ArgumentParser:
     eval_option("workers", "parallel sandboxes (0: one per core)")
     e.set_defaults(func=cmd_eval)
 
-    sy = sub.add_parser("synth", help="instruction data made from code").add_subparsers(
-        dest="sub", required=True, metavar="SUB")
+    sy = command_group(sub, "synth", "instruction data made from code")
     sm = sy.add_parser("mine", help="documented functions of a corpus become chat rows with provenance and tests",
                        description="Every top-level function and method with a docstring becomes a chat row: the "
                        "user asks for the signature and the docstring's behaviour, the assistant answers with the "
