@@ -81,13 +81,25 @@ def cmd_pretrain(args):
     pretrain(load_config(args.config, args.set), resume=args.resume)
 
 
-def cmd_sft(args):
+def chat_recipe_config(args, **named):
+    """The config of a recipe that learns from chats: sft.toml (or --config), the named options, then --set."""
     from codelm.config import load_config
+
+    named |= {"train.init_from": args.init_from, "sft.data": args.data, "train.out_dir": args.out}
+    settings = [f"{key}={value!r}" for key, value in named.items() if value]
+    return load_config(args.config or SFT_CONFIG, [*settings, *args.set])
+
+
+def cmd_sft(args):
     from codelm.train.sft import sft
 
-    named = [f"train.init_from={args.init_from!r}" if args.init_from else None,
-             f"sft.data={args.data!r}" if args.data else None, f"train.out_dir={args.out!r}" if args.out else None]
-    sft(load_config(args.config or SFT_CONFIG, [*filter(None, named), *args.set]), resume=args.resume)
+    sft(chat_recipe_config(args), resume=args.resume)
+
+
+def cmd_distill(args):
+    from codelm.train.distill import distill
+
+    distill(chat_recipe_config(args, **{"distill.teacher": args.teacher}), resume=args.resume)
 
 
 def _engine(checkpoint: str, args):
@@ -331,20 +343,31 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--resume", action="store_true", help="continue from train.out_dir/checkpoints/latest")
     r.set_defaults(func=cmd_pretrain)
 
-    f = sub.add_parser("sft", help="supervised fine-tuning on chats: assistant-only loss, optional LoRA",
-                       description="Fine-tune a checkpoint (codelm or imported) on chat data, learning only the "
-                       "assistant's tokens. Data: JSONL with 'messages' (OpenAI/HF), 'prompt'/'completion' or "
-                       "'instruction'/'response' per line, rendered with the checkpoint's chat template (ChatML for "
-                       "codelm models). Examples are packed whole into rows; longer ones are dropped and counted. "
-                       "Defaults: codelm/configs/sft.toml. Runs under torchrun too.")
-    f.add_argument("--init-from", help="checkpoint to fine-tune (train.init_from)")
-    f.add_argument("--data", help="chat JSONL (sft.data)")
-    f.add_argument("--out", help="run directory (train.out_dir)")
-    f.add_argument("--config", default=None, help="TOML config (default: codelm/configs/sft.toml)")
-    f.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config key, e.g. --set lora.r=16 --set optim.lr=5e-4 (repeatable)")
-    f.add_argument("--resume", action="store_true", help="continue from OUT/checkpoints/latest")
-    f.set_defaults(func=cmd_sft)
+    def chat_recipe(name: str, text: str, description: str, func):
+        r = sub.add_parser(name, help=text, description=description + " Data: JSONL with 'messages' (OpenAI/HF), "
+                           "'prompt'/'completion' or 'instruction'/'response' per line, rendered with the "
+                           "checkpoint's chat template (ChatML for codelm models). Examples are packed whole into "
+                           "rows; longer ones are dropped and counted. Defaults: codelm/configs/sft.toml. Runs under "
+                           "torchrun too.")
+        r.add_argument("--init-from", help="checkpoint to fine-tune (train.init_from)")
+        r.add_argument("--data", help="chat JSONL (sft.data)")
+        r.add_argument("--out", help="run directory (train.out_dir)")
+        r.add_argument("--config", default=None, help="TOML config (default: codelm/configs/sft.toml)")
+        r.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                       help="override a config key, e.g. --set lora.r=16 --set optim.lr=5e-4 (repeatable)")
+        r.add_argument("--resume", action="store_true", help="continue from OUT/checkpoints/latest")
+        r.set_defaults(func=func)
+        return r
+
+    chat_recipe("sft", "supervised fine-tuning on chats: assistant-only loss, optional LoRA",
+                "Fine-tune a checkpoint (codelm or imported) on chat data, learning only the assistant's tokens.",
+                cmd_sft)
+    dl = chat_recipe("distill", "token-level distillation from a teacher with the same tokenizer (KL, GKD)",
+                     "Train a student checkpoint to match a teacher's next-token distributions on the assistant "
+                     "tokens of chat data: forward KL (distill.beta=0), reverse KL (1) or generalized JSD between "
+                     "them, at distill.temperature; distill.on_policy is the share of batches made of the student's "
+                     "own sampled replies scored by the teacher (GKD).", cmd_distill)
+    dl.add_argument("--teacher", help="the teacher's checkpoint (distill.teacher)")
 
     g = sub.add_parser("generate", help="generate from a checkpoint: greedy, sampling, beam, speculative",
                        description="Continue a prompt with the KV-cache engine. A single completion streams to the "

@@ -135,6 +135,18 @@ class SFTConfig:
     epochs: float = 1.0  # passes over the training examples, when train.max_steps and max_minutes are 0
 
 
+@dataclass
+class DistillConfig:
+    """Token-level distillation (codelm.train.distill) from a teacher that shares the student's tokenizer."""
+
+    teacher: str = ""  # the teacher's checkpoint
+    beta: float = 0.5  # 0: forward KL(teacher || student), 1: reverse KL, between: generalized JSD (GKD)
+    temperature: float = 1.0  # both distributions are softened by it
+    on_policy: float = 0.0  # GKD's lambda: share of micro batches holding the student's own sampled replies
+    sample_temperature: float = 1.0  # on-policy replies are sampled at this temperature
+    max_new_tokens: int = 256  # the longest on-policy reply
+
+
 DEFAULT_VAL_FRACTION = 0.05  # 2% of the stdlib is 34 files, one of them a quarter of the tokens: too noisy
 
 @dataclass
@@ -240,6 +252,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     lora: LoraConfig = field(default_factory=LoraConfig)
     sft: SFTConfig = field(default_factory=SFTConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
 
 
 def field_default(cls, name: str):

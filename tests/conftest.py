@@ -1,5 +1,6 @@
 """Shared fixtures: a small real corpus (a few stdlib packages), its tokenizer and token shards, a tiny config."""
 
+import json
 import os
 import subprocess
 import sys
@@ -7,9 +8,13 @@ import tempfile
 from pathlib import Path
 
 import pytest
+import torch
 
+from codelm.checkpoint import save_model
+from codelm.config import ModelConfig, load_config
 from codelm.data.corpus import tokenize_corpus, train_tokenizer_on_corpus
 from codelm.data.sources import stdlib_root
+from codelm.model.llama import Transformer
 
 REPO = Path(__file__).resolve().parent.parent
 # precision and throughput probes are cached per machine; tests (and the CLI runs they start) use their own cache
@@ -88,3 +93,28 @@ def run_codelm(*args, check=True, cwd=REPO, **kwargs) -> subprocess.CompletedPro
     if check and proc.returncode != 0:
         raise AssertionError(f"codelm {' '.join(map(str, args))} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
     return proc
+
+
+@pytest.fixture
+def tiny_chat_model(tmp_path, code_tok):
+    """A small random codelm checkpoint and a chat JSONL of two-turn arithmetic: (checkpoint, data)."""
+    torch.manual_seed(0)
+    model = Transformer(ModelConfig(vocab_size=code_tok.vocab_size, dim=32, n_layers=2, n_heads=2, n_kv_heads=1,
+                                    max_seq_len=128))
+    ckpt = save_model(tmp_path / "base", model, code_tok)
+    data = tmp_path / "chat.jsonl"
+    rows = [{"messages": [{"role": "user", "content": f"What is {a} + {b}?"},
+                          {"role": "assistant", "content": f"{a + b}"},
+                          {"role": "user", "content": "And doubled?"},
+                          {"role": "assistant", "content": f"{2 * (a + b)}"}]}
+            for a in range(12) for b in range(5)]
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return ckpt, data
+
+
+def sft_config(ckpt, data, out, **train):
+    """sft.toml shrunk for tests: 128-token rows, 512-token steps, fp32, no compile; train.* overrides."""
+    settings = [f"train.init_from='{ckpt}'", f"sft.data='{data}'", f"train.out_dir='{out}'", "data.seq_len=128",
+                "train.micro_batch=2", "train.batch_tokens=512", "optim.lr=3e-3", "train.compile=false",
+                "train.precision='fp32'", "train.eval_every=0", *[f"train.{k}={v}" for k, v in train.items()]]
+    return load_config(REPO / "codelm" / "configs" / "sft.toml", settings)

@@ -9,12 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import run_codelm
+from conftest import run_codelm, sft_config
 from test_training import losses
 
 from codelm.chat import encode_chat, encode_conversation
-from codelm.checkpoint import latest_checkpoint, load_model, save_model
-from codelm.config import ModelConfig, load_config
+from codelm.checkpoint import latest_checkpoint, load_model
 from codelm.data.loader import IGNORE
 from codelm.data.sft import (
     Example,
@@ -25,7 +24,6 @@ from codelm.data.sft import (
     split_held_out,
 )
 from codelm.errors import UserError
-from codelm.model.llama import Transformer
 from codelm.train.sft import sft
 
 CHAT = [{"role": "system", "content": "You write Python."},
@@ -148,29 +146,6 @@ def test_held_out_split_is_stable_and_follows_the_tokens():
     assert 20 < len(held) < 60 and len(train) + len(held) == 400
     again_train, again_held = split_held_out(list(reversed(examples)), 0.1)
     assert {e.where for e in again_held} == {e.where for e in held}
-
-
-@pytest.fixture
-def tiny_chat_model(tmp_path, code_tok):
-    torch.manual_seed(0)
-    model = Transformer(ModelConfig(vocab_size=code_tok.vocab_size, dim=32, n_layers=2, n_heads=2, n_kv_heads=1,
-                                    max_seq_len=128))
-    ckpt = save_model(tmp_path / "base", model, code_tok)
-    data = tmp_path / "chat.jsonl"
-    rows = [{"messages": [{"role": "user", "content": f"What is {a} + {b}?"},
-                          {"role": "assistant", "content": f"{a + b}"},
-                          {"role": "user", "content": "And doubled?"},
-                          {"role": "assistant", "content": f"{2 * (a + b)}"}]}
-            for a in range(12) for b in range(5)]
-    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return ckpt, data
-
-
-def sft_config(ckpt, data, out, **train):
-    settings = [f"train.init_from='{ckpt}'", f"sft.data='{data}'", f"train.out_dir='{out}'", "data.seq_len=128",
-                "train.micro_batch=2", "train.batch_tokens=512", "optim.lr=3e-3", "train.compile=false",
-                "train.precision='fp32'", "train.eval_every=0", *[f"train.{k}={v}" for k, v in train.items()]]
-    return load_config(Path(__file__).parents[1] / "codelm" / "configs" / "sft.toml", settings)
 
 
 def test_sft_learns_the_replies_and_resumes_exactly(tiny_chat_model, tmp_path):

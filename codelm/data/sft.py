@@ -16,7 +16,7 @@ example (doc_ids) and positions restart at each example, as in pretraining's pac
 import hashlib
 import json
 from bisect import bisect_left, insort
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -85,6 +85,7 @@ class Example:
     ids: np.ndarray  # int64 token ids of the whole conversation
     learn: np.ndarray  # bool, per token: the model learns to write it (assistant text and its end of turn)
     where: str  # file:line, for errors and provenance
+    messages: list[dict] = field(default_factory=list)  # the conversation, for recipes that re-answer its prompts
 
 
 def encode_examples(conversations: list[tuple[str, list[dict]]], tok: Tokenizer, template: str | None) -> list[Example]:
@@ -100,7 +101,7 @@ def encode_examples(conversations: list[tuple[str, list[dict]]], tok: Tokenizer,
             raise UserError(f"{where}: the chat template left no assistant token to learn")
         if all(learn):
             raise UserError(f"{where}: every token is marked as the assistant's: the chat template marks no prompt")
-        examples.append(Example(np.asarray(ids, dtype=np.int64), np.asarray(learn, dtype=bool), where))
+        examples.append(Example(np.asarray(ids, dtype=np.int64), np.asarray(learn, dtype=bool), where, messages))
     return examples
 
 

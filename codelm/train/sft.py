@@ -6,26 +6,44 @@ batch marks IGNORE (the prompt, the other roles, padding). Everything else is th
 """
 
 import math
+from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
 from codelm import checkpoint as ckpt
 from codelm.config import Config
-from codelm.data.sft import PackedExamples, encode_examples, read_conversations, split_held_out
+from codelm.data.sft import Example, PackedExamples, encode_examples, read_conversations, split_held_out
 from codelm.errors import UserError
 from codelm.model.llama import Transformer
-from codelm.train.loop import accumulation_steps, setup_distributed, train
+from codelm.tokenizer import Tokenizer
+from codelm.train.loop import DistEnv, accumulation_steps, setup_distributed, train
 from codelm.train.objectives import NextToken
 from codelm.train.validation import HeldOut, held_out_loss, token_bytes_tensor
 
 
-def sft(cfg: Config, resume: bool = False) -> dict:
-    env = setup_distributed(cfg.train.device)
+@dataclass
+class ChatRun:
+    """What a recipe that learns from chats starts with (SFT, distillation): the model, its tokenizer and
+    checkpoint, the examples split in two, and the packed stream over the training ones."""
+
+    model: Transformer
+    tok: Tokenizer
+    source: Path
+    train_examples: list[Example]
+    held_out: list[Example]
+    stream: PackedExamples
+    pad_id: int
+
+
+def start_chat_run(cfg: Config, env: DistEnv, recipe: str) -> ChatRun:
+    """Load train.init_from and sft.data, print what will be learned, and set max_steps from sft.epochs when
+    no step or time budget is given."""
     t = cfg.train
     if not t.init_from:
-        raise UserError("SFT starts from a trained model: give --init-from CHECKPOINT (train.init_from)")
+        raise UserError(f"{recipe} starts from a trained model: give --init-from CHECKPOINT (train.init_from)")
     if not cfg.sft.data:
-        raise UserError("SFT needs chat data: give --data FILE.jsonl (sft.data)")
+        raise UserError(f"{recipe} needs chat data: give --data FILE.jsonl (sft.data)")
     torch.manual_seed(t.seed)
     model, tok, source = ckpt.load_model(t.init_from)
     model.train()
@@ -43,15 +61,26 @@ def sft(cfg: Config, resume: bool = False) -> dict:
     if env.is_main:
         learned = sum(int(e.learn.sum()) for e in train_examples)
         template = "the checkpoint's own" if tok.chat_template else "ChatML"
-        print(f"sft: {len(examples)} examples from {cfg.sft.data}: {len(train_examples)} to train on "
+        print(f"{recipe}: {len(examples)} examples from {cfg.sft.data}: {len(train_examples)} to train on "
               f"({learned:,} assistant tokens), {len(held_out)} held out; {stream.dropped} longer than "
               f"{cfg.data.seq_len + 1} tokens dropped | chat template: {template}", flush=True)
-    token_bytes = token_bytes_tensor(tok)
+    return ChatRun(model, tok, source, train_examples, held_out, stream, pad_id)
+
+
+def held_out_validation(cfg: Config, run: ChatRun, env: DistEnv):
+    """Loss and bits per byte on the held-out examples' assistant tokens (all of them each time), or None."""
+    token_bytes = token_bytes_tensor(run.tok)
 
     def validate(model: Transformer, max_tokens: int | None, autocast) -> HeldOut:
-        """Loss and bits per byte on the held-out examples' assistant tokens (all of them each time)."""
-        batches = PackedExamples(held_out, cfg.data.seq_len, t.micro_batch, pad_id, shuffle=False, passes=1)
+        batches = PackedExamples(run.held_out, cfg.data.seq_len, cfg.train.micro_batch, run.pad_id,
+                                 shuffle=False, passes=1)
         return held_out_loss(model, batches, token_bytes, autocast, env.device)
 
-    return train(cfg, env, model, stream, NextToken(), validate if held_out else None, source / "tokenizer.json",
-                 resume)
+    return validate if run.held_out else None
+
+
+def sft(cfg: Config, resume: bool = False) -> dict:
+    env = setup_distributed(cfg.train.device)
+    run = start_chat_run(cfg, env, "sft")
+    return train(cfg, env, run.model, run.stream, NextToken(), held_out_validation(cfg, run, env),
+                 run.source / "tokenizer.json", resume)
