@@ -29,6 +29,9 @@ from codelm.io import atomic_write_json, atomic_write_text
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16, "fp64": torch.float64}
 SLOW_FACTOR = 2.0  # an explicit precision this much slower than the best one gets a warning
 PROBE_SECONDS = 0.5  # timing budget per candidate, after one warm-up call
+# Candidates are timed in turn, this many times, and each keeps its best: a stall of the machine (another
+# process taking the cores) during one candidate's turn then cannot decide the choice, which is cached for good.
+PROBE_ROUNDS = 2
 
 
 @dataclass
@@ -190,7 +193,12 @@ def choose_precision(requested: str, device: torch.device, kind: str, shape: str
 
     def measure() -> dict[str, float]:
         log(f"probing precision on {device_name(device)} ({kind}: {', '.join(names)}; once per machine)...")
-        return {name: time_step(make_step(name), device) for name in names}
+        steps = {name: make_step(name) for name in names}
+        best = dict.fromkeys(names, float("inf"))
+        for _ in range(PROBE_ROUNDS):
+            for name in names:
+                best[name] = min(best[name], time_step(steps[name], device))
+        return best
 
     timings, cached = cached_measurement(f"precision-{kind}", device, shape, measure)
     best = min(names, key=lambda name: timings[name])  # names are in preference order: ties go to the first

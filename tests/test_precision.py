@@ -38,6 +38,17 @@ def test_auto_picks_fp32_where_bf16_is_slower(fake_clock):
     assert choice.precision == "bf16"
 
 
+def test_a_stall_during_one_turn_of_the_probe_does_not_decide(fake_clock):
+    steps, _ = fake_clock
+    stalls = iter([0.04, 1.8, 0.04, 0.03])  # bf16, fp32 (the machine busy for a moment), bf16, fp32
+
+    def make_step(name):
+        return lambda: next(stalls)
+
+    choice = precision.choose_precision("auto", CPU, "train", "shape-stall", make_step)
+    assert choice.precision == "fp32" and choice.timings == {"bf16": 0.04, "fp32": 0.03}
+
+
 def test_explicit_slow_precision_warns_and_proceeds(fake_clock, capsys):
     steps, _ = fake_clock
     choice = precision.choose_precision("bf16", CPU, "train", "shape", steps({"bf16": 0.9, "fp32": 0.1}))
