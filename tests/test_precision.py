@@ -49,6 +49,18 @@ def test_a_stall_during_one_turn_of_the_probe_does_not_decide(fake_clock):
     assert choice.precision == "fp32" and choice.timings == {"bf16": 0.04, "fp32": 0.03}
 
 
+def test_a_probe_taken_while_other_processes_hold_the_cores_is_not_cached(fake_clock, monkeypatch, capsys):
+    steps, calls = fake_clock
+    monkeypatch.setattr(precision, "others_running", lambda: 8)
+    first = precision.choose_precision("auto", CPU, "train", "shape-busy", steps({"bf16": 0.5, "fp32": 2.0}))
+    assert first.precision == "bf16" and not first.cached  # this run goes by what it measured
+    assert "not cached" in capsys.readouterr().out
+    monkeypatch.setattr(precision, "others_running", lambda: 0)
+    quiet = precision.choose_precision("auto", CPU, "train", "shape-busy", steps({"bf16": 0.3, "fp32": 0.03}))
+    assert quiet.precision == "fp32" and not quiet.cached and len(calls) == 4  # measured again, then cached
+    assert precision.choose_precision("auto", CPU, "train", "shape-busy", steps({})).cached
+
+
 def test_explicit_slow_precision_warns_and_proceeds(fake_clock, capsys):
     steps, _ = fake_clock
     choice = precision.choose_precision("bf16", CPU, "train", "shape", steps({"bf16": 0.9, "fp32": 0.1}))
