@@ -11,7 +11,6 @@ import json
 import os
 import sys
 from dataclasses import asdict
-from pathlib import Path
 
 from codelm.config import (
     DEFAULT_VAL_FRACTION,
@@ -24,10 +23,9 @@ from codelm.config import (
 )
 from codelm.errors import UserError
 from codelm.sandbox.supervisor import Limits
-from codelm.synth.config import MineConfig
+from codelm.synth.config import MagpieConfig, MineConfig, OssInstructConfig, TeacherConfig
 
 SHAPE_NAMES = [shape.name for shape in LADDER]
-SFT_CONFIG = Path(__file__).resolve().parent / "configs" / "sft.toml"
 
 DATA_HELP = ("a `codelm curate` output directory, or files/directories of code read as they are (repeatable); "
              "default: the Python standard library of this interpreter")
@@ -84,22 +82,41 @@ def cmd_pretrain(args):
 def chat_recipe_config(args, **named):
     """The config of a recipe that learns from chats: sft.toml (or --config), the named options, then --set."""
     from codelm.config import load_config
+    from codelm.train.sft import DEFAULT_CONFIG
 
     named |= {"train.init_from": args.init_from, "sft.data": args.data, "train.out_dir": args.out}
     settings = [f"{key}={value!r}" for key, value in named.items() if value]
-    return load_config(args.config or SFT_CONFIG, [*settings, *args.set])
+    return load_config(args.config or DEFAULT_CONFIG, [*settings, *args.set])
+
+
+def chat_humaneval(cfg, result: dict, limit: int):
+    """HumanEval asked as a chat of a chat recipe's final checkpoint (--humaneval), into OUT/eval."""
+    from codelm.eval.runner import Evaluation
+    from codelm.report import write_eval_report
+
+    if result.get("stopped"):
+        return
+    evaluation = Evaluation(EvalConfig(checkpoint=cfg.train.out_dir, tasks=["humaneval"], chat=True, limit=limit,
+                                       out=os.path.join(cfg.train.out_dir, "eval")))
+    write_eval_report(evaluation.out, evaluation.run())
 
 
 def cmd_sft(args):
     from codelm.train.sft import sft
 
-    sft(chat_recipe_config(args), resume=args.resume)
+    cfg = chat_recipe_config(args)
+    result = sft(cfg, resume=args.resume)
+    if args.humaneval is not None:
+        chat_humaneval(cfg, result, args.humaneval)
 
 
 def cmd_distill(args):
     from codelm.train.distill import distill
 
-    distill(chat_recipe_config(args, **{"distill.teacher": args.teacher}), resume=args.resume)
+    cfg = chat_recipe_config(args, **{"distill.teacher": args.teacher})
+    result = distill(cfg, resume=args.resume)
+    if args.humaneval is not None:
+        chat_humaneval(cfg, result, args.humaneval)
 
 
 def _engine(checkpoint: str, args):
@@ -195,6 +212,19 @@ def cmd_synth_mine(args):
     print(mine(from_args(MineConfig, args)).summary(args.out))
 
 
+def cmd_synth_oss_instruct(args):
+    from codelm.synth.oss_instruct import oss_instruct
+
+    cfg = from_args(OssInstructConfig, args, teacher=from_args(TeacherConfig, args))
+    print(oss_instruct(cfg).summary("oss-instruct", args.out))
+
+
+def cmd_synth_magpie(args):
+    from codelm.synth.magpie import magpie
+
+    print(magpie(from_args(MagpieConfig, args, teacher=from_args(TeacherConfig, args))).summary("magpie", args.out))
+
+
 def cmd_eval(args):
     from codelm.eval.runner import Evaluation
     from codelm.report import is_run_dir, report_title, write_eval_report, write_report
@@ -268,6 +298,28 @@ def add_engine_args(parser: argparse.ArgumentParser):
     parser.add_argument("--compile", action="store_true",
                         help="compile the decode step with torch.compile (CUDA graphs on GPU): faster per token, "
                         "but compiling takes 20 s to 2 minutes, so it pays only for long generations")
+
+
+def add_teacher_args(parser: argparse.ArgumentParser):
+    """The teacher of `synth oss-instruct` and `synth magpie` (TeacherConfig): a checkpoint or an endpoint."""
+    who = parser.add_mutually_exclusive_group(required=True)
+    who.add_argument("--teacher", dest="checkpoint", default="", metavar="CHECKPOINT",
+                     help="a codelm checkpoint directory (trained or imported), run through the engine")
+    who.add_argument("--teacher-url", dest="url", default="", metavar="URL",
+                     help="an OpenAI-compatible endpoint, e.g. http://host:8000/v1 (its /chat/completions; Magpie "
+                     "also its /completions)")
+    parser.add_argument("--teacher-model", dest="model", default=field_default(TeacherConfig, "model"),
+                        help="the endpoint's model name (default: the first its /models lists)")
+
+    def option(name: str, text: str, **kw):
+        config_option(parser, TeacherConfig, name, text, **kw)
+
+    option("api_key_env", "environment variable holding the endpoint's API key (sent as a Bearer token if set)")
+    option("template", "the teacher's chat template, a Jinja file or a tokenizer_config.json; empty: the "
+           "checkpoint's own, ChatML for a URL (Magpie's pre-query prefix comes from it)")
+    option("timeout", "seconds to wait for one reply from the endpoint")
+    option("batch_size", "prompts per teacher call: the engine's batch, or requests in flight to the endpoint")
+    option("dtype", "the checkpoint's precision in the engine", choices=["auto", "fp32", "bf16", "fp64"])
 
 
 def command_group(sub, name: str, text: str):
@@ -356,6 +408,10 @@ def build_parser() -> argparse.ArgumentParser:
         r.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                        help="override a config key, e.g. --set lora.r=16 --set optim.lr=5e-4 (repeatable)")
         r.add_argument("--resume", action="store_true", help="continue from OUT/checkpoints/latest")
+        r.add_argument("--humaneval", type=int, nargs="?", const=0, metavar="LIMIT",
+                       help="then ask HumanEval as chats of the result, greedy, into OUT/eval (LIMIT: the first "
+                       "LIMIT problems; all 164 without it): pass@1 and the share of replies that define the "
+                       "function asked for")
         r.set_defaults(func=func)
         return r
 
@@ -485,6 +541,61 @@ def build_parser() -> argparse.ArgumentParser:
     sm.add_argument("--no-tests", dest="tests", action="store_false",
                     help="do not run doctests: no sandbox, rows without asserts, failing doctests not caught")
     sm.set_defaults(func=cmd_synth_mine)
+
+    so = sy.add_parser("oss-instruct", help="a teacher writes problems, solutions and tests from corpus snippets",
+                       description="OSS-Instruct (Magicoder): N random snippets of the corpus's Python files "
+                       "(seeded) each prompt the teacher for a self-contained problem, a Python solution and "
+                       "assert tests, in [Problem] / [Solution] / [Tests] sections. A reply that is unfinished, "
+                       "does not parse, uses process/file/network modules, duplicates an earlier solution (exact or "
+                       "near), overlaps HumanEval or fails its tests in the sandbox is dropped and counted. Writes "
+                       "OUT (JSONL rows with provenance) and the stats beside it.")
+    so.add_argument("--corpus", required=True, help="a `codelm curate` output directory, or a directory or file "
+                    "of Python code")
+    so.add_argument("--out", required=True, help="the JSONL file to write (NAME.jsonl; NAME.stats.json beside it)")
+    add_teacher_args(so)
+
+    def oss_option(name: str, text: str, **kw):
+        config_option(so, OssInstructConfig, name, text, **kw)
+
+    oss_option("n", "snippets drawn, one teacher request each (rows kept are fewer)")
+    oss_option("seed", "picks the snippets and seeds the teacher's sampling")
+    oss_option("min_lines", "a snippet's lines, at least")
+    oss_option("max_lines", "a snippet's lines, at most")
+    oss_option("temperature", "the teacher's sampling temperature; 0: greedy")
+    oss_option("top_p", "nucleus sampling when temperature > 0")
+    oss_option("max_new_tokens", "the reply's tokens at most; a reply cut here is dropped")
+    oss_option("workers", "parallel sandboxes for the tests (0: one per core)")
+    so.add_argument("--require-tests", action="store_true",
+                    help="drop replies without tests (default: keep them untested, with no tests in the row)")
+    so.set_defaults(func=cmd_synth_oss_instruct)
+
+    sg = sy.add_parser("magpie", help="a teacher invents requests from its chat template's pre-query prefix, "
+                       "then answers them",
+                       description="Magpie: the teacher continues its chat template's text up to where a user's "
+                       "words begin (e.g. '<|im_start|>user\\n') and so writes a request, ending at its end of "
+                       "turn; then it answers that request as a chat. Requests that are unfinished, empty, too "
+                       "short, duplicates (exact or near) or HumanEval material are dropped, as are unfinished or "
+                       "empty answers, answers whose Python does not parse or that overlap HumanEval, and (with "
+                       "--code-only) answers without Python. Writes OUT (JSONL rows with provenance) and the stats "
+                       "beside it.")
+    sg.add_argument("--out", required=True, help="the JSONL file to write (NAME.jsonl; NAME.stats.json beside it)")
+    add_teacher_args(sg)
+
+    def magpie_option(name: str, text: str, **kw):
+        config_option(sg, MagpieConfig, name, text, **kw)
+
+    magpie_option("n", "requests invented, one teacher request each and one more per answer (rows kept are fewer)")
+    magpie_option("seed", "seeds the teacher's sampling")
+    magpie_option("system", "a system message before the user's turn, to steer the requests (kept in the rows)")
+    magpie_option("instruction_temperature", "sampling temperature of the requests; 0: greedy (all alike)")
+    magpie_option("instruction_top_p", "nucleus sampling of the requests")
+    magpie_option("max_instruction_tokens", "a request not ended within this many tokens is dropped")
+    magpie_option("min_instruction_words", "a request of fewer words is dropped")
+    magpie_option("temperature", "sampling temperature of the answers; 0: greedy")
+    magpie_option("max_new_tokens", "an answer's tokens at most; an answer cut here is dropped")
+    sg.add_argument("--code-only", action="store_true",
+                    help="drop answers without a python code block (default: keep requests of any kind)")
+    sg.set_defaults(func=cmd_synth_magpie)
     return p
 
 

@@ -205,3 +205,15 @@ def test_full_sft_keeps_an_imported_models_chat_template_and_stop_tokens(tiny_ch
     sft(sft_config(ckpt, data, run, max_steps=2))
     _, tok, saved = load_model(run)
     assert tok.chat_template == template and 7 in tok.stop_ids and tok.prefix_ids == []
+
+
+@pytest.mark.slow
+def test_sft_cli_trains_then_asks_humaneval_as_chats(tiny_chat_model, tmp_path):
+    ckpt, data = tiny_chat_model
+    out = tmp_path / "run"
+    proc = run_codelm("sft", "--init-from", ckpt, "--data", data, "--out", out, "--set", "data.seq_len=128",
+                      "--set", "train.max_steps=2", "--set", "train.micro_batch=2", "--set", "train.batch_tokens=256",
+                      "--humaneval", "3")
+    assert "sft: 60 examples" in proc.stdout and "defines" not in proc.stderr
+    results = json.loads((out / "eval" / "results.json").read_text())["tasks"]["humaneval"]
+    assert results["problems"] == 3 and results["prompting"] == "chat" and results["defines_entry_point"] is not None
