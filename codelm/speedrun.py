@@ -1,4 +1,5 @@
-"""`codelm speedrun`: curated corpus -> tokenizer -> token shards -> pretraining -> evaluation -> samples -> report.md.
+"""`codelm speedrun`: curated corpus -> tokenizer -> token shards -> pretraining -> evaluation -> samples ->
+instructions mined from the corpus -> a short SFT -> chat behaviour before and after -> report.md.
 
 Each step is the same stage function its own command runs, writing into the
 run directory; a step whose output is already there is reused, so rerunning
@@ -22,10 +23,14 @@ from codelm.eval.runner import Evaluation
 from codelm.inference.engine import Engine
 from codelm.io import atomic_write_json
 from codelm.model.llama import Transformer
-from codelm.precision import machine_profile
+from codelm.precision import PrecisionChoice, machine_profile
 from codelm.report import RunSummary, write_eval_report, write_report
+from codelm.synth.config import MineConfig
+from codelm.synth.mine import mine
 from codelm.train.loop import resolve_precision, setup_distributed
 from codelm.train.pretrain import pretrain
+from codelm.train.sft import DEFAULT_CONFIG as SFT_CONFIG
+from codelm.train.sft import sft
 from codelm.train.sizing import LADDER, plan_shape, plan_text
 
 # package data, so that an installed codelm (not only a checkout) finds it
@@ -41,6 +46,12 @@ FIM_PROMPTS = [
     ("import sys\n\n\ndef main(argv):\n    if len(argv) < 2:\n", "    return 0\n\n\nif __name__ == '__main__':\n"
      "    sys.exit(main(sys.argv))\n"),
 ]
+
+
+# The speedrun's SFT stage: one pass over the mined instructions that fit the model's context, at a learning
+# rate for a model this small (sft.toml's 5e-5 is for fine-tuning a 100M+ model), no compilation (it would cost
+# more than the stage's few seconds of training).
+SFT_SETTINGS = ["optim.lr=1e-3", "sft.epochs=1", "train.compile=false", "train.eval_every=0", "train.log_every=10"]
 
 
 def _banner(text: str):
@@ -91,6 +102,29 @@ def fit_shape(cfg, shape: str, run_dir: Path) -> tuple[list[str], str]:
             f"model.n_kv_heads={s.n_kv_heads}"], plan["text"]
 
 
+def chat_behaviour(run_dir: Path, curated_dir: Path, checkpoint: Path, seq_len: int) -> dict[str, Path]:
+    """Mine instructions from the corpus, fine-tune the checkpoint on them, and score HumanEval in chat form
+    before and after; returns the two evaluations' directories (the report reads them)."""
+    instructions = curated_dir.parent / "instructions.jsonl"
+    if instructions.is_file():
+        print(f"reusing {instructions}")
+    else:
+        print(mine(MineConfig(corpus=str(curated_dir), out=str(instructions))).summary(str(instructions)))
+    sft_dir = run_dir / "sft"
+    precision = PrecisionChoice.load(run_dir / "precision.json").precision  # pretraining's: same model, machine
+    cfg = load_config(SFT_CONFIG, [*SFT_SETTINGS, f'train.init_from="{checkpoint}"', f'sft.data="{instructions}"',
+                                   f'train.out_dir="{sft_dir}"', f"data.seq_len={seq_len}",
+                                   f'train.precision="{precision}"'])
+    sft(cfg, resume=latest_checkpoint(sft_dir / "checkpoints") is not None)
+    evaluations = {"pretrained": run_dir / "chat" / "pretrained", "after SFT": run_dir / "chat" / "sft"}
+    for name, source in (("pretrained", checkpoint), ("after SFT", sft_dir)):
+        model, tok, _ = load_model(source)  # fp32, as step 6 evaluates: no decode probe
+        results = Evaluation(EvalConfig(checkpoint=str(source), tasks=["humaneval"], chat=True,
+                                        out=str(evaluations[name])), engine=Engine(model, tok)).run()
+        write_eval_report(evaluations[name], results)
+    return evaluations
+
+
 def speedrun(data=None, out=None, minutes=None, max_steps=None, config=None, overrides=(), vocab_size=None,
              shape="auto") -> Path:
     start = time.time()
@@ -111,18 +145,18 @@ def speedrun(data=None, out=None, minutes=None, max_steps=None, config=None, ove
         settings += [f"train.max_minutes={minutes}"]
     cfg = load_config(config, settings)  # fail on a bad key before any work
 
-    _banner(f"1/7 curate ({'stdlib' if not data else ', '.join(data)})")
+    _banner(f"1/8 curate ({'stdlib' if not data else ', '.join(data)})")
     if (curated_dir / "stats.json").is_file():
         print(f"reusing {curated_dir}")
     else:
         curate(load_curate_config(None, data or []), curated_dir)
     print(stats_table(load_stats(curated_dir)))
-    _banner("2/7 tokenizer")
+    _banner("2/8 tokenizer")
     if tokenizer_path.is_file():
         print(f"reusing {tokenizer_path}")
     else:
         train_tokenizer_on_corpus([str(curated_dir)], tokenizer_path, vocab_size)
-    _banner("3/7 tokenize")
+    _banner("3/8 tokenize")
     if (tokens_dir / "stats.json").is_file():
         print(f"reusing {tokens_dir}")
     else:
@@ -130,7 +164,7 @@ def speedrun(data=None, out=None, minutes=None, max_steps=None, config=None, ove
     splits = TokenizedStats.load(tokens_dir).splits
     print(f"train {splits['train'].tokens:,} tokens, val {splits['val'].tokens:,} tokens")
 
-    _banner(f"4/7 pretrain {config.name}")
+    _banner(f"4/8 pretrain {config.name}")
     shape_settings, plan = fit_shape(cfg, shape, run_dir)
     cfg = load_config(config, [*settings, *shape_settings])
     resume = latest_checkpoint(run_dir / "checkpoints") is not None
@@ -139,11 +173,11 @@ def speedrun(data=None, out=None, minutes=None, max_steps=None, config=None, ove
         print(f"stopped by signal; rerun with --out {run_dir} to resume")
         return run_dir
 
-    _banner("5/7 samples")
+    _banner("5/8 samples")
     model, tok, _ = load_model(run_dir)
     write_samples(run_dir, model, tok)
 
-    _banner("6/7 evaluate: HumanEval pass@1, contamination of the curated corpus")
+    _banner("6/8 evaluate: HumanEval pass@1, contamination of the curated corpus")
     # infilling takes minutes more at this size: `codelm eval --tasks humaneval-infill-single --checkpoint RUN`
     eval_dir = run_dir / "eval"
     results = Evaluation(EvalConfig(checkpoint=str(run_dir), tasks=["humaneval", "contamination"],
@@ -158,7 +192,10 @@ def speedrun(data=None, out=None, minutes=None, max_steps=None, config=None, ove
                          wall_minutes=(time.time() - start) / 60)
     summary.save(run_dir / "summary.json")
 
-    _banner("7/7 report")
+    _banner("7/8 chat: instructions mined from the corpus, a short SFT, HumanEval as chat before and after")
+    chat_behaviour(run_dir, curated_dir, latest_checkpoint(run_dir / "checkpoints"), cfg.data.seq_len)
+
+    _banner("8/8 report")
     report = write_report(run_dir, title="codelm speedrun")
     gz = summary.compression
     print(f"validation bpb {summary.bpb:.4f} (gzip -9 {gz.gzip:.4f}, xz -9e {gz.xz:.4f}; loss "

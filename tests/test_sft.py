@@ -24,6 +24,8 @@ from codelm.data.sft import (
     split_held_out,
 )
 from codelm.errors import UserError
+from codelm.inference.engine import Engine
+from codelm.model.lora import lora_spec
 from codelm.train.sft import sft
 
 CHAT = [{"role": "system", "content": "You write Python."},
@@ -193,6 +195,10 @@ def test_lora_sft_saves_only_adapters_that_load_onto_the_base(tiny_chat_model, t
     with torch.no_grad():
         assert not torch.allclose(tuned(ids), base(ids))  # the adapters changed the model
     assert torch.equal(tuned.model.embed_tokens.weight, base.model.embed_tokens.weight)  # the base did not
+    engine = Engine.from_checkpoint(run, dtype="fp32")  # inference merges the adapters into the base
+    assert lora_spec(engine.model) is None
+    with torch.no_grad():
+        assert (engine.model(ids) - tuned(ids)).abs().max() < 1e-5
 
 
 def test_full_sft_keeps_an_imported_models_chat_template_and_stop_tokens(tiny_chat_model, tmp_path, code_tok):

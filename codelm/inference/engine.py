@@ -42,6 +42,7 @@ from codelm.inference.sampling import (
 )
 from codelm.inference.stops import StopTracker, first_stop
 from codelm.model.llama import Transformer
+from codelm.model.lora import lora_spec, merge_and_unload
 from codelm.precision import DTYPES, PrecisionChoice, choose_precision
 from codelm.tokenizer import Tokenizer
 
@@ -123,8 +124,13 @@ class Engine:
     @classmethod
     def from_checkpoint(cls, path: str | Path, dtype: torch.dtype | str = "auto", device: str = "cpu",
                         quantize: str | None = None, compile: bool = False) -> "Engine":
-        """dtype: "auto" (the fastest decode step here, probed once per machine and cached), a name, or a torch.dtype."""
+        """dtype: "auto" (the fastest decode step here, probed once per machine and cached), a name, or a torch.dtype.
+
+        A LoRA adapter checkpoint is merged into its base (in fp32) first: one matmul per layer instead of three,
+        and int8 or a compiled step then see plain Linear layers."""
         model, tok, _ = load_model(path, device=device)
+        if lora_spec(model) is not None:
+            merge_and_unload(model)
         if isinstance(dtype, str):
             choice = decode_precision(dtype, model, quantize)
             log(f"{choice.describe()}{', int8 weights' if quantize else ''}{', compiled decode step' if compile else ''}")
