@@ -1,5 +1,7 @@
 """Training end to end on real stdlib code: learning, exact resume, crash safety, DDP parity."""
 
+import contextlib
+import copy
 import json
 import os
 import re
@@ -9,14 +11,20 @@ import subprocess
 import sys
 import textwrap
 
+import numpy as np
 import pytest
 import torch
 from conftest import REPO, run_codelm
 
 from codelm.checkpoint import latest_checkpoint, load_model
+from codelm.config import ModelConfig, OptimConfig
+from codelm.data.loader import PackedLoader
 from codelm.data.shards import TokenShards
 from codelm.eval.bpb import unigram_entropy
+from codelm.model.llama import Transformer
+from codelm.train.loop import DistEnv, StageLoss, build_optimizer, train_step
 from codelm.train.metrics import ValPoint, read_metrics
+from codelm.train.objectives import NextToken
 
 
 def losses(run_dir) -> dict[int, float]:
@@ -164,3 +172,31 @@ def test_a_time_budget_fixes_the_number_of_steps(tiny_config):
     steps = sorted(losses(run))
     assert steps == list(range(1, steps[-1] + 1)) and steps[-1] > 3
     assert json.loads((latest_checkpoint(run / "checkpoints") / "state.json").read_text())["max_steps"] == steps[-1]
+
+
+def test_the_loops_step_is_pretrainings_plain_accumulated_mean():
+    """The objective protocol changed how a step is normalized (summed units over the step, not a mean of
+    micro-batch means); on pretraining's full rows the two are the same, step after step."""
+    rng = np.random.default_rng(0)
+    docs = [rng.integers(1, 300, size=int(rng.integers(20, 200))) for _ in range(60)]
+    torch.manual_seed(0)
+    model = Transformer(ModelConfig(vocab_size=300, dim=32, n_layers=2, n_heads=2, n_kv_heads=1, max_seq_len=64))
+    reference = copy.deepcopy(model)
+    cpu, optim = torch.device("cpu"), OptimConfig(lr=1e-2, warmup_steps=0)
+    ours, theirs = build_optimizer(model, optim, cpu), build_optimizer(reference, optim, cpu)
+    stream, same_stream = (PackedLoader(docs, 64, 4, eot_id=0, seed=0, streams=8) for _ in range(2))
+    for _ in range(3):
+        result = train_step(StageLoss(model, NextToken()), NextToken(), ours, stream, contextlib.nullcontext(),
+                            accum=2, grad_clip=1.0, env=DistEnv(0, 1, cpu))
+        losses = []
+        for _ in range(2):  # the loop as it was: each micro batch's mean loss, divided by the accumulation steps
+            batch = same_stream.next_batch()
+            loss = reference.loss(batch.inputs, batch.targets, batch.doc_ids)
+            (loss / 2).backward()
+            losses.append(float(loss.detach()))
+        torch.nn.utils.clip_grad_norm_(reference.parameters(), 1.0)
+        theirs.step()
+        theirs.zero_grad(set_to_none=True)
+        assert result.loss == pytest.approx(sum(losses) / 2, rel=1e-6)
+    for a, b in zip(model.parameters(), reference.parameters()):
+        assert torch.allclose(a, b, atol=1e-6)
