@@ -36,29 +36,27 @@ import doctest
 import hashlib
 import json
 import symtable
-import sys
 import textwrap
 import time
 import warnings
 from collections import Counter
-from collections.abc import Iterator
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import pyarrow as pa
-import pyarrow.parquet as pq
 from tqdm import tqdm
 
-from codelm.data.decontam import BenchmarkIndex, DecontamConfig, humaneval_items
-from codelm.data.dedup import DedupConfig, NearDuplicateIndex
-from codelm.data.languages import language_of
-from codelm.data.sources import CodeTreeReader
 from codelm.errors import UserError
-from codelm.io import atomic_write_bytes, atomic_write_json
 from codelm.sandbox.supervisor import Limits, Sandbox
+from codelm.synth.common import (
+    UNSAFE_BUILTINS,
+    UNSAFE_MODULES,
+    Counts,
+    Novelty,
+    source_files,
+    write_rows,
+)
 from codelm.synth.config import MineConfig
-from codelm.tokenizer import FILE_SEP
 
 MINER = "codelm.synth.mine/1"  # in every row's provenance; bump when the rows change
 TEMPLATES = {
@@ -70,15 +68,6 @@ TEMPLATES = {
     "method/1": "Implement the method `{cls}.{signature}` in Python.\n\n{doc}",
     "method/2": "{doc}\n\nWrite this as the method `{signature}` of a Python class `{cls}`.",
 }
-# process, file, network and interpreter state: a function using them is no self-contained exercise, and its
-# tests could touch the machine
-UNSAFE_MODULES = frozenset(
-    "os sys subprocess socket socketserver shutil pathlib io tempfile glob urllib http ftplib smtplib poplib "
-    "imaplib nntplib telnetlib ssl xmlrpc webbrowser select selectors signal mmap fcntl pty tty termios resource "
-    "multiprocessing concurrent threading _thread asyncio ctypes importlib runpy pickle shelve dbm sqlite3 "
-    "zipfile tarfile gzip bz2 lzma zipimport logging platform getpass pwd grp sysconfig site builtins gc "
-    "inspect atexit faulthandler tracemalloc".split())
-UNSAFE_BUILTINS = frozenset("open input exec eval compile __import__ breakpoint exit quit globals help".split())
 BUILTIN_NAMES = frozenset(name for name in dir(builtins) if not name.startswith("_")) | {"__debug__"}
 ORACLE_LIMITS = Limits(cpu_seconds=5, wall_seconds=10, output_chars=200_000)
 MAX_ASSERT_CHARS = 500  # longer recorded values make asserts nobody reads
@@ -122,7 +111,7 @@ class Candidate:
 
 
 @dataclass
-class MineStats:
+class MineStats(Counts):
     files: int = 0
     functions: int = 0  # top-level functions and methods of top-level classes seen
     rows: int = 0
@@ -133,21 +122,9 @@ class MineStats:
     skipped: Counter = field(default_factory=Counter)  # files and shards not read, by reason
     templates: Counter = field(default_factory=Counter)
 
-    def to_dict(self) -> dict:
-        return {k: dict(v.most_common()) if isinstance(v, Counter) else v for k, v in vars(self).items()}
-
-    def reasons(self) -> str:
-        dropped = ", ".join(f"{k} {v}" for k, v in self.dropped.most_common()) or "none"
-        skipped = ", ".join(f"{k} {v}" for k, v in self.skipped.most_common())
-        return f"dropped: {dropped}" + (f"; files skipped: {skipped}" if skipped else "")
-
     def summary(self, out: str) -> str:
         return (f"synth mine: {self.rows} rows ({self.rows_with_tests} with {self.asserts} asserts) from "
                 f"{self.functions} functions in {self.files} files, {self.seconds:.0f}s -> {out}; {self.reasons()}")
-
-
-def stats_path(out: Path) -> Path:
-    return out.with_name(f"{out.name.removesuffix('.jsonl')}.stats.json")
 
 
 def mine(cfg: MineConfig) -> MineStats:
@@ -179,49 +156,8 @@ def mine(cfg: MineConfig) -> MineStats:
     stats.asserts = sum(len(row["tests"]) for row in rows)
     stats.templates = Counter(row["provenance"]["template"] for row in rows)
     stats.seconds = time.perf_counter() - start
-    out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(out, (json.dumps(row, ensure_ascii=False).encode() + b"\n" for row in rows))
-    atomic_write_json(stats_path(out), {**stats.to_dict(), "config": asdict(cfg), "miner": MINER})
+    write_rows(out, rows, {**stats.to_dict(), "config": asdict(cfg), "miner": MINER})
     return stats
-
-
-def source_files(corpus: Path, skipped: Counter) -> Iterator[tuple[str, dict]]:
-    """(text, metadata) of each Python file: from a `codelm curate` output's Parquet shards (a corrupt shard is
-    skipped, counted and named on stderr), else from a directory or file of code (codelm's tree reader)."""
-    if not (corpus / "stats.json").is_file():
-        reader = CodeTreeReader(str(corpus), only_python=True)
-        yield from ((doc.text, doc.metadata) for doc in reader())
-        skipped.update(reader.skipped())
-        return
-    shards = sorted((corpus / "data").glob("**/*.parquet"))
-    if not shards:
-        raise UserError(f"curated corpus {corpus} has no shards under data/")
-    for shard in shards:
-        try:
-            table = pq.read_table(shard, columns=["text", "metadata"])
-        except (pa.ArrowException, OSError) as e:
-            skipped["corrupt_shard"] += 1
-            print(f"codelm: skipping unreadable shard {shard}: {str(e).splitlines()[0]}", file=sys.stderr)
-            continue
-        for text, meta in zip(table.column("text").to_pylist(), table.column("metadata").to_pylist()):
-            for file_text, file_meta in repository_files(text, meta):
-                if file_meta.get("lang") == "Python":
-                    yield file_text, file_meta
-                else:
-                    skipped["not_python"] += 1
-
-
-def repository_files(text: str, meta: dict) -> Iterator[tuple[str, dict]]:
-    """The files of a repository-layout document (`<file_sep>path\\ncode` after each marker), or the document."""
-    specials = json.loads(meta.get("specials") or "[]")
-    if not specials:
-        yield text, meta
-        return
-    ends = [start for start, _ in specials[1:]] + [len(text)]
-    for (start, end), stop in zip(specials, ends):
-        if text[start:end] == FILE_SEP:
-            path, _, body = text[end:stop].partition("\n")
-            yield body, {**meta, "path": path, "lang": language_of(path, body[:200].split("\n", 1)[0])}
 
 
 def module_imports(tree: ast.Module) -> dict[str, tuple[str, str]]:
@@ -324,10 +260,7 @@ class Miner:
 
     def __init__(self, cfg: MineConfig, stats: MineStats):
         self.cfg, self.stats = cfg, stats
-        self.seen: set[str] = set()
-        self.near = NearDuplicateIndex(DedupConfig())
-        self.decontam = DecontamConfig()
-        self.benchmark = BenchmarkIndex(humaneval_items(), self.decontam.ngram)
+        self.novelty = Novelty()
 
     def candidates(self, text: str, meta: dict) -> list[Candidate]:
         try:
@@ -393,15 +326,8 @@ class Miner:
         statements = {imports[n][0] for n in names if n in imports}
         header = "\n".join(sorted(statements, key=lambda s: (s.startswith("from"), s)))  # `import` lines first
         code = f"{header}\n\n\n{body}" if header else body
-        key = hashlib.sha256(ast.unparse(ast.parse(code)).encode()).hexdigest()
-        if key in self.seen:
-            return "exact_duplicate"
-        self.seen.add(key)
-        if self.near.add(code):
-            return "near_duplicate"
-        if self.benchmark.matches(source, self.decontam.min_overlap):
-            return "contaminated"
-        return self.candidate(fn, cls, code, docstring, meta)
+        return self.novelty.reason(ast.unparse(ast.parse(code)), code, source) or self.candidate(
+            fn, cls, code, docstring, meta)
 
     def candidate(self, fn: ast.FunctionDef, cls: str, code: str, docstring: str, meta: dict) -> Candidate:
         kind = "method" if cls else "function"
