@@ -4,11 +4,16 @@ written whole with their stats beside them.
 One copy of each, so mined and teacher-written rows are filtered alike and a change to a filter reaches all.
 """
 
+import ast
 import hashlib
 import json
+import re
 import sys
+import time
+import warnings
 from collections import Counter
 from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import pyarrow as pa
@@ -31,6 +36,7 @@ UNSAFE_MODULES = frozenset(
     "zipfile tarfile gzip bz2 lzma zipimport logging platform getpass pwd grp sysconfig site builtins gc "
     "inspect atexit faulthandler tracemalloc".split())
 UNSAFE_BUILTINS = frozenset("open input exec eval compile __import__ breakpoint exit quit globals help".split())
+FENCE = re.compile(r"```[ \t]*([\w+.-]*)[^\n]*\n(.*?)```", re.S)
 
 
 def source_files(corpus: Path, skipped: Counter) -> Iterator[tuple[str, dict]]:
@@ -70,6 +76,19 @@ def repository_files(text: str, meta: dict) -> Iterator[tuple[str, dict]]:
         if text[start:end] == FILE_SEP:
             path, _, body = text[end:stop].partition("\n")
             yield body, {**meta, "path": path, "lang": language_of(path, body[:200].split("\n", 1)[0])}
+
+
+def unsafe_use(tree: ast.AST) -> str | None:
+    """"unsafe_module" or "unsafe_builtin" when a whole program imports or calls what UNSAFE_* name, else None.
+    (The miner resolves the names a function reads through its module's imports instead.)"""
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import) and {a.name.split(".")[0] for a in node.names} & UNSAFE_MODULES:
+            return "unsafe_module"
+        if isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] in UNSAFE_MODULES:
+            return "unsafe_module"
+    if any(isinstance(node, ast.Name) and node.id in UNSAFE_BUILTINS for node in ast.walk(tree)):
+        return "unsafe_builtin"
+    return None
 
 
 class Novelty:
@@ -121,3 +140,45 @@ def write_rows(out: Path, rows: list[dict], stats: dict):
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(out, (json.dumps(row, ensure_ascii=False).encode() + b"\n" for row in rows))
     atomic_write_json(stats_path(out), stats)
+
+
+def parse_code(code: str) -> ast.Module | None:
+    """The module, or None where it does not parse."""
+    try:
+        with warnings.catch_warnings():  # invalid escapes and the like: not ours to report
+            warnings.simplefilter("ignore")
+            return ast.parse(code)
+    except (SyntaxError, ValueError, RecursionError, MemoryError):
+        return None
+
+
+def python_blocks(text: str) -> list[str]:
+    """The closed ``` blocks of a reply marked Python or not marked at all."""
+    return [body for lang, body in FENCE.findall(text) if lang.lower() in ("", "python", "py", "python3")]
+
+
+@dataclass
+class TeacherStats(Counts):
+    """What a teacher stage (oss-instruct, magpie) asked, kept and dropped, in OUT.stats.json."""
+
+    teacher: str = ""  # the teacher's id, as in the rows' provenance
+    requests: int = 0  # prompts sent to the teacher (Magpie: the invented requests and the answers)
+    rows: int = 0
+    rows_with_tests: int = 0
+    seconds: float = 0.0
+    dropped: Counter = field(default_factory=Counter)  # per filter, see the stage's module docstring
+    skipped: Counter = field(default_factory=Counter)  # corpus files and shards not read, by reason
+
+    def summary(self, stage: str, out: str) -> str:
+        return (f"synth {stage}: {self.rows} rows ({self.rows_with_tests} with tests) from {self.requests} "
+                f"requests to {self.teacher}, {self.seconds:.0f}s -> {out}; {self.reasons()}")
+
+    def write(self, stage: str, rows: list[dict], cfg, generator: str, started: float):
+        """The rows and these stats to cfg.out, or a UserError (nothing written) when no row survived."""
+        self.seconds = time.perf_counter() - started
+        if not rows:
+            raise UserError(f"synth {stage}: no rows kept from {self.requests} requests to {self.teacher} "
+                            f"({self.reasons()})")
+        self.rows = len(rows)
+        self.rows_with_tests = sum(1 for row in rows if row["tests"])
+        write_rows(Path(cfg.out), rows, {**self.to_dict(), "config": asdict(cfg), "generator": generator})
