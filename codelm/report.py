@@ -137,6 +137,7 @@ def write_report(run_dir: str | Path, title: str = "codelm run") -> Path:
     eval_results = run_dir / "eval" / "results.json"
     if eval_results.is_file():
         sections += eval_section(EvalResults.load(eval_results), "eval/")
+    sections += chat_section(run_dir)
     if samples:
         sections += ["## Samples (greedy)", ""]
         for s in samples:
@@ -144,6 +145,30 @@ def write_report(run_dir: str | Path, title: str = "codelm run") -> Path:
     path = run_dir / "report.md"
     atomic_write_text(path, "\n".join(sections))
     return path
+
+
+def chat_section(run_dir: Path) -> list[str]:
+    """The speedrun's SFT stage: HumanEval asked as a chat of the pretrained model and of its fine-tune."""
+    found = {name: run_dir / "chat" / key / "results.json" for name, key in
+             (("pretrained", "pretrained"), ("after SFT", "sft"))}
+    if not all(path.is_file() for path in found.values()):
+        return []
+    scores = {name: EvalResults.load(path).tasks["humaneval"] for name, path in found.items()}
+    _, sft_val = read_metrics(run_dir / "sft" / "metrics.jsonl")
+    final = next((r for r in sft_val if r.final), None)
+    pretrained, tuned = scores.values()
+    lines = ["## Chat behaviour before and after SFT", "",
+             "Instructions mined from the curated corpus (`data/instructions.jsonl`, `codelm synth mine`), one "
+             "pass of `codelm sft` on those that fit the context (`sft/`), then HumanEval's 164 problems asked "
+             "in the chat template, greedy (`chat/`).", "",
+             "| | pretrained | after SFT |", "|---|---:|---:|",
+             f"| HumanEval pass@1, asked as a chat | {100 * pretrained.pass_at_k['1']:.1f}% | "
+             f"{100 * tuned.pass_at_k['1']:.1f}% |",
+             f"| replies whose code defines the function asked for | {100 * pretrained.defines_entry_point:.0f}% | "
+             f"{100 * tuned.defines_entry_point:.0f}% |", ""]
+    if final:
+        lines += [f"SFT held-out loss on the assistant's tokens: {final.loss:.4f} nats/token.", ""]
+    return lines
 
 
 def _precision_text(requested: str, choice: PrecisionChoice | None) -> str:

@@ -21,6 +21,8 @@ from codelm.train.loop import DistEnv, accumulation_steps, setup_distributed, tr
 from codelm.train.objectives import NextToken
 from codelm.train.validation import HeldOut, held_out_loss, token_bytes_tensor
 
+DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "sft.toml"  # package data: installs have it
+
 
 @dataclass
 class ChatRun:
