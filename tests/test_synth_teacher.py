@@ -287,7 +287,8 @@ def test_pre_query_prefix_for_smollm2_template(smollm2_tokenizer_fields):
     prefix, end = pre_query(template)
     assert prefix == ("<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face"
                       "<|im_end|>\n<|im_start|>user\n") and end == "<|im_end|>"
-    assert pre_query(template, "Answer in Python.")[0] == "<|im_start|>system\nAnswer in Python.<|im_end|>\n<|im_start|>user\n"
+    system = pre_query(template, "Answer in Python.")[0]
+    assert system == "<|im_start|>system\nAnswer in Python.<|im_end|>\n<|im_start|>user\n"
 
 
 def free_port() -> int:
@@ -313,7 +314,8 @@ def test_an_endpoint_answering_junk_is_one_line_and_nothing_is_written(endpoint,
         main(["synth", "magpie", "--teacher-url", url, "--teacher-model", "m", "--out", str(tmp_path / "rows.jsonl")])
     err = capsys.readouterr().err.strip().splitlines()
     assert exit.value.code == 2
-    assert err[-1] == f"codelm: error: teacher URL {url}/completions answered malformed JSON: <html>502 Bad Gateway</html>"
+    assert err[-1] == (f"codelm: error: teacher URL {url}/completions answered malformed JSON: "
+                       "<html>502 Bad Gateway</html>")
     assert list(tmp_path.glob("rows*")) == []
 
 
@@ -348,7 +350,7 @@ def test_a_local_checkpoint_teaches_end_to_end(tiny_teacher, corpus, tmp_path):
     with pytest.raises(UserError, match=rf"synth magpie: no rows kept from 6 requests to checkpoint:{tiny_teacher} "
                                         r"\(dropped: instruction_too_long 6\)"):
         magpie(MagpieConfig(out=str(tmp_path / "m.jsonl"), teacher=teacher, n=6, max_instruction_tokens=8))
-    with pytest.raises(UserError, match=r"synth oss-instruct: no rows kept from 3 requests .*\(dropped: unfinished 3\)"):
+    with pytest.raises(UserError, match=r"synth oss-instruct: no rows kept from 3 requests .* unfinished 3\)"):
         oss_instruct(OssInstructConfig(corpus=str(corpus), out=str(tmp_path / "o.jsonl"), teacher=teacher, n=3,
                                        max_new_tokens=8, workers=1))
     assert list(tmp_path.glob("[mo].*")) == []

@@ -47,7 +47,7 @@ def magpie(cfg: MagpieConfig) -> TeacherStats:
         draws = range(begin, min(begin + size, cfg.n))
         seed = random.Random(f"{cfg.seed}:{begin}").getrandbits(31)  # the batch's copies are its samples 0..k-1
         invented = teacher.generate([prefix] * len(draws), sampling(
-            cfg.instruction_temperature, cfg.instruction_top_p, cfg.max_instruction_tokens, seed, [end_of_turn]))
+            cfg.instruction_temperature, cfg.instruction_top_p, cfg.max_instruction_tokens, seed, (end_of_turn,)))
         asked = []
         for draw, text in zip(draws, invented):
             reason = instruction_reason(text, cfg, novelty)

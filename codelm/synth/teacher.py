@@ -40,7 +40,8 @@ RETRIES = 2  # for 429, 5xx and timeouts, after 1 s then 2 s
 RETRY_STATUSES = {429, 500, 502, 503, 504}
 
 
-def sampling(temperature: float, top_p: float, max_new_tokens: int, seed: int, stop: list[str] = ()) -> SamplingParams:
+def sampling(temperature: float, top_p: float, max_new_tokens: int, seed: int,
+             stop: tuple[str, ...] = ()) -> SamplingParams:
     """The teacher's sampling in the stages' spelling: temperature 0 is greedy."""
     settings = {"max_new_tokens": max_new_tokens, "seed": seed, "stop": list(stop)}
     return SamplingParams.from_temperature(temperature, **({"top_p": top_p} if temperature else {}), **settings)
@@ -165,7 +166,8 @@ class HttpTeacher(Teacher):
         try:
             return str(answer["data"][0]["id"])
         except (KeyError, IndexError, TypeError):
-            raise UserError(f"teacher URL {self.base} lists no model at /models: name one with --teacher-model") from None
+            raise UserError(f"teacher URL {self.base} lists no model at /models: name one with "
+                            "--teacher-model") from None
 
     def sample(self, prompts, counts, params):
         jobs = [(i, k) for i, count in enumerate(counts) for k in range(count)]
@@ -186,7 +188,9 @@ class HttpTeacher(Teacher):
                                               digest_size=4).digest(), "little") >> 1
         body = {"model": self.model, "max_tokens": params.max_new_tokens, "seed": seed,
                 "temperature": 0.0 if greedy else params.temperature, "top_p": 1.0 if greedy else params.top_p,
-                **({"messages": prompt} if chat else {"prompt": prompt}), **({"stop": params.stop} if params.stop else {})}
+                **({"messages": prompt} if chat else {"prompt": prompt})}
+        if params.stop:
+            body["stop"] = params.stop
         path = "chat/completions" if chat else "completions"
         answer = self.request(path, body)
         try:
@@ -216,7 +220,8 @@ class HttpTeacher(Teacher):
             except (urllib.error.URLError, OSError, http.client.HTTPException) as e:
                 reason = e.reason if isinstance(e, urllib.error.URLError) else e
                 if not isinstance(reason, TimeoutError) or attempt == RETRIES:
-                    raise UserError(f"teacher URL {self.base} is unreachable: {str(reason) or type(reason).__name__}") from None
+                    why = str(reason) or type(reason).__name__
+                    raise UserError(f"teacher URL {self.base} is unreachable: {why}") from None
             time.sleep(2 ** attempt)
         try:
             answer = json.loads(raw)
