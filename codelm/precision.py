@@ -186,7 +186,7 @@ def cached_measurement(kind: str, device: torch.device, shape: str, measure: Cal
         value = measure()
     if busy:  # this run goes by it; a later one on a quiet machine measures again
         print("note: other processes were using the cores during this measurement, so it is not cached",
-              flush=True)
+              file=sys.stderr, flush=True)  # stderr: `codelm generate` prints its text on stdout
         return value, False
     try:
         _store_cache(path, key, value)

@@ -54,7 +54,7 @@ def test_a_probe_taken_while_other_processes_hold_the_cores_is_not_cached(fake_c
     monkeypatch.setattr(precision, "others_running", lambda: 8)
     first = precision.choose_precision("auto", CPU, "train", "shape-busy", steps({"bf16": 0.5, "fp32": 2.0}))
     assert first.precision == "bf16" and not first.cached  # this run goes by what it measured
-    assert "not cached" in capsys.readouterr().out
+    assert "not cached" in capsys.readouterr().err
     monkeypatch.setattr(precision, "others_running", lambda: 0)
     quiet = precision.choose_precision("auto", CPU, "train", "shape-busy", steps({"bf16": 0.3, "fp32": 0.03}))
     assert quiet.precision == "fp32" and not quiet.cached and len(calls) == 4  # measured again, then cached
