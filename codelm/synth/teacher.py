@@ -54,7 +54,7 @@ def turn_around(template: str | None, messages: list[dict]) -> tuple[str, str]:
     text = render([*head, {**last, "content": PLACEHOLDER}], template, add_generation_prompt=False)
     before, found, after = text.partition(PLACEHOLDER)
     if not found:
-        raise UserError(f"the chat template does not render a {last['role']} message")
+        raise UserError(f"the chat template does not render a message of role {last['role']!r}")
     return before, after.strip().split("\n", 1)[0].strip()
 
 
