@@ -23,6 +23,7 @@ import re
 import time
 import urllib.error
 import urllib.request
+from abc import ABC, abstractmethod
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
@@ -87,7 +88,7 @@ def load_template(path: str) -> str:
     return template
 
 
-class Teacher:
+class Teacher(ABC):
     """generate() over sample(): copies of a prompt become its samples 0..k-1 (see the module docstring)."""
 
     id: str  # in every row's provenance
@@ -105,9 +106,9 @@ class Teacher:
                 replies[i] = samples[k % len(samples)]
         return replies
 
+    @abstractmethod
     def sample(self, prompts: list[Prompt], counts: list[int], params: SamplingParams) -> list[list[str | None]]:
         """counts[i] replies to each (distinct) prompt, sample k of prompt i seeded by (params.seed, prompt, k)."""
-        raise NotImplementedError
 
 
 class LocalTeacher(Teacher):
