@@ -8,16 +8,21 @@ import torch.nn as nn
 from codelm.data.loader import IGNORE, Batch
 
 
+def learned_targets(batch: Batch) -> torch.Tensor:
+    """Where a batch has a target to learn (IGNORE marks padding, prompts, other roles): what token losses sum over."""
+    return batch.targets != IGNORE
+
+
 class NextToken:
     """Next-token cross-entropy over a batch's targets, IGNORE excluded. Pretraining's objective, and SFT's:
     an SFT batch marks every token that is not the assistant's as IGNORE (data/sft.py)."""
 
     def units(self, batch: Batch) -> int:
-        return int((batch.targets != IGNORE).sum())
+        return int(learned_targets(batch).sum())
 
     def __call__(self, model, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         mean = model.loss(batch.inputs, batch.targets, batch.doc_ids)
-        return mean * (batch.targets != IGNORE).sum(), {}
+        return mean * learned_targets(batch).sum(), {}
 
 
 def generalized_jsd(student_logits: torch.Tensor, teacher_logits: torch.Tensor, beta: float,
@@ -49,11 +54,10 @@ class Distill:
     def __init__(self, teacher: nn.Module, beta: float, temperature: float):
         self.teacher, self.beta, self.temperature = teacher.eval().requires_grad_(False), beta, temperature
 
-    def units(self, batch: Batch) -> int:
-        return int((batch.targets != IGNORE).sum())
+    units = NextToken.units  # the same target tokens
 
     def __call__(self, model, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        keep = batch.targets != IGNORE
+        keep = learned_targets(batch)
         with torch.no_grad():
             teacher_logits = self.teacher(batch.inputs, batch.doc_ids)[keep]
         student_logits = model(batch.inputs, batch.doc_ids)[keep]
