@@ -110,7 +110,19 @@ def test_peak_probe_stops_growing_when_the_kernel_is_slow(monkeypatch):
 
     monkeypatch.setattr(precision, "time_step", slow)
     peak = precision.measure_peak_flops(CPU, "fp32", seconds=1.0)
-    assert len(sizes) == 1 and peak == pytest.approx(2 * 256**3 / 0.3)
+    assert len(sizes) == 2 and peak == pytest.approx(2 * 256**3 / 0.3)  # one size, through both kernels
+
+
+def test_peak_probe_keeps_the_faster_of_matmul_and_linear(monkeypatch):
+    """bf16 on AVX2: F.linear (the layers' call) runs ~10x faster than `a @ b`; the peak must not miss it."""
+    calls = iter([1.0, 0.1])  # `a @ b` slow, F.linear fast
+
+    def timed(step, device, seconds=0.0):
+        step()
+        return next(calls)
+
+    monkeypatch.setattr(precision, "time_step", timed)
+    assert precision.measure_peak_flops(CPU, "fp32", seconds=0.5) == pytest.approx(2 * 256**3 / 0.1)
 
 
 @pytest.mark.parametrize("shape", [(64, 32), (32, 96), (48, 48)])
