@@ -166,3 +166,21 @@ class Decontaminate(BaseFilter):
     def run(self, data, rank: int = 0, world_size: int = 1):
         with get_datafolder(self.matches_dir).open(f"{rank:05d}.jsonl", "w") as self._log:
             yield from super().run(data, rank, world_size)
+
+
+def decontaminate_tasks(tasks: list[dict], config: DecontamConfig | None = None) -> tuple[list[dict], list[str]]:
+    """(kept tasks, ids of dropped ones): a training task (RL, DPO from execution) whose prompt, instruction or
+    solution contains benchmark material is dropped, by the same rule as a corpus file."""
+    config = config or DecontamConfig()
+    items = humaneval_items() if config.humaneval else []
+    for path in config.extra:
+        items += file_items(path)
+    index = BenchmarkIndex(items, config.ngram)
+    kept, dropped = [], []
+    for task in tasks:
+        text = "\n".join(task.get(key, "") for key in ("instruction", "prompt", "canonical_solution"))
+        if index.matches(text, config.min_overlap):
+            dropped.append(task["task_id"])
+        else:
+            kept.append(task)
+    return kept, dropped
