@@ -23,6 +23,7 @@ from codelm.config import (
 )
 from codelm.errors import UserError
 from codelm.sandbox.supervisor import Limits
+from codelm.serve.config import ServeConfig
 from codelm.synth.config import MagpieConfig, MineConfig, OssInstructConfig, TeacherConfig
 
 SHAPE_NAMES = [shape.name for shape in LADDER]
@@ -177,6 +178,12 @@ def cmd_complete(args):
     [middle] = _engine(args.checkpoint, args).complete_middle(prefix, suffix, from_args(SamplingParams, args))
     print(prefix + middle.text + suffix, end="")
     note_if_cut(middle)
+
+
+def cmd_serve(args):
+    from codelm.serve.api import serve
+
+    serve(from_args(ServeConfig, args))
 
 
 def cmd_import(args):
@@ -446,6 +453,32 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--suffix-file", required=True, help="the code after the gap")
     add_sampling_args(f)
     f.set_defaults(func=cmd_complete)
+
+    v = sub.add_parser("serve", help="an OpenAI-compatible HTTP server with continuous batching and a playground",
+                       description="Serve a checkpoint: /v1/completions (suffix for fill-in-the-middle), "
+                       "/v1/chat/completions, /v1/models, llama.cpp's /infill, /health, /metrics (Prometheus), and "
+                       "a browser playground at /. Requests are batched continuously; prompts that share a prefix "
+                       "share its KV-cache blocks.")
+    v.add_argument("--checkpoint", required=True, help="checkpoint directory or run directory")
+
+    def serve_option(name: str, text: str, **kw):
+        config_option(v, ServeConfig, name, text, **kw)
+
+    serve_option("host", "address to bind; anything but loopback exposes the model (then give --api-key)")
+    serve_option("port", "TCP port")
+    serve_option("api_key", "require `Authorization: Bearer KEY` on the API routes")
+    serve_option("model_name", "the model's name in /v1/models (default: the checkpoint directory's name)")
+    serve_option("dtype", "the checkpoint's precision in the engine", choices=["auto", "fp32", "bf16", "fp64"])
+    serve_option("max_seqs", "sequences decoding together (1: one request at a time)")
+    serve_option("max_queue", "waiting sequences before new requests get 429")
+    serve_option("step_tokens", "tokens per scheduler step: one per decoding sequence, the rest prefill chunks")
+    serve_option("block_size", "tokens per KV-cache block, the unit of prefix sharing")
+    serve_option("cache_tokens", "KV-cache capacity in tokens (0: --max-seqs full contexts)")
+    serve_option("max_n", "completions per request at most")
+    serve_option("max_stops", "stop strings per request at most")
+    v.add_argument("--no-prefix-caching", dest="prefix_caching", action="store_false",
+                   help="prefill every prompt whole, even when its prefix is cached")
+    v.set_defaults(func=cmd_serve)
 
     i = sub.add_parser("import", help="import an HF Llama folder or a GGUF file as a codelm checkpoint",
                        description="hf DIR: config.json + safetensors + tokenizer.json (Llama architecture, GQA, "

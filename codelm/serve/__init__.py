@@ -1,0 +1,1 @@
+"""codelm serve: an OpenAI-compatible HTTP server over the engine, with continuous batching and prefix caching."""
