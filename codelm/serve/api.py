@@ -326,6 +326,17 @@ def absorb(choice: Choice, event: Event):
         choice.tokens.append(event.token)
 
 
+async def collect(flight: Flight, http: Request, n: int) -> list[Choice]:
+    """A whole (non-streamed) answer: choice i * n + j is sample j of prompt i; a 500 if one met an internal error."""
+    choices = [Choice() for _ in range(len(flight.jobs) * n)]
+    async for i, event in flight.events(http):
+        absorb(choices[i * n + event.sample], event)
+    failed = next((c.error for c in choices if c.error), None)
+    if failed:
+        raise ApiError(500, f"generation failed: {failed}")
+    return choices
+
+
 def header(kind: str, server: Server) -> dict:
     return {"id": f"{'chatcmpl' if kind.startswith('chat') else 'cmpl'}-{uuid.uuid4().hex}", "object": kind,
             "created": int(time.time()), "model": server.name}
@@ -396,12 +407,7 @@ async def completions(body: CompletionBody, http: Request):
             yield "[DONE]"
         return sse(chunks())
 
-    choices = [Choice() for _ in range(len(ids) * n)]
-    async for i, event in flight.events(http):
-        absorb(choices[i * n + event.sample], event)
-    failed = next((c.error for c in choices if c.error), None)
-    if failed:
-        raise ApiError(500, f"generation failed: {failed}")
+    choices = await collect(flight, http, n)
     out = []
     for index, c in enumerate(choices):
         prompt_text = prompts[index // n][1] if body.echo else ""
@@ -443,12 +449,7 @@ async def chat_completions(body: ChatBody, http: Request):
             yield "[DONE]"
         return sse(chunks())
 
-    choices = [Choice() for _ in range(body.n)]
-    async for _, event in flight.events(http):
-        absorb(choices[event.sample], event)
-    failed = next((c.error for c in choices if c.error), None)
-    if failed:
-        raise ApiError(500, f"generation failed: {failed}")
+    choices = await collect(flight, http, body.n)
     return {**head, "choices": [{"index": i, "message": {"role": "assistant", "content": c.text},
                                  "logprobs": chat_logprobs(server, c.tokens) if logprobs is not None else None,
                                  "finish_reason": c.finish_reason} for i, c in enumerate(choices)],
@@ -482,11 +483,7 @@ async def infill(body: InfillBody, http: Request):
             yield final(choice)
         return sse(chunks())
 
-    choice = Choice()
-    async for _, event in flight.events(http):
-        absorb(choice, event)
-    if choice.error:
-        raise ApiError(500, f"generation failed: {choice.error}")
+    [choice] = await collect(flight, http, 1)
     return {**final(choice), "content": choice.text}
 
 
