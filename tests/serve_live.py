@@ -14,6 +14,7 @@ from codelm.inference.engine import Engine
 from codelm.model.llama import Transformer
 from codelm.serve.api import create_app
 from codelm.serve.config import ServeConfig
+from codelm.serve.scheduler import Scheduler
 
 
 def tiny_checkpoint(path: Path, tok, context: int = 256) -> Path:
@@ -50,3 +51,15 @@ class LiveServer:
     def close(self):
         self.server.should_exit = True
         self.thread.join(10)
+
+
+def break_prompt(monkeypatch, prompt: list[int]):
+    """Make the scheduler raise (an internal error) whenever it picks a token for this prompt's sequences."""
+    choose = Scheduler._choose
+
+    def flaky(self, seq, logits):
+        if seq.request.prompt == prompt:
+            raise RuntimeError("injected")
+        return choose(self, seq, logits)
+
+    monkeypatch.setattr(Scheduler, "_choose", flaky)

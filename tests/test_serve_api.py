@@ -14,7 +14,7 @@ import httpx2 as httpx  # the HTTP client the openai package itself uses
 import openai
 import pytest
 from conftest import REPO
-from serve_live import LiveServer, tiny_checkpoint
+from serve_live import LiveServer, break_prompt, tiny_checkpoint
 from test_inference import char_tokenizer, random_model
 
 from codelm.config import SamplingParams
@@ -283,3 +283,11 @@ def test_cli_serves_and_warns_when_exposed_without_key(checkpoint):
         proc.send_signal(signal.SIGINT)
         _, stderr = proc.communicate(timeout=30)
     assert "warning: serving on 0.0.0.0 without --api-key" in stderr
+
+
+def test_an_internal_error_fails_only_its_request(live, client, monkeypatch):
+    break_prompt(monkeypatch, live.engine.encode("raise SystemError"))
+    with pytest.raises(openai.InternalServerError, match="injected"):
+        client.completions.create(model="tiny", prompt="raise SystemError", max_tokens=4)
+    reply = client.completions.create(model="tiny", prompt="a = 2", max_tokens=4, temperature=0)
+    assert reply.choices[0].text == offline(live, "a = 2", max_new_tokens=4).text

@@ -4,6 +4,7 @@ caching changes nothing but the work done, and the block pool shares, keeps and 
 
 import pytest
 import torch
+from serve_live import break_prompt
 from test_inference import random_model
 
 from codelm.chat import encode_chat
@@ -126,14 +127,7 @@ def test_samples_of_one_request_share_their_prompt_blocks(engine):
 def test_an_error_in_one_sequence_fails_only_that_one(engine, monkeypatch):
     sched = scheduler(engine)
     broken = engine.encode("raise SystemError")
-    choose = Scheduler._choose
-
-    def flaky(self, seq, logits):
-        if seq.request.prompt == broken:
-            raise RuntimeError("injected")
-        return choose(self, seq, logits)
-
-    monkeypatch.setattr(Scheduler, "_choose", flaky)
+    break_prompt(monkeypatch, broken)
     fine, failing = (Collected(sched, p, SamplingParams(max_new_tokens=6)) for p in (engine.encode("a = 2"), broken))
     run(sched)
     assert [e.finish_reason for e in failing.events] == ["error"] and "injected" in failing.events[0].error
