@@ -68,6 +68,35 @@ def plot_losses(train: list[TrainPoint], val: list[ValPoint], path: Path, baseli
     plt.close(fig)
 
 
+def plot_rollouts(run_dir: Path) -> Path | None:
+    """rewards.png of a `codelm rl` run: each rollout's mean reward with its spread, and the share of groups with
+    no spread (no learning signal), from rollouts.jsonl; the held-out pass rates of rl.json as two marks."""
+    path = run_dir / "rollouts.jsonl"
+    if not path.is_file():
+        return None
+    records = [json.loads(line) for line in path.read_text().splitlines() if line]
+    steps = [r["step"] for r in records]
+    mean = [r["reward_mean"] for r in records]
+    std = [r["reward_std"] for r in records]
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=110)
+    ax.plot(steps, mean, "-", lw=1, label="mean reward (pass rate of the rollout)")
+    ax.fill_between(steps, [m - s for m, s in zip(mean, std)], [m + s for m, s in zip(mean, std)], alpha=0.15)
+    ax.plot(steps, [r["zero_spread_groups"] for r in records], ":", lw=1, label="groups with zero spread")
+    held = json.loads((run_dir / "rl.json").read_text()) if (run_dir / "rl.json").is_file() else {}
+    for when, x, marker in (("before", 0, "o"), ("after", steps[-1] if steps else 0, "D")):
+        if when in held:
+            ax.plot([x], [held[when]["pass_rate"]], marker, color="black", label=f"held-out greedy pass@1 {when}")
+    ax.set_xlabel("step")
+    ax.set_ylim(-0.05, 1.05)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    out = run_dir / "rewards.png"
+    fig.savefig(out)
+    plt.close(fig)
+    return out
+
+
 def _table(rows: list[tuple]) -> str:
     lines = ["| | |", "|---|---|"]
     lines += [f"| {k} | {v} |" for k, v in rows]

@@ -19,6 +19,7 @@ from codelm.model.llama import Transformer
 from codelm.model.lora import (
     LoraLinear,
     LoraSpec,
+    adapters_disabled,
     apply_lora,
     lora_layers,
     lora_parameters,
@@ -126,6 +127,22 @@ def test_merge_unmerge_round_trip_fp32():
     assert not lora_layers(plain) and all(type(m) is not LoraLinear for m in plain.modules())
     assert set(plain.state_dict()) == set(tiny().state_dict())
     assert (logits(plain, ids) - unmerged).abs().max() < 1e-5
+
+
+def test_adapters_disabled_gives_the_base_and_then_the_adapted_model_again():
+    base = tiny()
+    ids = ids_of()
+    expected = logits(base, ids)
+    model = adapted(copy.deepcopy(base))
+    adapted_logits = logits(model, ids)
+    assert (adapted_logits - expected).abs().max() > 1e-3
+    with adapters_disabled(model):
+        assert torch.equal(logits(model, ids), expected)  # DPO's and RL's reference, without a copy of the base
+    assert torch.equal(logits(model, ids), adapted_logits)
+    merge_lora(model)
+    with pytest.raises(ValueError, match="needs unmerged adapters"):
+        with adapters_disabled(model):
+            pass
 
 
 def test_merge_in_bf16_adds_no_error_beyond_bf16_itself():

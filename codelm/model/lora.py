@@ -11,6 +11,7 @@ so a fresh adapter leaves the model's outputs exactly unchanged. The names match
 PEFT's once its adapter name is dropped, which is what codelm.interop.peft relies on.
 """
 
+import contextlib
 import math
 from dataclasses import dataclass
 
@@ -71,11 +72,12 @@ class LoraLinear(nn.Linear):
         nn.init.zeros_(self.lora_B.weight)
         self.dropout = nn.Dropout(spec.dropout) if spec.dropout else nn.Identity()
         self.merged = False
+        self.disabled = False  # adapters_disabled: the base layer's output, for a reference model
         self.train(base.training)
 
     def forward(self, x):
         y = F.linear(x, self.weight)
-        if self.merged:
+        if self.merged or self.disabled:
             return y
         return y + self.lora_B(self.lora_A(self.dropout(x))) * self.spec.scale
 
@@ -87,6 +89,22 @@ class LoraLinear(nn.Linear):
 
 def lora_layers(model: nn.Module) -> list[tuple[str, LoraLinear]]:
     return [(name, m) for name, m in model.named_modules() if isinstance(m, LoraLinear)]
+
+
+@contextlib.contextmanager
+def adapters_disabled(model: nn.Module):
+    """The base model's outputs from a LoRA model, without a second copy of its weights: the reference of DPO
+    and of RL's KL term when the policy is the base plus adapters (as PEFT's disable_adapter)."""
+    layers = [m for _, m in lora_layers(model)]
+    if any(m.merged for m in layers):
+        raise ValueError("adapters_disabled needs unmerged adapters (the merged weights hold them)")
+    for m in layers:
+        m.disabled = True
+    try:
+        yield
+    finally:
+        for m in layers:
+            m.disabled = False
 
 
 def lora_spec(model: nn.Module) -> LoraSpec | None:

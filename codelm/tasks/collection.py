@@ -85,6 +85,13 @@ def program(task: dict, completion: str) -> tuple[str, str]:
     return humaneval.job(task, completion)
 
 
+def messages(task: dict) -> list[dict]:
+    """The chat a task is asked as: its own instruction, or its prompt inside HumanEval's instruction."""
+    if task.get("instruction"):
+        return [{"role": "user", "content": task["instruction"]}]
+    return humaneval.chat_messages(task, [])
+
+
 def validate(tasks: list[dict], workers: int = 0) -> None:
     """Every task's reference solution passes its tests in the sandbox, or an error names the first that does not."""
     results = run_many([program(t, t["canonical_solution"]) for t in tasks], humaneval.LIMITS, workers)
