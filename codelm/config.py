@@ -147,6 +147,49 @@ class DistillConfig:
     max_new_tokens: int = 256  # the longest on-policy reply
 
 
+@dataclass
+class RLConfig:
+    """Reinforcement learning from execution (codelm.train.rl): sampled programs rewarded by their tests.
+    The policy-gradient switches are those of codelm.train.policy_gradient; the README names the settings that
+    give GRPO, DAPO, Dr. GRPO, RLOO and REINFORCE."""
+
+    tasks: str = "procedural"  # procedural[:COUNT[:DIFFICULTY[:SEED]]] or a JSONL of tasks (codelm.tasks.collection)
+    held_out: float = 0.1  # share of tasks (by a hash of their id) never trained on: the before/after pass rate
+    held_out_limit: int = 200  # at most this many held-out tasks are evaluated, greedy, before and after
+    chat: bool = False  # ask through the chat template (instruction models) instead of continuing the prompt
+    prompts_per_step: int = 8  # tasks per rollout
+    samples: int = 4  # completions per task: the group its advantages are computed in
+    max_new_tokens: int = 96
+    temperature: float = 1.0  # rollouts are sampled at it
+    advantage: str = "group_zscore"  # group_mean | group_zscore | rloo | batch
+    aggregation: str = "sequence"  # sequence (GRPO) | token (DAPO) | constant (Dr. GRPO)
+    epsilon_low: float = 0.2  # ratio clipped to [1 - epsilon_low, 1 + epsilon_high]
+    epsilon_high: float = 0.2  # DAPO's clip-higher: 0.28
+    kl: str = "none"  # none | k1 | k3: the KL-to-reference estimator added to the loss
+    kl_coef: float = 0.0
+    updates_per_rollout: int = 1  # optimizer steps on each rollout; above 1 the ratio moves and clipping binds
+    skip_zero_spread: bool = True  # drop groups whose samples all got the same reward (no signal)
+    mask_truncated: bool = True  # completions cut by max_new_tokens are not learned from
+    workers: int = 0  # sandbox slots (0: one per core)
+
+
+@dataclass
+class DPOConfig:
+    """Direct preference optimisation (codelm.train.dpo) on (prompt, chosen, rejected) pairs."""
+
+    pairs: str = ""  # JSONL of pairs; empty with from_tasks: built from execution
+    from_tasks: str = ""  # tasks (as rl.tasks) to sample from and pair a passing with a failing program
+    samples: int = 8  # completions per task when building pairs from execution
+    max_new_tokens: int = 96
+    temperature: float = 1.0
+    chat: bool = False
+    beta: float = 0.1
+    loss: str = "sigmoid"  # sigmoid (DPO) | ipo
+    reference: str = ""  # the reference checkpoint; empty: train.init_from (with LoRA: its base, adapters off)
+    val_fraction: float = 0.1  # pairs held out by a hash, for reward accuracy
+    epochs: float = 1.0  # passes over the pairs, when train.max_steps and max_minutes are 0
+
+
 DEFAULT_VAL_FRACTION = 0.05  # 2% of the stdlib is 34 files, one of them a quarter of the tokens: too noisy
 
 @dataclass
@@ -253,6 +296,8 @@ class Config:
     lora: LoraConfig = field(default_factory=LoraConfig)
     sft: SFTConfig = field(default_factory=SFTConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
+    rl: RLConfig = field(default_factory=RLConfig)
+    dpo: DPOConfig = field(default_factory=DPOConfig)
 
 
 def field_default(cls, name: str):
