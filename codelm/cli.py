@@ -23,6 +23,7 @@ from codelm.config import (
 )
 from codelm.errors import UserError
 from codelm.sandbox.supervisor import Limits
+from codelm.scaling.config import TRAINING_CONFIG
 from codelm.serve.config import ServeConfig
 from codelm.synth.config import MagpieConfig, MineConfig, OssInstructConfig, TeacherConfig
 
@@ -230,6 +231,14 @@ def cmd_synth_magpie(args):
     from codelm.synth.magpie import magpie
 
     print(magpie(from_args(MagpieConfig, args, teacher=from_args(TeacherConfig, args))).summary("magpie", args.out))
+
+
+def cmd_scaling_plan(args):
+    from codelm.config import load_config
+    from codelm.scaling.laws import load_law
+    from codelm.scaling.plan import plan_text
+
+    print(plan_text(load_config(args.config, args.set), args.flops, load_law(args.law)))
 
 
 def cmd_eval(args):
@@ -629,6 +638,18 @@ def build_parser() -> argparse.ArgumentParser:
     sg.add_argument("--code-only", action="store_true",
                     help="drop answers without a python code block (default: keep requests of any kind)")
     sg.set_defaults(func=cmd_synth_magpie)
+
+    sc = command_group(sub, "scaling", "scaling laws: FLOPs accounting, IsoFLOP sweeps, Chinchilla fits")
+    sp = sc.add_parser("plan", help="a config's exact FLOPs per token beside 6N, and the compute-optimal N, D for a "
+                       "budget", description="Count a config's parameters three ways (total, non-embedding, matmul), "
+                       "its exact training FLOPs per token beside 6N, the tokens a budget buys it, and the "
+                       "compute-optimal model size and tokens for the budget under a scaling law.")
+    sp.add_argument("--flops", type=float, required=True, help="the compute budget in training FLOPs, e.g. 1e21")
+    sp.add_argument("--config", default=str(TRAINING_CONFIG), help="model config (default: the speedrun's tiny.toml)")
+    sp.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
+    sp.add_argument("--law", default="chinchilla", help="chinchilla (Hoffmann et al. 2022), besiroglu (their 2024 "
+                    "refit), or a law.json from `codelm scaling fit` (default %(default)s)")
+    sp.set_defaults(func=cmd_scaling_plan)
     return p
 
 

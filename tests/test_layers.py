@@ -4,7 +4,8 @@ Read lowest first. core: configs, errors, atomic files, tokenizer, chat template
 precision probes. model: the network. checkpoint: weights on disk and the HF/GGUF
 formats. sandbox: untrusted code. tasks: benchmark items checked through the
 sandbox. data: curation, shards, loaders. inference: the engine. synth: instruction data
-mined from code or written by a teacher model. train: the one loop and its recipes. eval: what a checkpoint is worth. serve: the HTTP API.
+mined from code or written by a teacher model. train: the one loop and its recipes. scaling: FLOPs
+accounting, IsoFLOP sweeps (trained with train) and their fits. eval: what a checkpoint is worth. serve: the HTTP API.
 entry: the CLI, the speedrun and the report, which may use everything.
 """
 
@@ -23,6 +24,7 @@ LAYERS = [
     ("inference", ["codelm.inference"]),
     ("synth", ["codelm.synth"]),
     ("train", ["codelm.train"]),
+    ("scaling", ["codelm.scaling"]),
     ("eval", ["codelm.eval"]),
     ("serve", ["codelm.serve"]),
     ("entry", ["codelm.cli", "codelm.speedrun", "codelm.report", "codelm.__main__", "codelm"]),
