@@ -23,7 +23,7 @@ from codelm.config import (
 )
 from codelm.errors import UserError
 from codelm.sandbox.supervisor import Limits
-from codelm.scaling.config import TRAINING_CONFIG
+from codelm.scaling.config import TRAINING_CONFIG, SweepConfig
 from codelm.serve.config import ServeConfig
 from codelm.synth.config import MagpieConfig, MineConfig, OssInstructConfig, TeacherConfig
 
@@ -241,6 +241,14 @@ def cmd_scaling_plan(args):
     print(plan_text(load_config(args.config, args.set), args.flops, load_law(args.law)))
 
 
+def cmd_scaling_sweep(args):
+    from codelm.scaling.sweep import run_sweep
+
+    runs = run_sweep(from_args(SweepConfig, args, overrides=args.set))
+    if not args.emit_commands:
+        print(f"{sum(r.status == 'done' for r in runs)} of {len(runs)} runs done -> {args.out}/results.csv, results.md")
+
+
 def cmd_eval(args):
     from codelm.eval.runner import Evaluation
     from codelm.report import is_run_dir, report_title, write_eval_report, write_report
@@ -263,6 +271,13 @@ def int_list(text: str) -> list[int]:
         return [int(part) for part in comma_list(text)]
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+
+
+def float_list(text: str) -> list[float]:
+    try:
+        return [float(part) for part in comma_list(text)]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
 
 
 def config_option(parser: argparse.ArgumentParser, cls, name: str, text: str, **kw):
@@ -650,6 +665,30 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--law", default="chinchilla", help="chinchilla (Hoffmann et al. 2022), besiroglu (their 2024 "
                     "refit), or a law.json from `codelm scaling fit` (default %(default)s)")
     sp.set_defaults(func=cmd_scaling_plan)
+
+    sw = sc.add_parser("sweep", help="train an IsoFLOP grid (budgets x depths) to budget; resumable",
+                       description="Train every budget x depth of one model family (depth d: d layers of width "
+                       "ASPECT x d, d heads) with the shared trainer, each for budget / exact FLOPs per token, into "
+                       "OUT/runs/NAME; finished runs are skipped, interrupted ones resume. Writes OUT/results.csv "
+                       "and OUT/results.md (the conventions and the table). Sets train.compile=false and validates "
+                       "only at the end, before --set.")
+    sw.add_argument("--tokens", required=True, help="a `codelm tokenize` output directory (its tokenizer sets the "
+                    "vocabulary)")
+    sw.add_argument("--out", required=True, help="the sweep directory")
+
+    def sweep_option(name: str, text: str, **kw):
+        config_option(sw, SweepConfig, name, text, **kw)
+
+    sweep_option("config", "training settings; the family replaces the model's shape")
+    sweep_option("budgets", "comma-separated training FLOPs per run", type=float_list)
+    sweep_option("depths", "comma-separated depths, the family's size knob", type=int_list)
+    sweep_option("aspect", "width per unit of depth, and head size")
+    sweep_option("min_steps", "runs with fewer optimizer steps are left out")
+    sw.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a training config key")
+    sw.add_argument("--emit-commands", action="store_true", help="write each pending run's config.toml and print "
+                    "one `codelm pretrain` command per run (for a cluster) instead of training; rerun without it to "
+                    "collect the table")
+    sw.set_defaults(func=cmd_scaling_sweep)
     return p
 
 

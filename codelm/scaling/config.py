@@ -3,6 +3,35 @@
 Kept apart from the stages, with no heavy imports, so that the CLI builds its parser without importing torch.
 """
 
+from dataclasses import dataclass, field
 from pathlib import Path
 
+from codelm.errors import UserError
+
 TRAINING_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "tiny.toml"  # the speedrun's settings
+
+
+@dataclass
+class SweepConfig:
+    """An IsoFLOP grid: every budget x every depth of one model family, each run trained to its budget."""
+
+    tokens: str  # a `codelm tokenize` output directory
+    out: str
+    config: str = str(TRAINING_CONFIG)  # training settings; the family replaces the model's shape
+    overrides: list[str] = field(default_factory=list)  # --set KEY=VALUE, after the sweep's own settings
+    # 4e13 FLOPs in all: about 30 minutes at the ~20 GFLOP/s small runs reached on a 2-core AVX2 CPU (README);
+    # not run as a whole
+    budgets: list[float] = field(default_factory=lambda: [1e12, 3e12, 6e12])  # training FLOPs per run
+    depths: list[int] = field(default_factory=lambda: [1, 2, 3, 4])  # the size knob: layers = heads = depth
+    aspect: int = 32  # model width per unit of depth: dim = aspect x depth, heads of `aspect` each
+    min_steps: int = 20  # a run with fewer optimizer steps is left out of its budget's curve
+    emit_commands: bool = False  # print one `codelm pretrain` command per pending run instead of training
+
+    def __post_init__(self):
+        if not self.budgets or not self.depths:
+            raise UserError("--budgets and --depths must name at least one value each")
+        if min(self.budgets) <= 0 or min(self.depths) < 1 or self.min_steps < 1:
+            raise UserError("--budgets must be > 0, --depths and --min-steps >= 1")
+        if self.aspect < 2 or self.aspect % 2:
+            raise UserError(f"--aspect must be even (it is the head size, split in halves by RoPE), got {self.aspect}")
+
