@@ -23,7 +23,7 @@ from codelm.config import (
 )
 from codelm.errors import UserError
 from codelm.sandbox.supervisor import Limits
-from codelm.scaling.config import TRAINING_CONFIG, SweepConfig
+from codelm.scaling.config import PARAM_CONVENTIONS, TRAINING_CONFIG, FitConfig, SweepConfig
 from codelm.serve.config import ServeConfig
 from codelm.synth.config import MagpieConfig, MineConfig, OssInstructConfig, TeacherConfig
 
@@ -247,6 +247,12 @@ def cmd_scaling_sweep(args):
     runs = run_sweep(from_args(SweepConfig, args, overrides=args.set))
     if not args.emit_commands:
         print(f"{sum(r.status == 'done' for r in runs)} of {len(runs)} runs done -> {args.out}/results.csv, results.md")
+
+
+def cmd_scaling_fit(args):
+    from codelm.scaling.analysis import fit_sweep
+
+    print(fit_sweep(from_args(FitConfig, args)))
 
 
 def cmd_eval(args):
@@ -689,6 +695,22 @@ def build_parser() -> argparse.ArgumentParser:
                     "one `codelm pretrain` command per run (for a cluster) instead of training; rerun without it to "
                     "collect the table")
     sw.set_defaults(func=cmd_scaling_sweep)
+
+    sf = sc.add_parser("fit", help="Chinchilla's three approaches on a sweep, bootstrap intervals, plots",
+                       description="Approach 1 (the lowest-loss run per budget), approach 2 (a parabola in ln N per "
+                       "budget, minima fitted as power laws in C) and approach 3 (L = E + A/N^alpha + B/D^beta, "
+                       "Huber loss on log-loss summed over runs, L-BFGS from a grid of starts) with bootstrap "
+                       "intervals; writes fit.md, fit.json, law.json, isoflop.png and frontier.png.")
+    sf.add_argument("results", help="a sweep directory, or its results.csv")
+
+    def fit_option(name: str, text: str, **kw):
+        config_option(sf, FitConfig, name, text, **kw)
+
+    fit_option("out", "output directory (default: the sweep's)")
+    fit_option("params", "the parameter count used as N", choices=PARAM_CONVENTIONS)
+    fit_option("bootstrap", "resamples for the 95%% intervals (0: none)")
+    fit_option("seed", "the resampling seed")
+    sf.set_defaults(func=cmd_scaling_fit)
     return p
 
 

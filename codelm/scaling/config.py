@@ -1,4 +1,4 @@
-"""Settings of the `codelm scaling` commands: the only home of their defaults, which the CLI shows.
+"""Settings of `codelm scaling sweep` and `codelm scaling fit`: the only home of their defaults, which the CLI shows.
 
 Kept apart from the stages, with no heavy imports, so that the CLI builds its parser without importing torch.
 """
@@ -9,6 +9,7 @@ from pathlib import Path
 from codelm.errors import UserError
 
 TRAINING_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "tiny.toml"  # the speedrun's settings
+PARAM_CONVENTIONS = ["total", "non_embedding", "matmul"]  # described in codelm.scaling.flops
 
 
 @dataclass
@@ -35,3 +36,19 @@ class SweepConfig:
         if self.aspect < 2 or self.aspect % 2:
             raise UserError(f"--aspect must be even (it is the head size, split in halves by RoPE), got {self.aspect}")
 
+
+@dataclass
+class FitConfig:
+    """The three Chinchilla approaches on a sweep's results, with bootstrap intervals."""
+
+    results: str  # a sweep directory, or its results.csv
+    out: str = ""  # default: beside the results
+    params: str = "total"  # which parameter count is N (PARAM_CONVENTIONS)
+    bootstrap: int = 200  # resamples of the runs (within each budget) for the intervals
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.params not in PARAM_CONVENTIONS:
+            raise UserError(f"--params must be one of {', '.join(PARAM_CONVENTIONS)}, got {self.params!r}")
+        if self.bootstrap < 0:
+            raise UserError("--bootstrap must be >= 0")
