@@ -186,6 +186,7 @@ class DPOConfig:
     beta: float = 0.1
     loss: str = "sigmoid"  # sigmoid (DPO) | ipo
     reference: str = ""  # the reference checkpoint; empty: train.init_from (with LoRA: its base, adapters off)
+    pairs_per_step: int = 16  # pairs in one optimizer step (train.micro_batch pairs per micro batch)
     val_fraction: float = 0.1  # pairs held out by a hash, for reward accuracy
     epochs: float = 1.0  # passes over the pairs, when train.max_steps and max_minutes are 0
 

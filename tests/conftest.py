@@ -3,6 +3,7 @@
 import importlib.util
 import json
 import os
+import random
 import subprocess
 import sys
 import tempfile
@@ -16,6 +17,7 @@ from codelm.config import ModelConfig, load_config
 from codelm.data.corpus import tokenize_corpus, train_tokenizer_on_corpus
 from codelm.data.sources import stdlib_root
 from codelm.model.llama import Transformer
+from codelm.tasks import procedural
 
 REPO = Path(__file__).resolve().parent.parent
 # precision and throughput probes are cached per machine; tests (and the CLI runs they start) use their own cache
@@ -140,3 +142,41 @@ def sft_config(ckpt, data, out, **train):
                 "train.micro_batch=2", "train.batch_tokens=512", "optim.lr=3e-3", "train.compile=false",
                 "train.precision='fp32'", "train.eval_every=0", *[f"train.{k}={v}" for k, v in train.items()]]
     return load_config(REPO / "codelm" / "configs" / "sft.toml", settings)
+
+
+@pytest.fixture(scope="session")
+def noisy_arithmetic_model(tmp_path_factory, code_tok):
+    return train_noisy_model(tmp_path_factory.mktemp("noisy") / "ckpt", code_tok)
+
+
+def train_noisy_model(out, code_tok):
+    """A tiny model that continues procedural prompts with a body whose constant is right about half the time
+    (trained seconds on procedural functions whose last constant is off by one in half of them): room for
+    execution feedback (RL, DPO from execution) to show."""
+    torch.manual_seed(0)
+    rng = random.Random(0)
+    texts = []
+    for t in procedural.generate(3000, seed=1, difficulty=1):
+        body = t["canonical_solution"]
+        if rng.random() < 0.5:
+            head, _, constant = body.rstrip("\n").rpartition(" ")
+            body = f"{head} {int(constant) + 1}\n"
+        texts.append([*code_tok.prefix_ids, *code_tok.encode(t["prompt"] + body), code_tok.eot_id])
+    model = Transformer(ModelConfig(vocab_size=code_tok.vocab_size, dim=64, n_layers=2, n_heads=4, n_kv_heads=2,
+                                    max_seq_len=128))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    width = max(len(t) for t in texts)
+    ids = torch.full((len(texts), width), code_tok.eot_id)
+    for i, t in enumerate(texts):
+        ids[i, : len(t)] = torch.tensor(t)
+    targets = ids[:, 1:].clone()
+    targets[ids[:, 1:] == code_tok.eot_id] = -100
+    for i, t in enumerate(texts):
+        targets[i, len(t) - 2] = code_tok.eot_id  # learn to stop after the body
+    for step in range(400):
+        rows = torch.randint(0, len(texts), (64,))
+        loss = model.loss(ids[rows, :-1], targets[rows])
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    return save_model(out, model, code_tok)

@@ -1,58 +1,15 @@
-"""`codelm rl` end to end on the procedural tasks: a model that learned from noisy code learns from its tests.
-
-The fixture model is trained (a few seconds) on procedural functions whose last constant is off by one half
-of the time, so it writes the right body about half the time: room for execution feedback to show."""
+"""`codelm rl` end to end on the procedural tasks: a model that learned from noisy code (conftest's
+noisy_arithmetic_model, right about half the time) learns from its tests."""
 
 import json
-import random
 import shutil
 
 import pytest
-import torch
-
-from codelm.checkpoint import save_model
-from codelm.config import ModelConfig
-from codelm.model.llama import Transformer
-from codelm.tasks import procedural
 from conftest import REPO, run_codelm
 
-TASKS = "procedural:400:1:0"  # what RL trains on and holds out from; the fixture learns from seed 1's tasks
+from codelm.tasks import procedural
 
-
-@pytest.fixture(scope="module")
-def noisy_arithmetic_model(tmp_path_factory, code_tok):
-    return train_noisy_model(tmp_path_factory.mktemp("noisy") / "ckpt", code_tok)
-
-
-def train_noisy_model(out, code_tok):
-    """A tiny model that continues procedural prompts with a body whose constant is right about half the time."""
-    torch.manual_seed(0)
-    rng = random.Random(0)
-    texts = []
-    for t in procedural.generate(3000, seed=1, difficulty=1):
-        body = t["canonical_solution"]
-        if rng.random() < 0.5:
-            head, _, constant = body.rstrip("\n").rpartition(" ")
-            body = f"{head} {int(constant) + 1}\n"
-        texts.append([*code_tok.prefix_ids, *code_tok.encode(t["prompt"] + body), code_tok.eot_id])
-    model = Transformer(ModelConfig(vocab_size=code_tok.vocab_size, dim=64, n_layers=2, n_heads=4, n_kv_heads=2,
-                                    max_seq_len=128))
-    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    width = max(len(t) for t in texts)
-    ids = torch.full((len(texts), width), code_tok.eot_id)
-    for i, t in enumerate(texts):
-        ids[i, : len(t)] = torch.tensor(t)
-    targets = ids[:, 1:].clone()
-    targets[ids[:, 1:] == code_tok.eot_id] = -100
-    for i, t in enumerate(texts):
-        targets[i, len(t) - 2] = code_tok.eot_id  # learn to stop after the body
-    for step in range(400):
-        rows = torch.randint(0, len(texts), (64,))
-        loss = model.loss(ids[rows, :-1], targets[rows])
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad()
-    return save_model(out, model, code_tok)
+TASKS = "procedural:400:1:0"  # what RL trains on and holds out from; the fixture learned from seed 1's
 
 
 def rl_args(ckpt, out, *settings):

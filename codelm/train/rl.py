@@ -16,7 +16,6 @@ with its outcome, so false positives of weak tests can be read), and rl.json:
 the held-out tasks' greedy pass rate before and after.
 """
 
-import copy
 import json
 import math
 from collections import Counter
@@ -34,12 +33,12 @@ from codelm.errors import UserError
 from codelm.inference.engine import Completion, Engine
 from codelm.io import atomic_write_json
 from codelm.model.llama import Transformer
-from codelm.model.lora import adapters_disabled, lora_layers
 from codelm.sandbox.supervisor import Sandbox
 from codelm.tasks import collection, humaneval
 from codelm.tokenizer import Tokenizer
 from codelm.train import metrics, policy_gradient
 from codelm.train.loop import DistEnv, setup_distributed, train
+from codelm.train.reference import Reference, token_logprobs
 
 
 @dataclass
@@ -67,38 +66,6 @@ class RolloutBatch:
             return None if rows[0][key] is None else torch.tensor([r[key] for r in rows], dtype=dtype)
         return cls(stack("inputs", torch.long), stack("targets", torch.long), stack("mask", torch.bool),
                    stack("advantage", torch.float32), stack("old_logp", torch.float32), stack("ref_logp", torch.float32))
-
-
-def token_logprobs(model: torch.nn.Module, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """(B, T) log-probability of each target token under the model (fp32 log-softmax)."""
-    logits = model(inputs)
-    return torch.log_softmax(logits.float(), dim=-1).gather(-1, targets.clamp(min=0)[..., None])[..., 0]
-
-
-class Reference:
-    """The reference policy of a KL term or of DPO: a LoRA policy's base with its adapters off (no copy), else a
-    frozen copy of the starting weights or another checkpoint that shares the tokenizer."""
-
-    def __init__(self, policy: Transformer, tok: Tokenizer, checkpoint: str = "", lora: bool = False):
-        self.model = None
-        if checkpoint:
-            self.model, ref_tok, _ = ckpt.load_model(checkpoint)
-            if ref_tok.hf.get_vocab() != tok.hf.get_vocab():
-                raise UserError(f"the reference {checkpoint} has another tokenizer than the policy: log-prob "
-                                "ratios compare the same token ids")
-        elif not lora:  # with LoRA the base is the policy with adapters disabled: nothing to copy
-            self.model = copy.deepcopy(policy)
-        if self.model is not None:
-            self.model.eval().requires_grad_(False)
-
-    @torch.no_grad()
-    def logprobs(self, policy: torch.nn.Module, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        if self.model is not None:
-            return token_logprobs(self.model.to(inputs.device), inputs, targets)
-        if not lora_layers(policy):
-            raise UserError("the reference is the policy's base, but the policy has no LoRA adapters")
-        with adapters_disabled(policy):
-            return token_logprobs(policy, inputs, targets)
 
 
 def prompt_ids(tok: Tokenizer, task: dict, chat: bool) -> list[int]:
@@ -288,19 +255,19 @@ def validate_settings(rl: RLConfig):
             raise UserError(f"bad setting: {text}")
 
 
-def load_tasks(rl: RLConfig, env: DistEnv) -> tuple[list[dict], list[dict]]:
+def load_tasks(source: str, held_out: float, workers: int, env: DistEnv) -> tuple[list[dict], list[dict]]:
     """(train, held out) tasks, decontaminated against HumanEval and validated against their references."""
-    tasks, untested = collection.load(rl.tasks)
+    tasks, untested = collection.load(source)
     tasks, contaminated = decontaminate_tasks(tasks)
-    collection.validate(tasks, rl.workers)
-    train_tasks, held_out = collection.split(tasks, rl.held_out)
+    collection.validate(tasks, workers)
+    train_tasks, held = collection.split(tasks, held_out)
     if not train_tasks:
-        raise UserError(f"no training tasks in {rl.tasks} (rl.held_out={rl.held_out} holds out all of them)")
+        raise UserError(f"no training tasks in {source} (a held-out share of {held_out} holds out all of them)")
     if env.is_main:
-        print(f"rl tasks {rl.tasks}: {len(train_tasks)} to train on, {len(held_out)} held out; "
-              f"{untested} without tests and {len(contaminated)} overlapping HumanEval dropped; every reference "
-              "solution passes its tests", flush=True)
-    return train_tasks, held_out[: rl.held_out_limit]
+        print(f"tasks {source}: {len(train_tasks)} to train on, {len(held)} held out; {untested} without tests "
+              f"and {len(contaminated)} overlapping HumanEval dropped; every reference solution passes its tests",
+              flush=True)
+    return train_tasks, held
 
 
 def rl(cfg: Config, resume: bool = False) -> dict:
@@ -313,7 +280,8 @@ def rl(cfg: Config, resume: bool = False) -> dict:
     model, tok, source = ckpt.load_model(t.init_from)
     model.train()
     cfg.model = model.config
-    train_tasks, held_out = load_tasks(r, env)
+    train_tasks, held_out = load_tasks(r.tasks, r.held_out, r.workers, env)
+    held_out = held_out[: r.held_out_limit]
     check_lengths(train_tasks + held_out, tok, r.chat, r.max_new_tokens, model.config.max_seq_len)
     longest = max(len(prompt_ids(tok, task, r.chat)) for task in train_tasks) + r.max_new_tokens
     cfg.data.seq_len = min(model.config.max_seq_len, 64 * math.ceil(longest / 64))  # the loop's nominal row length
