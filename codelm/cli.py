@@ -11,6 +11,7 @@ import json
 import os
 import sys
 from dataclasses import asdict
+from pathlib import Path
 
 from codelm.config import (
     DEFAULT_VAL_FRACTION,
@@ -28,6 +29,7 @@ from codelm.serve.config import ServeConfig
 from codelm.synth.config import MagpieConfig, MineConfig, OssInstructConfig, TeacherConfig
 
 SHAPE_NAMES = [shape.name for shape in LADDER]
+CONFIGS = Path(__file__).resolve().parent / "configs"  # package data: the recipes' default TOMLs
 
 DATA_HELP = ("a `codelm curate` output directory, or files/directories of code read as they are (repeatable); "
              "default: the Python standard library of this interpreter")
@@ -81,14 +83,18 @@ def cmd_pretrain(args):
     pretrain(load_config(args.config, args.set), resume=args.resume)
 
 
+def recipe_config(args, default: Path, **named):
+    """A post-training recipe's config: its default TOML (or --config), the named options given, then --set."""
+    from codelm.config import load_config
+
+    named |= {"train.init_from": args.init_from, "train.out_dir": args.out}
+    settings = [f"{key}={value!r}" for key, value in named.items() if value is not None and value != ""]
+    return load_config(args.config or default, [*settings, *args.set])
+
+
 def chat_recipe_config(args, **named):
     """The config of a recipe that learns from chats: sft.toml (or --config), the named options, then --set."""
-    from codelm.config import load_config
-    from codelm.train.sft import DEFAULT_CONFIG
-
-    named |= {"train.init_from": args.init_from, "sft.data": args.data, "train.out_dir": args.out}
-    settings = [f"{key}={value!r}" for key, value in named.items() if value]
-    return load_config(args.config or DEFAULT_CONFIG, [*settings, *args.set])
+    return recipe_config(args, CONFIGS / "sft.toml", **{"sft.data": args.data}, **named)
 
 
 def chat_humaneval(cfg, result: dict, limit: int):
@@ -117,6 +123,27 @@ def cmd_distill(args):
 
     cfg = chat_recipe_config(args, **{"distill.teacher": args.teacher})
     result = distill(cfg, resume=args.resume)
+    if args.humaneval is not None:
+        chat_humaneval(cfg, result, args.humaneval)
+
+
+def cmd_rl(args):
+    from codelm.report import plot_rollouts
+    from codelm.train.rl import rl
+
+    cfg = recipe_config(args, CONFIGS / "rl.toml", **{"rl.tasks": args.tasks, "rl.chat": args.chat or None})
+    result = rl(cfg, resume=args.resume)
+    plot_rollouts(Path(cfg.train.out_dir))
+    if args.humaneval is not None:
+        chat_humaneval(cfg, result, args.humaneval)
+
+
+def cmd_dpo(args):
+    from codelm.train.dpo import dpo
+
+    cfg = recipe_config(args, CONFIGS / "dpo.toml", **{"dpo.pairs": args.pairs, "dpo.from_tasks": args.from_tasks,
+                                                         "dpo.reference": args.reference, "dpo.chat": args.chat or None})
+    result = dpo(cfg, resume=args.resume)
     if args.humaneval is not None:
         chat_humaneval(cfg, result, args.humaneval)
 
@@ -432,16 +459,13 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--resume", action="store_true", help="continue from train.out_dir/checkpoints/latest")
     r.set_defaults(func=cmd_pretrain)
 
-    def chat_recipe(name: str, text: str, description: str, func):
-        r = sub.add_parser(name, help=text, description=description + " Data: JSONL with 'messages' (OpenAI/HF), "
-                           "'prompt'/'completion' or 'instruction'/'response' per line, rendered with the "
-                           "checkpoint's chat template (ChatML for codelm models). Examples are packed whole into "
-                           "rows; longer ones are dropped and counted. Defaults: codelm/configs/sft.toml. Runs under "
-                           "torchrun too.")
+    def recipe(name: str, text: str, description: str, func, config: str):
+        """A post-training command: a checkpoint in, a run directory out, a TOML of defaults, --set on top."""
+        r = sub.add_parser(name, help=text, description=f"{description} Defaults: codelm/configs/{config}. "
+                           "Runs under torchrun too.")
         r.add_argument("--init-from", help="checkpoint to fine-tune (train.init_from)")
-        r.add_argument("--data", help="chat JSONL (sft.data)")
         r.add_argument("--out", help="run directory (train.out_dir)")
-        r.add_argument("--config", default=None, help="TOML config (default: codelm/configs/sft.toml)")
+        r.add_argument("--config", default=None, help=f"TOML config (default: codelm/configs/{config})")
         r.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                        help="override a config key, e.g. --set lora.r=16 --set optim.lr=5e-4 (repeatable)")
         r.add_argument("--resume", action="store_true", help="continue from OUT/checkpoints/latest")
@@ -450,6 +474,14 @@ def build_parser() -> argparse.ArgumentParser:
                        "LIMIT problems; all 164 without it): pass@1 and the share of replies that define the "
                        "function asked for")
         r.set_defaults(func=func)
+        return r
+
+    def chat_recipe(name: str, text: str, description: str, func):
+        r = recipe(name, text, description + " Data: JSONL with 'messages' (OpenAI/HF), 'prompt'/'completion' or "
+                   "'instruction'/'response' per line, rendered with the checkpoint's chat template (ChatML for "
+                   "codelm models). Examples are packed whole into rows; longer ones are dropped and counted.",
+                   func, "sft.toml")
+        r.add_argument("--data", help="chat JSONL (sft.data)")
         return r
 
     chat_recipe("sft", "supervised fine-tuning on chats: assistant-only loss, optional LoRA",
@@ -461,6 +493,28 @@ def build_parser() -> argparse.ArgumentParser:
                      "them, at distill.temperature; distill.on_policy is the share of batches made of the student's "
                      "own sampled replies scored by the teacher (GKD).", cmd_distill)
     dl.add_argument("--teacher", help="the teacher's checkpoint (distill.teacher)")
+    rl = recipe("rl", "reinforcement learning from execution: sampled programs rewarded by their tests",
+                "Sample rl.samples programs for each of rl.prompts_per_step tasks from the current weights, run "
+                "them against the tasks' tests in the sandbox (passed = reward 1; failed, error, syntax_error, "
+                "timeout counted apart) and update with the policy-gradient core: GRPO by default, DAPO, Dr. GRPO, "
+                "RLOO or REINFORCE by rl.* settings (README). Prints a line per rollout; writes rollouts.jsonl, "
+                "reward_audit.jsonl (every program and its outcome), rl.json (held-out greedy pass@1 before and "
+                "after) and rewards.png.", cmd_rl, "rl.toml")
+    rl.add_argument("--tasks", help="procedural[:COUNT[:DIFFICULTY[:SEED]]] (offline, verifiable) or a JSONL of tasks "
+                    "in HumanEval's shape or codelm synth rows with tests (rl.tasks)")
+    rl.add_argument("--chat", action="store_true", help="ask through the chat template (rl.chat)")
+    dp = recipe("dpo", "direct preference optimisation on chosen/rejected pairs, or pairs from execution",
+                "Train on (prompt, chosen, rejected) pairs with the DPO (dpo.loss=sigmoid) or IPO loss against a "
+                "reference whose log-probs are computed once and cached by a hash of its weights and the pairs. "
+                "Pairs: JSONL with 'prompt' (text or chat messages), 'chosen' and 'rejected' (text or an assistant "
+                "message), or --from-tasks: the policy samples dpo.samples programs per task and a passing one is "
+                "paired with a failing one (OUT/pairs.jsonl). Writes dpo.json: held-out pairs' reward accuracy, and "
+                "with --from-tasks the held-out tasks' greedy pass@1 before and after.", cmd_dpo, "dpo.toml")
+    dp.add_argument("--pairs", help="preference pairs JSONL (dpo.pairs)")
+    dp.add_argument("--from-tasks", help="build pairs by execution from these tasks, as `codelm rl --tasks` "
+                    "(dpo.from_tasks)")
+    dp.add_argument("--reference", help="reference checkpoint (default: the --init-from weights; dpo.reference)")
+    dp.add_argument("--chat", action="store_true", help="ask the tasks through the chat template (dpo.chat)")
 
     g = sub.add_parser("generate", help="generate from a checkpoint: greedy, sampling, beam, speculative",
                        description="Continue a prompt with the KV-cache engine. A single completion streams to the "
