@@ -43,6 +43,9 @@ HF_DEFAULTS = {  # model types codelm reads, and what transformers assumes where
 }
 
 
+MODEL_CLASS_KEY = "codelm_model_class"  # config.json: a Transformer subclass the checkpoint holds
+
+
 def hf_config(cfg: ModelConfig) -> dict:
     """config.json: what transformers reads, plus our config under "codelm".
 
@@ -131,6 +134,8 @@ def write_model_files(directory: Path, model: Transformer, extra_config: dict | 
     safetensors.torch.save_file(weights, directory / "model.safetensors", metadata={"format": "pt"})
     config = hf_config(model.config)
     config["torch_dtype"] = str(next(iter(weights.values())).dtype).removeprefix("torch.")
+    if type(model) is not Transformer:  # a subclass (the reward model) is loaded as itself, never as an LM
+        config[MODEL_CLASS_KEY] = type(model).__name__
     atomic_write_json(directory / "config.json", config | (extra_config or {}))
 
 
@@ -224,7 +229,8 @@ def resolve_checkpoint(path: str | Path) -> Path:
                     "or a run with checkpoints/latest)")
 
 
-def load_model(path: str | Path, device="cpu") -> tuple[Transformer, Tokenizer, Path]:
+def load_model(path: str | Path, device="cpu", model_class: type[Transformer] = Transformer
+               ) -> tuple[Transformer, Tokenizer, Path]:
     """Model (eval mode, fp32) and tokenizer from a checkpoint directory.
 
     An imported model's config.json sets where documents start (`codelm_prefix_ids`)
@@ -237,7 +243,12 @@ def load_model(path: str | Path, device="cpu") -> tuple[Transformer, Tokenizer, 
         load_adapter(model, ckpt)
         return model.eval(), tok, ckpt
     config = json.loads((ckpt / "config.json").read_text())
-    model = Transformer(ModelConfig(**config["codelm"]))
+    held = config.get(MODEL_CLASS_KEY, Transformer.__name__)
+    if held != model_class.__name__:
+        raise UserError(f"{ckpt} holds a {held}, not a {model_class.__name__}: "
+                        + ("a reward model scores sequences (rl.reward_model), it does not generate"
+                           if model_class is Transformer else "train one with its own command first"))
+    model = model_class(ModelConfig(**config["codelm"]))
     load_weights(model, ckpt)
     tok = Tokenizer.load(ckpt / "tokenizer.json", required=())
     tok.prefix_ids = config.get("codelm_prefix_ids", tok.prefix_ids)

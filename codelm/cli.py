@@ -83,6 +83,13 @@ def cmd_pretrain(args):
     pretrain(load_config(args.config, args.set), resume=args.resume)
 
 
+def add_pairs_args(parser: argparse.ArgumentParser):
+    parser.add_argument("--pairs", help="preference pairs JSONL (pairs.file)")
+    parser.add_argument("--from-tasks", help="build pairs by execution from these tasks, as `codelm rl --tasks` "
+                        "(pairs.from_tasks)")
+    parser.add_argument("--chat", action="store_true", help="ask the tasks through the chat template (pairs.chat)")
+
+
 def recipe_config(args, default: Path, **named):
     """A post-training recipe's config: its default TOML (or --config), the named options given, then --set."""
     from codelm.config import load_config
@@ -138,14 +145,23 @@ def cmd_rl(args):
         chat_humaneval(cfg, result, args.humaneval)
 
 
+def pairs_options(args) -> dict:
+    return {"pairs.file": args.pairs, "pairs.from_tasks": args.from_tasks, "pairs.chat": args.chat or None}
+
+
 def cmd_dpo(args):
     from codelm.train.dpo import dpo
 
-    cfg = recipe_config(args, CONFIGS / "dpo.toml", **{"dpo.pairs": args.pairs, "dpo.from_tasks": args.from_tasks,
-                                                         "dpo.reference": args.reference, "dpo.chat": args.chat or None})
+    cfg = recipe_config(args, CONFIGS / "dpo.toml", **pairs_options(args), **{"dpo.reference": args.reference})
     result = dpo(cfg, resume=args.resume)
     if args.humaneval is not None:
         chat_humaneval(cfg, result, args.humaneval)
+
+
+def cmd_reward_model(args):
+    from codelm.train.reward_model import reward_model
+
+    reward_model(recipe_config(args, CONFIGS / "reward_model.toml", **pairs_options(args)), resume=args.resume)
 
 
 def _engine(checkpoint: str, args):
@@ -459,7 +475,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--resume", action="store_true", help="continue from train.out_dir/checkpoints/latest")
     r.set_defaults(func=cmd_pretrain)
 
-    def recipe(name: str, text: str, description: str, func, config: str):
+    def recipe(name: str, text: str, description: str, func, config: str, generates: bool = True):
         """A post-training command: a checkpoint in, a run directory out, a TOML of defaults, --set on top."""
         r = sub.add_parser(name, help=text, description=f"{description} Defaults: codelm/configs/{config}. "
                            "Runs under torchrun too.")
@@ -469,10 +485,11 @@ def build_parser() -> argparse.ArgumentParser:
         r.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                        help="override a config key, e.g. --set lora.r=16 --set optim.lr=5e-4 (repeatable)")
         r.add_argument("--resume", action="store_true", help="continue from OUT/checkpoints/latest")
-        r.add_argument("--humaneval", type=int, nargs="?", const=0, metavar="LIMIT",
-                       help="then ask HumanEval as chats of the result, greedy, into OUT/eval (LIMIT: the first "
-                       "LIMIT problems; all 164 without it): pass@1 and the share of replies that define the "
-                       "function asked for")
+        if generates:
+            r.add_argument("--humaneval", type=int, nargs="?", const=0, metavar="LIMIT",
+                           help="then ask HumanEval as chats of the result, greedy, into OUT/eval (LIMIT: the "
+                           "first LIMIT problems; all 164 without it): pass@1 and the share of replies that define "
+                           "the function asked for")
         r.set_defaults(func=func)
         return r
 
@@ -507,14 +524,18 @@ def build_parser() -> argparse.ArgumentParser:
                 "Train on (prompt, chosen, rejected) pairs with the DPO (dpo.loss=sigmoid) or IPO loss against a "
                 "reference whose log-probs are computed once and cached by a hash of its weights and the pairs. "
                 "Pairs: JSONL with 'prompt' (text or chat messages), 'chosen' and 'rejected' (text or an assistant "
-                "message), or --from-tasks: the policy samples dpo.samples programs per task and a passing one is "
-                "paired with a failing one (OUT/pairs.jsonl). Writes dpo.json: held-out pairs' reward accuracy, and "
-                "with --from-tasks the held-out tasks' greedy pass@1 before and after.", cmd_dpo, "dpo.toml")
-    dp.add_argument("--pairs", help="preference pairs JSONL (dpo.pairs)")
-    dp.add_argument("--from-tasks", help="build pairs by execution from these tasks, as `codelm rl --tasks` "
-                    "(dpo.from_tasks)")
+                "message), or --from-tasks: the policy samples pairs.samples programs per task and a passing one "
+                "is paired with a failing one (OUT/pairs.jsonl). Writes dpo.json: held-out pairs' reward accuracy, "
+                "and with --from-tasks the held-out tasks' greedy pass@1 before and after.", cmd_dpo, "dpo.toml")
+    add_pairs_args(dp)
+    rm = recipe("reward-model", "a reward model: a scalar head trained on preference pairs (Bradley-Terry)",
+                "Add a scalar head to a checkpoint and train the whole model with the Bradley-Terry loss, "
+                "-log sigmoid(r_chosen - r_rejected), on pairs from a file or from execution (as codelm dpo). "
+                "Writes reward_model.json with the held-out pairs' accuracy before and after; `codelm rl --set "
+                "rl.reward_model=OUT` then uses its score as the reward.", cmd_reward_model, "reward_model.toml",
+                generates=False)
+    add_pairs_args(rm)
     dp.add_argument("--reference", help="reference checkpoint (default: the --init-from weights; dpo.reference)")
-    dp.add_argument("--chat", action="store_true", help="ask the tasks through the chat template (dpo.chat)")
 
     g = sub.add_parser("generate", help="generate from a checkpoint: greedy, sampling, beam, speculative",
                        description="Continue a prompt with the KV-cache engine. A single completion streams to the "

@@ -170,25 +170,32 @@ class RLConfig:
     updates_per_rollout: int = 1  # optimizer steps on each rollout; above 1 the ratio moves and clipping binds
     skip_zero_spread: bool = True  # drop groups whose samples all got the same reward (no signal)
     mask_truncated: bool = True  # completions cut by max_new_tokens are not learned from
+    reward_model: str = ""  # a `codelm reward-model` checkpoint: its score is the reward instead of the tests (RLHF)
     workers: int = 0  # sandbox slots (0: one per core)
 
 
 @dataclass
-class DPOConfig:
-    """Direct preference optimisation (codelm.train.dpo) on (prompt, chosen, rejected) pairs."""
+class PairsConfig:
+    """Preference pairs (codelm.train.pairs) for `codelm dpo` and `codelm reward-model`."""
 
-    pairs: str = ""  # JSONL of pairs; empty with from_tasks: built from execution
-    from_tasks: str = ""  # tasks (as rl.tasks) to sample from and pair a passing with a failing program
+    file: str = ""  # JSONL of pairs: prompt (text or chat messages), chosen, rejected
+    from_tasks: str = ""  # tasks (as rl.tasks) to sample from, pairing a passing with a failing program
     samples: int = 8  # completions per task when building pairs from execution
     max_new_tokens: int = 96
     temperature: float = 1.0
-    chat: bool = False
+    chat: bool = False  # ask the tasks through the chat template
+    val_fraction: float = 0.1  # pairs held out by a hash (of their task, from execution)
+    per_step: int = 16  # pairs in one optimizer step (train.micro_batch pairs per micro batch)
+    epochs: float = 1.0  # passes over the pairs, when train.max_steps and max_minutes are 0
+
+
+@dataclass
+class DPOConfig:
+    """Direct preference optimisation (codelm.train.dpo) on [pairs]."""
+
     beta: float = 0.1
     loss: str = "sigmoid"  # sigmoid (DPO) | ipo
-    reference: str = ""  # the reference checkpoint; empty: train.init_from (with LoRA: its base, adapters off)
-    pairs_per_step: int = 16  # pairs in one optimizer step (train.micro_batch pairs per micro batch)
-    val_fraction: float = 0.1  # pairs held out by a hash, for reward accuracy
-    epochs: float = 1.0  # passes over the pairs, when train.max_steps and max_minutes are 0
+    reference: str = ""  # the reference checkpoint; empty: train.init_from (with LoRA: its base)
 
 
 DEFAULT_VAL_FRACTION = 0.05  # 2% of the stdlib is 34 files, one of them a quarter of the tokens: too noisy
@@ -298,6 +305,7 @@ class Config:
     sft: SFTConfig = field(default_factory=SFTConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
     rl: RLConfig = field(default_factory=RLConfig)
+    pairs: PairsConfig = field(default_factory=PairsConfig)
     dpo: DPOConfig = field(default_factory=DPOConfig)
 
 

@@ -9,7 +9,8 @@ from conftest import run_codelm
 
 from codelm.errors import UserError
 from codelm.train import dpo as dpo_module
-from codelm.train.dpo import Pair, dpo_loss, read_pairs, reference_logprobs
+from codelm.train.dpo import dpo_loss, reference_logprobs
+from codelm.train.pairs import Pair, read_pairs
 
 # (pairs, [chosen, rejected], [summed log-prob, tokens])
 POLICY = torch.tensor([[[-1.0, 2.0], [-3.0, 3.0]]])
@@ -91,7 +92,7 @@ def test_dpo_from_execution_learns_to_prefer_passing_programs(noisy_arithmetic_m
     out = tmp_path / "dpo"
     run_codelm("dpo", "--init-from", noisy_arithmetic_model, "--from-tasks", "procedural:200:1:0", "--out", out,
                "--set", "train.precision='fp32'", "--set", "train.compile=false", "--set", "optim.lr=5e-4",
-               "--set", "dpo.max_new_tokens=24", "--set", "dpo.val_fraction=0.3", "--set", "dpo.epochs=3",
+               "--set", "pairs.max_new_tokens=24", "--set", "pairs.val_fraction=0.3", "--set", "pairs.epochs=3",
                "--set", "rl.workers=2")
     report = json.loads((out / "dpo.json").read_text())
     pairs = (out / "pairs.jsonl").read_text().splitlines()

@@ -10,10 +10,7 @@ before training (they never change) and cached under ~/.cache/codelm, keyed by a
 hash of the reference's weights and of the pairs' token ids. With LoRA the
 reference is the base, which is what the policy is before its first step.
 
-Pairs come from a JSONL file (`prompt` as text or chat messages; `chosen` and
-`rejected` as text or an assistant message), or from execution (`dpo.from_tasks`):
-the policy samples dpo.samples programs per task, and each task with a passing
-and a failing program gives one pair (written to OUT/pairs.jsonl to read).
+Pairs come from a file or from execution ([pairs], codelm.train.pairs).
 """
 
 import hashlib
@@ -28,109 +25,17 @@ import torch
 import torch.nn.functional as F
 
 from codelm import checkpoint as ckpt
-from codelm.chat import encode_chat, encode_conversation
 from codelm.config import Config, DPOConfig
 from codelm.data.loader import IGNORE
 from codelm.errors import UserError
-from codelm.inference.engine import Engine
-from codelm.io import atomic_write_bytes, atomic_write_json
+from codelm.io import atomic_write_json
 from codelm.model.llama import Transformer
-from codelm.sandbox.supervisor import Sandbox
-from codelm.tasks import collection
-from codelm.tokenizer import Tokenizer
-from codelm.train.loop import DistEnv, accumulation_steps, setup_distributed, train
+from codelm.train.loop import DistEnv, setup_distributed, train
+from codelm.train.pairs import Pair, PairStream, gather_pairs, held_out_pass_rate
 from codelm.train.reference import Reference, token_logprobs
-from codelm.train.rl import completion_program, load_tasks, pass_rate, prompt_ids, sampling
 
 LOSSES = ("sigmoid", "ipo")
 CACHE = Path(os.environ.get("CODELM_CACHE", Path.home() / ".cache" / "codelm")) / "dpo-reference"
-
-
-@dataclass
-class Pair:
-    prompt: list[int]
-    chosen: list[int]  # completion ids, its end (end of text or of turn) included
-    rejected: list[int]
-    where: str  # file:line or task id, for errors
-
-
-def _text(value, where: str, key: str) -> str:
-    """A completion given as text, or as an assistant message (or a one-message list of it, TRL's chat shape)."""
-    if isinstance(value, list) and len(value) == 1:
-        value = value[0]
-    if isinstance(value, dict) and value.get("role") == "assistant" and isinstance(value.get("content"), str):
-        return value["content"]
-    if isinstance(value, str):
-        return value
-    raise UserError(f"{where}: '{key}' must be text or an assistant message")
-
-
-def completion_ids(tok: Tokenizer, prompt, text: str, template: str | None) -> tuple[list[int], list[int]]:
-    """(prompt ids, completion ids) of a text prompt continued by text, or of a chat answered by text."""
-    if isinstance(prompt, list):
-        head = encode_chat(tok, prompt, template)
-        ids, _ = encode_conversation(tok, [*prompt, {"role": "assistant", "content": text}], template)
-        if ids[: len(head)] != head:
-            raise UserError("the chat template renders a conversation's start differently from its generation "
-                            "prompt, so a reply's tokens cannot be told apart")
-        return head, ids[len(head):]
-    end = [tok.eot_id] if tok.eot_id is not None else []
-    return [*tok.prefix_ids, *tok.encode(prompt)], [*tok.encode(text), *end]
-
-
-def read_pairs(path: str | Path, tok: Tokenizer) -> list[Pair]:
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"preference pairs not found: {path}")
-    pairs = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        where = f"{path}:{number}"
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise UserError(f"{where} is not valid JSON: {e}") from None
-        if not isinstance(row, dict) or not {"prompt", "chosen", "rejected"} <= row.keys():
-            raise UserError(f"{where}: a pair needs 'prompt', 'chosen' and 'rejected'")
-        prompt = row["prompt"]
-        if not isinstance(prompt, (str, list)):
-            raise UserError(f"{where}: 'prompt' must be text or a list of chat messages")
-        head, chosen = completion_ids(tok, prompt, _text(row["chosen"], where, "chosen"), tok.chat_template)
-        _, rejected = completion_ids(tok, prompt, _text(row["rejected"], where, "rejected"), tok.chat_template)
-        pairs.append(Pair(head, chosen, rejected, where))
-    if not pairs:
-        raise UserError(f"{path} holds no pairs")
-    return pairs
-
-
-def pairs_from_execution(model: Transformer, tok: Tokenizer, tasks: list[dict], d: DPOConfig, sandbox: Sandbox,
-                         seed: int, out: Path) -> list[Pair]:
-    """One pair per task where the policy's samples both pass and fail: the first passing program is chosen, the
-    first failing one rejected. The pairs are written to `out` as JSONL (prompt, chosen, rejected, outcomes)."""
-    prompts = [prompt_ids(tok, t, d.chat) for t in tasks]
-    params = sampling(d.max_new_tokens, d.chat, strategy="sample", temperature=d.temperature, n=d.samples, seed=seed)
-    groups = Engine(model, tok).generate(prompts, params)
-    model.train()
-    programs = [completion_program(t, c.text, d.chat) for t, group in zip(tasks, groups) for c in group]
-    outcomes = iter(collection.outcome(r) for r in sandbox.run_many(programs, progress="executing samples"))
-    pairs, rows = [], []
-    for task, prompt, group in zip(tasks, prompts, groups):
-        scored = [(c, next(outcomes)) for c in group]
-        good = next((c for c, o in scored if o == "passed"), None)
-        bad, why = next(((c, o) for c, o in scored if o != "passed"), (None, None))
-        if good is None or bad is None:
-            continue
-        pairs.append(Pair(prompt, good.token_ids, bad.token_ids, task["task_id"]))
-        rows.append({"task_id": task["task_id"], "prompt": tok.decode(prompt), "chosen": good.text,
-                     "rejected": bad.text, "rejected_outcome": why})
-    atomic_write_bytes(out, (json.dumps(r).encode() + b"\n" for r in rows))
-    print(f"pairs from execution: {len(pairs)} of {len(tasks)} tasks had a passing and a failing sample "
-          f"(of {d.samples}); written to {out}", flush=True)
-    if not pairs:
-        raise UserError(f"no task of {d.from_tasks} gave both a passing and a failing sample: raise dpo.samples or "
-                        "dpo.temperature, or use easier tasks")
-    return pairs
 
 
 @dataclass
@@ -191,31 +96,6 @@ class DPO:
         return losses.sum(), {name: value.sum() for name, value in found.items()}
 
 
-class PairStream:
-    """A BatchStream over pairs: a fresh shuffle per epoch from the seed; state is (epoch, position)."""
-
-    def __init__(self, pairs: list[Pair], reference: torch.Tensor, batch_pairs: int, pad_id: int, seed: int,
-                 rank: int = 0, world: int = 1):
-        self.pairs, self.reference, self.batch_pairs, self.pad_id = pairs, reference, batch_pairs, pad_id
-        self.seed, self.rank, self.world = seed, rank, world
-        self.epoch, self.position = 0, 0
-
-    def state_dict(self) -> dict:
-        return {"epoch": self.epoch, "position": self.position}
-
-    def load_state_dict(self, state: dict):
-        self.epoch, self.position = state["epoch"], state["position"]
-
-    def next_batch(self) -> PairBatch:
-        order = np.random.default_rng([self.seed, self.epoch]).permutation(len(self.pairs))
-        take = self.batch_pairs * self.world
-        picks = [int(order[(self.position + k) % len(order)]) for k in range(take)][self.rank::self.world]
-        self.position += take
-        if self.position >= len(order):
-            self.epoch, self.position = self.epoch + 1, 0
-        return collate([self.pairs[i] for i in picks], self.pad_id, self.reference[picks])
-
-
 def weights_digest(checkpoint: str) -> str:
     """sha256 over a checkpoint's weight files: what a cached reference is valid for."""
     folder = ckpt.resolve_checkpoint(checkpoint)
@@ -262,11 +142,6 @@ def reference_logprobs(score, policy: Transformer, pairs: list[Pair], weights: s
     return values, False
 
 
-def split_pairs(pairs: list[Pair], fraction: float) -> tuple[list[Pair], list[Pair]]:
-    held = [collection.is_held_out({"task_id": p.where}, fraction) for p in pairs]
-    return [p for p, h in zip(pairs, held) if not h], [p for p, h in zip(pairs, held) if h]
-
-
 @torch.no_grad()
 def held_out_accuracy(model: Transformer, pairs: list[Pair], reference: torch.Tensor, d: DPOConfig, pad_id: int,
                       batch_pairs: int) -> dict:
@@ -290,8 +165,6 @@ def dpo(cfg: Config, resume: bool = False) -> dict:
         raise UserError(f"dpo.loss must be one of {', '.join(LOSSES)} and dpo.beta above 0")
     if not t.init_from:
         raise UserError("dpo starts from a trained model: give --init-from CHECKPOINT (train.init_from)")
-    if bool(d.pairs) == bool(d.from_tasks):
-        raise UserError("give preference pairs (--pairs FILE.jsonl) or tasks to build them from (--from-tasks)")
     torch.manual_seed(t.seed)
     model, tok, source = ckpt.load_model(t.init_from)
     model.train()
@@ -299,56 +172,30 @@ def dpo(cfg: Config, resume: bool = False) -> dict:
     run_dir = Path(t.out_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     pad_id = tok.eot_id if tok.eot_id is not None else 0
-    held_tasks, report = [], {}
-    if d.pairs:
-        pairs = read_pairs(d.pairs, tok)
-    else:  # pairs of held-out tasks are the held-out pairs: split_pairs uses the tasks' split
-        tasks, held_tasks = load_tasks(d.from_tasks, d.val_fraction, cfg.rl.workers, env)
-        with Sandbox(cfg.rl.workers) as sandbox:
-            pairs = pairs_from_execution(model, tok, tasks + held_tasks, d, sandbox, t.seed, run_dir / "pairs.jsonl")
-            if held_tasks:
-                report["pass_before"] = pass_rate(model, tok, held_tasks, d.chat, d.max_new_tokens, sandbox)
-    longest = max(max(len(p.prompt) + len(p.chosen), len(p.prompt) + len(p.rejected)) for p in pairs)
-    if longest > model.config.max_seq_len + 1:
-        where = next(p.where for p in pairs if len(p.prompt) + max(len(p.chosen), len(p.rejected)) == longest)
-        raise UserError(f"{where}: the pair is {longest} tokens, longer than the model's context "
-                        f"({model.config.max_seq_len}); nothing is cropped silently")
-    cfg.data.seq_len = min(model.config.max_seq_len, longest)  # the loop's nominal row length
-    rows_per_micro = t.micro_batch * env.world
-    t.batch_tokens = math.ceil(d.pairs_per_step / rows_per_micro) * rows_per_micro * cfg.data.seq_len
+    data = gather_pairs(cfg, model, tok, env, run_dir)
     if d.reference:
         score = Reference(model, tok, d.reference).logprobs
     else:  # the policy before its first step is the reference (with LoRA: its base, the adapters not yet added)
         def score(policy, inputs, targets):
             return token_logprobs(policy, inputs, targets)
+    log = print if env.is_main else (lambda *a: None)
     weights = weights_digest(d.reference or t.init_from)
-    values, _ = reference_logprobs(score, model, pairs, weights, pad_id, t.micro_batch,
-                                   print if env.is_main else (lambda *a: None))
-    index = {id(p): i for i, p in enumerate(pairs)}
-    train_pairs, held = split_pairs(pairs, d.val_fraction)
-    if not train_pairs:
-        raise UserError(f"dpo.val_fraction={d.val_fraction} holds out every pair")
-    train_ref = values[[index[id(p)] for p in train_pairs]]
-    held_ref = values[[index[id(p)] for p in held]]
-    if not (t.max_steps or t.max_minutes):
-        pairs_per_step = accumulation_steps(cfg, env.world) * t.micro_batch * env.world
-        t.max_steps = max(1, math.ceil(d.epochs * len(train_pairs) / pairs_per_step))
-    if env.is_main:
-        print(f"dpo: {len(train_pairs)} pairs to train on, {len(held)} held out | {d.loss} loss, beta {d.beta:g}",
-              flush=True)
-    stream = PairStream(train_pairs, train_ref, t.micro_batch, pad_id, t.seed, env.rank, env.world)
+    train_ref, _ = reference_logprobs(score, model, data.train, weights, pad_id, t.micro_batch, log)
+    held_ref, _ = reference_logprobs(score, model, data.held_out, weights, pad_id, t.micro_batch, log)
+    log(f"dpo: {len(data.train)} pairs to train on, {len(data.held_out)} held out | {d.loss} loss, beta {d.beta:g}")
+
+    def make_batch(picks: list[int]) -> PairBatch:
+        return collate([data.train[i] for i in picks], pad_id, train_ref[picks])
+
+    stream = PairStream(len(data.train), make_batch, t.micro_batch, t.seed, env.rank, env.world)
     result = train(cfg, env, model, stream, DPO(d.beta, d.loss), None, source / "tokenizer.json", resume)
-    if held_tasks and not result.get("stopped"):
-        with Sandbox(cfg.rl.workers) as sandbox:
-            report["pass_after"] = pass_rate(model, tok, held_tasks, d.chat, d.max_new_tokens, sandbox)
-        if env.is_main:
-            print(f"held-out tasks' greedy pass@1: {report['pass_before']['pass_rate']:.1%} before, "
-                  f"{report['pass_after']['pass_rate']:.1%} after", flush=True)
-    if held and not result.get("stopped"):
-        report["after"] = held_out_accuracy(model, held, held_ref, d, pad_id, t.micro_batch)
-        if env.is_main:
-            print(f"held-out pairs: {report['after']['accuracy']:.1%} ranked right by the implicit reward, loss "
-                  f"{report['after']['loss']:.4f} (log 2 = {math.log(2):.4f} at the start)", flush=True)
+    if not result.get("stopped"):
+        if data.held_tasks:
+            held_out_pass_rate(cfg, model, tok, data, env)
+        if data.held_out:
+            data.report["after"] = held_out_accuracy(model, data.held_out, held_ref, d, pad_id, t.micro_batch)
+            log(f"held-out pairs: {data.report['after']['accuracy']:.1%} ranked right by the implicit reward, loss "
+                f"{data.report['after']['loss']:.4f} (log 2 = {math.log(2):.4f} at the start)")
     if env.is_main:
-        atomic_write_json(run_dir / "dpo.json", report)
-    return {**result, **report}
+        atomic_write_json(run_dir / "dpo.json", data.report)
+    return {**result, **data.report}

@@ -26,19 +26,19 @@ import numpy as np
 import torch
 
 from codelm import checkpoint as ckpt
-from codelm.chat import encode_chat
-from codelm.config import Config, RLConfig, SamplingParams
-from codelm.data.decontam import decontaminate_tasks
+from codelm.config import Config, RLConfig
 from codelm.errors import UserError
 from codelm.inference.engine import Completion, Engine
 from codelm.io import atomic_write_json
 from codelm.model.llama import Transformer
 from codelm.sandbox.supervisor import Sandbox
-from codelm.tasks import collection, humaneval
+from codelm.tasks import collection
 from codelm.tokenizer import Tokenizer
 from codelm.train import metrics, policy_gradient
+from codelm.train.execution import check_lengths, completion_program, load_tasks, pass_rate, prompt_ids, sampling
 from codelm.train.loop import DistEnv, setup_distributed, train
 from codelm.train.reference import Reference, token_logprobs
+from codelm.train.reward_model import load_reward_model, sequences
 
 
 @dataclass
@@ -68,30 +68,6 @@ class RolloutBatch:
                    stack("advantage", torch.float32), stack("old_logp", torch.float32), stack("ref_logp", torch.float32))
 
 
-def prompt_ids(tok: Tokenizer, task: dict, chat: bool) -> list[int]:
-    """A task as the model is asked it: its chat request through the template, or its prompt to continue."""
-    if chat:
-        return encode_chat(tok, collection.messages(task), tok.chat_template)
-    return [*tok.prefix_ids, *tok.encode(humaneval.base_prompt(task, []))]
-
-
-def completion_program(task: dict, text: str, chat: bool) -> tuple[str, str]:
-    return collection.program(task, humaneval.chat_completion(task, text) if chat else text)
-
-
-def sampling(rl_max_new_tokens: int, chat: bool, **kw) -> SamplingParams:
-    return SamplingParams(max_new_tokens=rl_max_new_tokens, stop=[] if chat else humaneval.STOP_SEQUENCES, **kw)
-
-
-def check_lengths(tasks: list[dict], tok: Tokenizer, chat: bool, max_new_tokens: int, context: int):
-    """A prompt that leaves no room for max_new_tokens in the context is an error naming it, not a silent crop."""
-    for task in tasks:
-        length = len(prompt_ids(tok, task, chat))
-        if length + max_new_tokens > context:
-            raise UserError(f"task {task['task_id']}: its prompt is {length} tokens; with max_new_tokens="
-                            f"{max_new_tokens} that exceeds the model's context of {context}")
-
-
 class Rollouts:
     """A BatchStream of rollouts: every `accum * updates` micro batches it samples a new one from the current
     weights. The draw comes from (seed, rollout index); a run stopped between updates on one rollout keeps its
@@ -99,10 +75,11 @@ class Rollouts:
 
     def __init__(self, model: Transformer, tok: Tokenizer, tasks: list[dict], rl: RLConfig, accum: int,
                  micro_batch: int, sandbox: Sandbox, reference: Reference | None, seed: int, env: DistEnv,
-                 run_dir: Path):
+                 run_dir: Path, scorer=None):
         self.model, self.tok, self.tasks, self.rl, self.accum = model, tok, tasks, rl, accum
         self.micro_batch, self.sandbox, self.reference, self.seed, self.env = micro_batch, sandbox, reference, seed, env
         self.run_dir, self.rollouts, self.served, self.pending = run_dir, 0, 0, []
+        self.scorer = scorer  # token-id sequences -> rewards (a reward model), instead of the tests
 
     def state_dict(self) -> dict:
         return {"rollouts": self.rollouts, "served": self.served, "pending": [b.rows() for b in self.pending]}
@@ -138,7 +115,11 @@ class Rollouts:
         samples = [(t, c) for t, group in zip(tasks, groups) for c in group]
         results = self.sandbox.run_many([completion_program(t, c.text, rl.chat) for t, c in samples])
         outcomes = [collection.outcome(r) for r in results]
-        rewards = torch.tensor([float(o == "passed") for o in outcomes]).view(len(tasks), rl.samples)
+        if self.scorer is None:
+            rewards = torch.tensor([float(o == "passed") for o in outcomes])
+        else:  # RLHF: the reward model's score; the tests still run, so the audit shows where the two disagree
+            rewards = self.scorer([prompts[i // rl.samples] + c.token_ids for i, (_, c) in enumerate(samples)])
+        rewards = rewards.view(len(tasks), rl.samples)
         self.log(step, tasks, samples, results, outcomes, rewards)
         advantage = policy_gradient.advantages(rewards, rl.advantage).flatten()
         keep = ~policy_gradient.zero_spread(rewards) if rl.skip_zero_spread else torch.ones(len(tasks), dtype=bool)
@@ -186,9 +167,9 @@ class Rollouts:
         with open(self.run_dir / "rollouts.jsonl", "a") as f:
             f.write(json.dumps(record) + "\n")
         with open(self.run_dir / "reward_audit.jsonl", "a") as f:
-            for (task, c), result, o in zip(samples, results, outcomes):
-                f.write(json.dumps({"step": step, "task_id": task["task_id"], "outcome": o, "reward": float(
-                    o == "passed"), "detail": result.detail[:300], "completion": c.text}) + "\n")
+            for (task, c), result, o, reward in zip(samples, results, outcomes, rewards.flatten().tolist()):
+                f.write(json.dumps({"step": step, "task_id": task["task_id"], "outcome": o, "reward": reward,
+                                    "detail": result.detail[:300], "completion": c.text}) + "\n")
         print(f"rollout {self.rollouts} (step {step}): reward {record['reward_mean']:.3f} ± {record['reward_std']:.3f}"
               f" | zero-spread groups {int(spread.sum())}/{len(spread)} | "
               + " ".join(f"{o} {n}" for o, n in record["outcomes"].items() if n)
@@ -229,16 +210,17 @@ class PolicyGradient:
         return loss, found
 
 
-@torch.no_grad()
-def pass_rate(model: Transformer, tok: Tokenizer, tasks: list[dict], chat: bool, max_new_tokens: int,
-              sandbox: Sandbox) -> dict:
-    """Greedy pass@1 over tasks and the outcome counts."""
-    was_training = model.training
-    groups = Engine(model, tok).generate([prompt_ids(tok, t, chat) for t in tasks], sampling(max_new_tokens, chat))
-    model.train(was_training)
-    results = sandbox.run_many([completion_program(t, c.text, chat) for t, (c,) in zip(tasks, groups)])
-    counts = Counter(collection.outcome(r) for r in results)
-    return {"tasks": len(tasks), "pass_rate": counts["passed"] / max(len(tasks), 1), "outcomes": dict(counts)}
+def reward_scorer(path: str, tok: Tokenizer):
+    """A reward model as a function of whole token-id sequences (it must share the policy's tokenizer)."""
+    model, _ = load_reward_model(path, tok)
+    model.eval()
+
+    @torch.no_grad()
+    def score(rows: list[list[int]]) -> torch.Tensor:
+        batch = sequences(rows, tok.eot_id or 0)
+        return model.rewards(batch.inputs, batch.last)
+
+    return score
 
 
 def validate_settings(rl: RLConfig):
@@ -253,21 +235,6 @@ def validate_settings(rl: RLConfig):
     for ok, text in checks:
         if not ok:
             raise UserError(f"bad setting: {text}")
-
-
-def load_tasks(source: str, held_out: float, workers: int, env: DistEnv) -> tuple[list[dict], list[dict]]:
-    """(train, held out) tasks, decontaminated against HumanEval and validated against their references."""
-    tasks, untested = collection.load(source)
-    tasks, contaminated = decontaminate_tasks(tasks)
-    collection.validate(tasks, workers)
-    train_tasks, held = collection.split(tasks, held_out)
-    if not train_tasks:
-        raise UserError(f"no training tasks in {source} (a held-out share of {held_out} holds out all of them)")
-    if env.is_main:
-        print(f"tasks {source}: {len(train_tasks)} to train on, {len(held)} held out; {untested} without tests "
-              f"and {len(contaminated)} overlapping HumanEval dropped; every reference solution passes its tests",
-              flush=True)
-    return train_tasks, held
 
 
 def rl(cfg: Config, resume: bool = False) -> dict:
@@ -299,7 +266,8 @@ def rl(cfg: Config, resume: bool = False) -> dict:
                 print(f"held-out pass@1 before: {report['before']['pass_rate']:.1%} of {len(held_out)} tasks",
                       flush=True)
                 atomic_write_json(report_path, report)
-        stream = Rollouts(model, tok, train_tasks, r, accum, t.micro_batch, sandbox, reference, t.seed, env, run_dir)
+        stream = Rollouts(model, tok, train_tasks, r, accum, t.micro_batch, sandbox, reference, t.seed, env, run_dir,
+                          reward_scorer(r.reward_model, tok) if r.reward_model else None)
         result = train(cfg, env, model, stream, PolicyGradient(r), None, source / "tokenizer.json", resume)
         if held_out and not result.get("stopped"):
             report["after"] = pass_rate(model, tok, held_out, r.chat, r.max_new_tokens, sandbox)
