@@ -62,10 +62,11 @@ class RolloutBatch:
 
     @classmethod
     def from_rows(cls, rows: list[dict]) -> "RolloutBatch":
-        def stack(key, dtype):
+        def stack(key, dtype=torch.float32):
             return None if rows[0][key] is None else torch.tensor([r[key] for r in rows], dtype=dtype)
+
         return cls(stack("inputs", torch.long), stack("targets", torch.long), stack("mask", torch.bool),
-                   stack("advantage", torch.float32), stack("old_logp", torch.float32), stack("ref_logp", torch.float32))
+                   stack("advantage"), stack("old_logp"), stack("ref_logp"))
 
 
 class Rollouts:
@@ -224,9 +225,10 @@ def reward_scorer(path: str, tok: Tokenizer):
 
 
 def validate_settings(rl: RLConfig):
-    checks = [(rl.advantage in policy_gradient.ADVANTAGES, f"rl.advantage: one of {policy_gradient.ADVANTAGES}"),
-              (rl.aggregation in policy_gradient.AGGREGATIONS, f"rl.aggregation: one of {policy_gradient.AGGREGATIONS}"),
-              (rl.kl in policy_gradient.KL_ESTIMATORS, f"rl.kl: one of {policy_gradient.KL_ESTIMATORS}"),
+    pg = policy_gradient
+    checks = [(rl.advantage in pg.ADVANTAGES, f"rl.advantage: one of {pg.ADVANTAGES}"),
+              (rl.aggregation in pg.AGGREGATIONS, f"rl.aggregation: one of {pg.AGGREGATIONS}"),
+              (rl.kl in pg.KL_ESTIMATORS, f"rl.kl: one of {pg.KL_ESTIMATORS}"),
               (rl.samples >= 2, "rl.samples: at least 2 (advantages compare samples of one task)"),
               (rl.prompts_per_step >= 1 and rl.updates_per_rollout >= 1, "rl.prompts_per_step, "
                "rl.updates_per_rollout: at least 1"),
