@@ -625,7 +625,9 @@ def build_parser() -> argparse.ArgumentParser:
                        "gains the evaluation section. Generated code runs only in the sandbox (see `codelm sandbox "
                        "run`). Tasks: humaneval (pass@k, unbiased estimator), humaneval-infill-single and "
                        "humaneval-infill-multi (fill-in-the-middle on HumanEval's solutions: pass@1 and exact match), "
-                       "bpb (bits per byte on --data, per language), contamination (HumanEval overlap with --corpus).")
+                       "mbpp, humaneval+ and mbpp+ (from the files given with --mbpp, --humaneval-plus, --mbpp-plus: "
+                       "pass@k as for humaneval), bpb (bits per byte on --data, per language), contamination "
+                       "(HumanEval's and the given benchmark files' overlap with --corpus).")
     e.add_argument("--checkpoint", help="checkpoint, run directory, or imported model (not needed for contamination)")
     def eval_option(name: str, text: str, **kw):
         config_option(e, EvalConfig, name, text, **kw)
@@ -640,7 +642,22 @@ def build_parser() -> argparse.ArgumentParser:
     eval_option("few_shot", "K other HumanEval problems with solutions as examples")
     e.add_argument("--chat", action="store_true", help="chat prompting: the model's chat template, then the code "
                    "block is extracted from the reply")
-    eval_option("max_new_tokens", "0: 512 for humaneval, 64 single-line and 256 multi-line infilling")
+    e.add_argument("--cot", action="store_true", help="with --chat: zero-shot chain of thought, a few sentences of "
+                   "reasoning before the code block (with --uncertainty: self-consistency over behaviour clusters)")
+    e.add_argument("--uncertainty", action="store_true", help="code tasks, with --n >= 2 and a temperature: also the "
+                   "greedy answer; every program run on shared inputs (the prompt's examples, then fuzzed) and "
+                   "clustered by behaviour; per problem semantic entropy (discrete and likelihood-weighted), naive "
+                   "entropy, mean log-prob; AUROC and AURAC of each for predicting failure, pass@1 of the largest "
+                   "cluster beside greedy and sampled, bootstrap intervals (OUT/uncertainty.jsonl)")
+    eval_option("behaviour_inputs", "--uncertainty: shared inputs per problem")
+    eval_option("bootstrap", "--uncertainty: resamples of the problems for the 95%% intervals")
+    for name, task, files in (("mbpp", "mbpp", "mbpp.jsonl (full) or sanitized-mbpp.json"),
+                              ("humaneval_plus", "humaneval+", "EvalPlus's HumanEvalPlus.jsonl(.gz)"),
+                              ("mbpp_plus", "mbpp+", "EvalPlus's MbppPlus.jsonl(.gz)")):
+        e.add_argument(f"--{name.replace('_', '-')}", default=field_default(EvalConfig, name), metavar="FILE",
+                       help=f"task {task}: {files}, as published (nothing is downloaded); contamination checks "
+                       "its items too")
+    eval_option("max_new_tokens", "0: 512 for the code tasks, 64 single-line and 256 multi-line infilling")
     eval_option("batch_size", "prompts generated together")
     eval_option("seed", "sampling seed")
     add_engine_args(e)

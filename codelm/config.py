@@ -249,7 +249,9 @@ class SamplingParams:
         return cls(strategy="sample", temperature=temperature, **settings)
 
 
-MODEL_TASKS = ["humaneval", "humaneval-infill-single", "humaneval-infill-multi", "bpb"]
+BENCHMARK_FILES = {"mbpp": "mbpp", "humaneval+": "humaneval_plus", "mbpp+": "mbpp_plus"}  # task -> EvalConfig field
+CODE_TASKS = ["humaneval", *BENCHMARK_FILES]  # n programs per problem, scored by their tests in the sandbox
+MODEL_TASKS = [*CODE_TASKS, "humaneval-infill-single", "humaneval-infill-multi", "bpb"]
 TASKS = [*MODEL_TASKS, "contamination"]
 
 
@@ -267,6 +269,13 @@ class EvalConfig:
     limit: int = 0  # 0: every problem / infilling task
     few_shot: int = 0
     chat: bool = False
+    cot: bool = False  # chat: zero-shot chain of thought (reason first, then the code block)
+    uncertainty: bool = False  # code tasks: greedy answer too, behaviour clusters, semantic entropy, selection
+    behaviour_inputs: int = 20  # --uncertainty: shared inputs per problem (examples, then fuzzed)
+    bootstrap: int = 1000  # --uncertainty: resamples of the problems for the confidence intervals
+    mbpp: str = ""  # mbpp.jsonl or sanitized-mbpp.json (task mbpp; contamination)
+    humaneval_plus: str = ""  # HumanEvalPlus.jsonl(.gz) (task humaneval+; contamination)
+    mbpp_plus: str = ""  # MbppPlus.jsonl(.gz) (task mbpp+; contamination)
     max_new_tokens: int = 0  # 0: the task's default
     batch_size: int = 16
     seed: int = 0
@@ -290,6 +299,19 @@ class EvalConfig:
             raise UserError("--n and --batch-size must be >= 1; --limit and --few-shot >= 0")
         if any(k < 1 for k in self.k):
             raise UserError(f"--k values must be >= 1, got {self.k}")
+        if self.uncertainty and self.n < 2:
+            raise UserError(f"--uncertainty clusters several samples per problem: use --n 2 or more with a "
+                            f"temperature (e.g. --n 10 --temperature 0.8), got --n {self.n}")
+        if self.behaviour_inputs < 1 or self.bootstrap < 0:
+            raise UserError("--behaviour-inputs must be >= 1 and --bootstrap >= 0")
+        if self.uncertainty and not any(t in CODE_TASKS for t in self.tasks):
+            raise UserError(f"--uncertainty needs a code task ({', '.join(CODE_TASKS)})")
+        if self.cot and not self.chat:
+            raise UserError("--cot (reason, then code) is a chat prompting mode: add --chat")
+        missing = [t for t, name in BENCHMARK_FILES.items() if t in self.tasks and not getattr(self, name)]
+        if missing:
+            raise UserError("; ".join(f"task {t} needs --{BENCHMARK_FILES[t].replace('_', '-')} FILE (its published "
+                                      "file: nothing is downloaded)" for t in missing))
         if self.temperature == 0 and self.n > 1:
             raise UserError("greedy decoding (--temperature 0) gives one completion per problem: use --n 1, "
                             "or a temperature such as 0.8 for pass@k with k > 1")

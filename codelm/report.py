@@ -16,14 +16,25 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from codelm.config import CODE_TASKS  # noqa: E402
 from codelm.data.card import load_stats, stats_table  # noqa: E402
 from codelm.data.corpus import TokenizedStats  # noqa: E402
 from codelm.eval.bpb import Compression  # noqa: E402
 from codelm.eval.contamination import excerpt_line  # noqa: E402
 from codelm.eval.results import EvalResults  # noqa: E402
+from codelm.eval.uncertainty import UncertaintyReport  # noqa: E402
 from codelm.io import atomic_write_json, atomic_write_text  # noqa: E402
 from codelm.precision import PrecisionChoice  # noqa: E402
 from codelm.train.metrics import TrainPoint, ValPoint, read_metrics  # noqa: E402
+
+BENCHMARKS = {"humaneval": "HumanEval", "mbpp": "MBPP", "humaneval+": "HumanEval+", "mbpp+": "MBPP+"}
+ANSWERS = {"greedy": "greedy", "majority": "largest behaviour cluster (majority vote)",
+           "sampled": "a random sample (pass@1 of the samples)"}
+SCORE_NAMES = {"semantic_entropy": "semantic entropy (discrete)",
+               "weighted_semantic_entropy": "semantic entropy (likelihood-weighted)",
+               "naive_entropy": "naive entropy (samples' mean token NLL)",
+               "neg_mean_logprob": "greedy answer's mean token NLL", "clusters": "number of behaviour clusters",
+               "greedy_disagreement": "share of samples behaving unlike the greedy answer"}
 
 
 @dataclass
@@ -232,13 +243,13 @@ def eval_section(results: EvalResults, image_dir: str = "") -> list[str]:
     tasks, s = results.tasks, results.settings
     decoding = "greedy" if s.temperature == 0 else f"temperature {s.temperature:g}, top-p {s.top_p:g}"
     rows = []
-    h = tasks.get("humaneval")
-    if h:
+    code = {name: tasks[name] for name in CODE_TASKS if name in tasks}
+    for name, h in code.items():
         shots = f", {h.few_shot}-shot" if h.few_shot else ""
         for k, v in h.pass_at_k.items():
-            rows.append((f"HumanEval pass@{k}", f"**{100 * v:.1f}%** ({h.problems} problems, n={h.n}, "
-                                                f"{h.prompting} prompting{shots}, {decoding})"))
-        rows.append(("HumanEval outcomes", ", ".join(f"{k} {v}" for k, v in sorted(h.statuses.items()))))
+            rows.append((f"{BENCHMARKS[name]} pass@{k}", f"**{100 * v:.1f}%** ({h.problems} problems, n={h.n}, "
+                                                         f"{h.prompting} prompting{shots}, {decoding})"))
+        rows.append((f"{BENCHMARKS[name]} outcomes", ", ".join(f"{k} {v}" for k, v in sorted(h.statuses.items()))))
     for name in ("humaneval-infill-single", "humaneval-infill-multi"):
         if name in tasks:
             t = tasks[name]
@@ -250,12 +261,15 @@ def eval_section(results: EvalResults, image_dir: str = "") -> list[str]:
         rows.append(("bits per byte", f"**{o.bpb:.4f}** ({o.documents} files, {o.bytes:,} bytes)"))
     c = tasks.get("contamination")
     if c:
-        rows.append(("contamination", f"{c.flagged} of {len(c.items)} HumanEval items flagged (longest copy "
+        rows.append(("contamination", f"{c.flagged} of {len(c.items)} benchmark items flagged (longest copy "
                                       f">= {c.threshold:.0%} of the item) in {c.documents} documents"))
     lines = ["## Evaluation", "", f"Checkpoint `{results.checkpoint}`; sandbox isolation: "
              f"{results.sandbox_isolation or '-'}; {results.seconds:.0f} s.", "", _table(rows), ""]
-    if h and h.n > 1:
-        lines += [f"![pass@k against k]({image_dir}pass_at_k.png)", ""]
+    for name, h in code.items():
+        if h.n > 1:
+            lines += [f"![{BENCHMARKS[name]} pass@k against k]({image_dir}{image_name('pass_at_k', name)})", ""]
+        if h.uncertainty:
+            lines += uncertainty_section(BENCHMARKS[name], h.uncertainty, image_dir + image_name("rejection", name))
     if bpb and len(bpb.languages) > 1:
         lines += ["| language | files | bytes | bits per byte |", "|---|---:|---:|---:|"]
         lines += [f"| {name} | {r.documents} | {r.bytes:,} | {r.bpb:.4f} |" for name, r in bpb.languages.items()] + [""]
@@ -268,11 +282,60 @@ def eval_section(results: EvalResults, image_dir: str = "") -> list[str]:
     return lines
 
 
+def uncertainty_section(label: str, u: UncertaintyReport, image: str) -> list[str]:
+    """`--uncertainty`: pass@1 of each way to pick an answer, and how well each score predicts failure."""
+    lines = [f"### {label}: uncertainty and selection by behaviour", ""]
+    if not u.problems:
+        return lines + [f"No problem could be scored ({u.left_out} left out: no shared input could be built, or the "
+                        "prompt did not fit).", ""]
+    lines += [f"{u.problems} problems scored ({u.left_out} left out: no shared input could be built, or the prompt "
+              f"did not fit), {u.n} samples each plus the greedy answer, every program run on {u.inputs:.1f} shared "
+              f"inputs on average, {u.clusters:.1f} behaviour clusters per problem on average. Brackets: 95% "
+              f"bootstrap intervals over problems ({u.bootstrap} resamples).", "",
+              "| answer | pass@1 |", "|---|---:|"]
+    lines += [f"| {ANSWERS[name]} | {estimate.text(percent=True)} |" for name, estimate in u.pass_at_1.items()]
+    lines += ["", "| uncertainty score | AUROC: greedy answer fails | AUROC: majority answer fails | AURAC (greedy) |",
+              "|---|---:|---:|---:|"]
+    lines += [f"| {SCORE_NAMES[score]} | {u.auroc['greedy'][score].text()} | {u.auroc['majority'][score].text()} | "
+              f"{u.aurac[score].text()} |" for score in u.auroc["greedy"]]
+    lines += [f"| oracle (failures refused first) | | | {u.aurac['oracle'].text()} |", "",
+              f"![accuracy of the greedy answers kept against the share refused]({image})", ""]
+    return lines
+
+
+def plot_rejection(curves: dict[str, list[float]], path: Path, label: str):
+    """Accuracy-rejection curves: the greedy answers' accuracy on the problems kept, most uncertain refused first."""
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=110)
+    for score, curve in curves.items():
+        shares = [100 * k / len(curve) for k in range(len(curve))]
+        style = {"ls": "--", "color": "gray"} if score == "oracle" else {}
+        ax.plot(shares, [100 * a for a in curve], label=SCORE_NAMES.get(score, "oracle"), **style)
+    if curves:
+        ax.axhline(100 * next(iter(curves.values()))[0], color="black", lw=0.8, ls=":", label="random refusal")
+    ax.set_xlabel("problems refused, most uncertain first (%)")
+    ax.set_ylabel("greedy pass@1 on the rest (%)")
+    ax.set_ylim(-2, 102)
+    ax.set_title(label)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def image_name(kind: str, task: str) -> str:
+    """pass_at_k.png for HumanEval (its name before other benchmarks came), KIND_TASK.png for the others."""
+    return f"{kind}.png" if task == "humaneval" and kind == "pass_at_k" else f"{kind}_{task.replace('+', '_plus')}.png"
+
+
 def write_eval_report(out: Path, results: EvalResults) -> Path:
-    """OUT/report.md (and pass_at_k.png) for the results of one `codelm eval`."""
-    h = results.tasks.get("humaneval")
-    if h and h.n > 1:  # with one sample per problem there is only pass@1
-        plot_pass_at_k(h.curve, out / "pass_at_k.png", f"HumanEval, n={h.n}")
+    """OUT/report.md (with its pass@k and accuracy-rejection plots) for the results of one `codelm eval`."""
+    for name in CODE_TASKS:
+        h = results.tasks.get(name)
+        if h and h.n > 1:  # with one sample per problem there is only pass@1
+            plot_pass_at_k(h.curve, out / image_name("pass_at_k", name), f"{BENCHMARKS[name]}, n={h.n}")
+        if h and h.uncertainty and h.uncertainty.problems:
+            plot_rejection(h.uncertainty.curves, out / image_name("rejection", name), f"{BENCHMARKS[name]}, n={h.n}")
     path = out / "report.md"
     atomic_write_text(path, "\n".join(["# codelm eval", "", *eval_section(results)]))
     return path

@@ -1,8 +1,9 @@
 """Decontamination: drop training files that contain evaluation benchmark material.
 
 A benchmark item contributes parts (for HumanEval: the prompt's docstring and
-the canonical solution; for a user's file: the whole text or its JSONL
-fields). A file is contaminated by a part when
+the canonical solution; for a user's file: the whole text, or the fields of
+its JSONL rows or JSON array: MBPP's text/prompt and code, EvalPlus's prompt
+and canonical_solution). A file is contaminated by a part when
 
   - the part, whitespace-normalised, is a substring of the normalised file, or
   - at least `min_overlap` of the part's n-grams of code tokens (default
@@ -14,7 +15,6 @@ share an n-gram with some part pay for the substring test. Each match is
 written to `<matches_dir>/<rank>.jsonl` for the data card.
 """
 
-import gzip
 import json
 import re
 from dataclasses import dataclass, field
@@ -28,6 +28,7 @@ from datatrove.pipeline.filters.base_filter import BaseFilter
 from codelm.data.ngrams import CODE_TOKENS, TokenHasher, ngram_hashes
 from codelm.errors import UserError
 from codelm.tasks.humaneval import load_problems
+from codelm.tasks.rows import read_rows
 
 JSONL_PART_FIELDS = ("prompt", "docstring", "canonical_solution", "solution", "code", "text", "question", "answer")
 
@@ -67,25 +68,19 @@ def humaneval_items() -> list[tuple[str, str, str]]:
 
 
 def file_items(path: str) -> list[tuple[str, str, str]]:
-    """Parts of a user's benchmark file: JSONL rows (fields named in JSONL_PART_FIELDS) or one text file."""
+    """Parts of a user's benchmark file: the fields named in JSONL_PART_FIELDS of its rows (JSONL, JSONL.gz, or a
+    JSON array such as MBPP's sanitized-mbpp.json), or the whole text of any other file."""
     p = Path(path)
     if not p.is_file():
         raise UserError(f"decontamination file not found: {path}")
-    if p.name.endswith((".jsonl", ".jsonl.gz")):
-        opener = gzip.open if p.suffix == ".gz" else open
-        items = []
-        with opener(p, "rt", encoding="utf-8") as f:
-            for i, line in enumerate(f):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise UserError(f"{path}:{i + 1} is not valid JSON: {e}") from None
-                item = str(row.get("task_id") or row.get("id") or f"{p.name}:{i + 1}")
-                items += [(item, key, str(row[key])) for key in JSONL_PART_FIELDS if row.get(key)]
-        return items
-    return [(p.name, "file", p.read_text(encoding="utf-8", errors="replace"))]
+    text = "" if p.suffix == ".gz" else p.read_text(encoding="utf-8", errors="replace")
+    if not (p.name.endswith((".jsonl", ".jsonl.gz")) or p.suffix == ".json" and text.lstrip().startswith("[")):
+        return [(p.name, "file", text)]
+    items = []
+    for number, row in enumerate(read_rows(p, "decontamination"), 1):
+        item = str(row.get("task_id") or row.get("id") or f"{p.name}:{number}")
+        items += [(item, key, str(row[key])) for key in JSONL_PART_FIELDS if row.get(key)]
+    return items
 
 
 class BenchmarkIndex:

@@ -8,17 +8,19 @@ import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from codelm.config import EvalConfig
+from codelm.config import CODE_TASKS, EvalConfig
 from codelm.eval.bpb import BpbScore
 from codelm.eval.contamination import ContaminationReport
+from codelm.eval.uncertainty import UncertaintyReport
 from codelm.io import atomic_write_json
 
 
 @dataclass
 class HumanEvalScore:
+    """pass@k of a code task: HumanEval, MBPP, HumanEval+ or MBPP+ (one record shape, keyed by the task's name)."""
     problems: int
     n: int  # completions per problem
-    prompting: str  # base | chat
+    prompting: str  # base | chat | chat, zero-shot CoT
     few_shot: int
     pass_at_k: dict[str, float]  # for the requested k <= n
     curve: dict[str, float]  # pass@k for every k from 1 to n
@@ -27,16 +29,19 @@ class HumanEvalScore:
     passed_problems: list[str]
     seconds: float = 0.0
     defines_entry_point: float | None = None  # chat: share of replies whose code defines the function asked for
+    uncertainty: UncertaintyReport | None = None  # --uncertainty: semantic entropy, selection by agreement
 
     @classmethod
     def from_json(cls, d: dict) -> "HumanEvalScore":
-        return cls(**d)
+        uncertainty = d.get("uncertainty")
+        return cls(**{**d, "uncertainty": UncertaintyReport.from_json(uncertainty) if uncertainty else None})
 
     def summary(self) -> str:
         scores = ", ".join(f"pass@{k} {v:.3f}" for k, v in self.pass_at_k.items())
         usable = ("" if self.defines_entry_point is None
                   else f", {100 * self.defines_entry_point:.0f}% of replies define the entry point")
-        return f"humaneval: {scores} over {self.problems} problems ({self.statuses}){usable}"
+        uncertainty = f"\n{self.uncertainty.summary()}" if self.uncertainty else ""
+        return f"{scores} over {self.problems} problems ({self.statuses}){usable}{uncertainty}"
 
 
 @dataclass
@@ -59,7 +64,7 @@ class InfillingScore:
 
 
 TaskScore = HumanEvalScore | InfillingScore | BpbScore | ContaminationReport
-RECORDS = {"humaneval": HumanEvalScore, "humaneval-infill-single": InfillingScore,
+RECORDS = {**{task: HumanEvalScore for task in CODE_TASKS}, "humaneval-infill-single": InfillingScore,
            "humaneval-infill-multi": InfillingScore, "bpb": BpbScore, "contamination": ContaminationReport}
 
 

@@ -1,16 +1,22 @@
 """`codelm eval`: run the evaluation tasks on a checkpoint and write what they found.
 
 Tasks:
-- humaneval: n completions per problem (base or chat prompting, optional k-shot),
-  executed in the sandbox, scored with the unbiased pass@k;
+- humaneval, and mbpp, humaneval+, mbpp+ from their published files
+  (codelm.tasks.mbpp, codelm.tasks.evalplus): n completions per problem (base
+  or chat prompting, zero-shot chain of thought with --cot, optional k-shot),
+  executed in the sandbox, scored with the unbiased pass@k; with --uncertainty
+  also the greedy answer, every program run on shared inputs and clustered by
+  behaviour, semantic entropy and selection by agreement (codelm.eval.uncertainty);
 - humaneval-infill-single / humaneval-infill-multi: the model fills each masked
   span through its FIM prompt; pass@1 by execution and exact match;
 - bpb: bits per byte on --data, overall and per language;
-- contamination: overlap of every HumanEval item with --corpus (no model needed).
+- contamination: overlap of every HumanEval item (and every item of the benchmark
+  files given) with --corpus (no model needed).
 
 Outputs, in OUT (default: CHECKPOINT/eval, or RUN/eval for a run directory):
-results.json (every number: codelm.eval.results) and samples.jsonl (one row
-per completion: prompt, completion, status, error excerpt). The CLI then
+results.json (every number: codelm.eval.results), samples.jsonl (one row
+per completion: prompt, completion, status, error excerpt, behaviour cluster)
+and with --uncertainty uncertainty.jsonl (one row per problem). The CLI then
 writes report.md with pass_at_k.png, and a run's own report.md gains the
 evaluation section.
 
@@ -24,27 +30,30 @@ import random
 import re
 import time
 from collections import Counter
+from dataclasses import asdict, replace
 from pathlib import Path
 
 from tqdm import tqdm
 
 from codelm.chat import encode_chat
-from codelm.config import MODEL_TASKS, EvalConfig, SamplingParams, load_config
+from codelm.config import BENCHMARK_FILES, CODE_TASKS, MODEL_TASKS, EvalConfig, SamplingParams, load_config
 from codelm.data.corpus import TokenizedStats
 from codelm.data.fim import fim_prompt
 from codelm.errors import UserError
 from codelm.eval import infilling
 from codelm.eval.bpb import BpbScore, evaluate_languages
-from codelm.eval.contamination import ContaminationReport, contamination_report
+from codelm.eval.contamination import ContaminationReport, contamination_report, humaneval_texts
 from codelm.eval.passk import mean_pass_at_k
 from codelm.eval.results import EvalResults, HumanEvalScore, InfillingScore
+from codelm.eval.uncertainty import UncertaintyReport, problem_uncertainty, summarize
 from codelm.inference.engine import Engine
 from codelm.io import atomic_write_bytes
-from codelm.sandbox.supervisor import environment, run_many
-from codelm.tasks import humaneval
+from codelm.sandbox.supervisor import Limits, environment, run_many
+from codelm.tasks import behaviour, evalplus, humaneval, mbpp
 from codelm.tokenizer import FIM_MIDDLE, FIM_PREFIX, FIM_SUFFIX
 
-DEFAULT_MAX_NEW_TOKENS = {"humaneval": 512, "humaneval-infill-single": 64, "humaneval-infill-multi": 256}
+DEFAULT_MAX_NEW_TOKENS = {**{task: 512 for task in CODE_TASKS}, "humaneval-infill-single": 64,
+                          "humaneval-infill-multi": 256}
 
 
 def generate_batched(engine, prompts: list[list[int]], params: SamplingParams, batch_size: int,
@@ -89,6 +98,7 @@ class Evaluation:
                                                  compile=cfg.compile)
         self.out = Path(cfg.out) if cfg.out else default_out(cfg.checkpoint)
         self.samples: list[dict] = []
+        self.uncertainty_rows: list[dict] = []
 
     def run(self) -> EvalResults:
         if any(t.startswith("humaneval-infill") for t in self.cfg.tasks):  # fail before any work
@@ -99,7 +109,7 @@ class Evaluation:
         for task in self.cfg.tasks:
             print(f"=== {task}", flush=True)
             task_start = time.time()
-            runner = {"humaneval": self.humaneval, "humaneval-infill-single": self.infilling,
+            runner = {**{name: self.code_task for name in CODE_TASKS}, "humaneval-infill-single": self.infilling,
                       "humaneval-infill-multi": self.infilling, "bpb": self.bpb,
                       "contamination": self.contamination}[task]
             score = runner(task)
@@ -111,44 +121,103 @@ class Evaluation:
         self.write(results)
         return results
 
-    def humaneval(self, task: str) -> HumanEvalScore:
+    def code_problems(self, task: str) -> tuple[list[dict], Limits]:
+        """A code task's problems (HumanEval-shaped) and the sandbox limits their tests need."""
+        if task == "humaneval":
+            return humaneval.load_problems(), humaneval.LIMITS
+        if task == "mbpp":
+            return mbpp.load(self.cfg.mbpp), humaneval.LIMITS
+        return evalplus.load(getattr(self.cfg, BENCHMARK_FILES[task])), evalplus.LIMITS
+
+    def code_prompt(self, problem: dict, problems: list[dict]) -> list[int]:
         cfg, engine = self.cfg, self.engine
-        problems = humaneval.load_problems()
-        chosen = problems[:cfg.limit] if cfg.limit else problems
+        examples = humaneval.shots(problem, problems, cfg.few_shot)
         if cfg.chat:
-            prompts = [encode_chat(engine.tok, humaneval.chat_messages(p, humaneval.shots(p, problems, cfg.few_shot)),
-                                   engine.tok.chat_template) for p in chosen]
-        else:
-            prompts = [engine.encode(humaneval.base_prompt(p, humaneval.shots(p, problems, cfg.few_shot)))
-                       for p in chosen]
+            return encode_chat(engine.tok, humaneval.chat_messages(problem, examples, reasoning=cfg.cot),
+                               engine.tok.chat_template)
+        return engine.encode(humaneval.base_prompt(problem, examples))
+
+    def code_task(self, task: str) -> HumanEvalScore:
+        cfg, engine = self.cfg, self.engine
+        problems, limits = self.code_problems(task)
+        chosen = problems[:cfg.limit] if cfg.limit else problems
+        prompts = [self.code_prompt(p, problems) for p in chosen]
         params = task_sampling(cfg, task, [] if cfg.chat else humaneval.STOP_SEQUENCES)
         started = time.time()
-        outputs = generate_batched(engine, prompts, params, cfg.batch_size, "humaneval: generating")
+        outputs = generate_batched(engine, prompts, params, cfg.batch_size, f"{task}: generating")
+        greedy = None
+        if cfg.uncertainty:  # the answer whose failure the scores predict
+            greedy = generate_batched(engine, prompts, replace(params, strategy="greedy", n=1), cfg.batch_size,
+                                      f"{task}: greedy")
         generate_seconds = time.time() - started
-        rows, jobs = [], []
-        for problem, prompt, completions in zip(chosen, prompts, outputs):
-            for j in range(cfg.n):
-                text = completions[j].text if completions else ""
-                completion = humaneval.chat_completion(problem, text) if cfg.chat and completions else text
-                rows.append({"task": task, "id": problem["task_id"], "sample": j, "prompt": engine.tok.decode(prompt),
-                             "reply": text if cfg.chat else None, "completion": completion,
-                             "finish_reason": completions[j].finish_reason if completions else "skipped"})
-                jobs.append(humaneval.job(problem, completion) if completions else None)
-        statuses = self.execute(rows, jobs)
+        rows, jobs = self.code_rows(task, chosen, prompts, outputs, cfg.n)
+        statuses = self.execute(rows, jobs, limits)
         counts = {}
         for row in rows:
             n, c = counts.get(row["id"], (0, 0))
             counts[row["id"]] = (n + 1, c + (row["status"] == "passed"))
         per_problem = list(counts.values())
+        uncertainty = None
+        if cfg.uncertainty:
+            greedy_rows, greedy_jobs = self.code_rows(task, chosen, prompts, greedy, 1, "greedy")
+            self.execute(greedy_rows, greedy_jobs, limits)
+            uncertainty = self.uncertainty(task, chosen, rows, greedy_rows, outputs, greedy)
         return HumanEvalScore(
-            problems=len(chosen), n=cfg.n, prompting="chat" if cfg.chat else "base", few_shot=cfg.few_shot,
+            problems=len(chosen), n=cfg.n, prompting=("chat, zero-shot CoT" if cfg.cot else "chat") if cfg.chat
+            else "base", few_shot=cfg.few_shot,
             pass_at_k={str(k): v for k, v in mean_pass_at_k(per_problem, cfg.k).items()},
             curve={str(k): v for k, v in mean_pass_at_k(per_problem, list(range(1, cfg.n + 1))).items()},
             statuses=statuses, generate_seconds=round(generate_seconds, 1),
             passed_problems=sorted((pid for pid, (_, c) in counts.items() if c), key=task_number),
             defines_entry_point=(sum(humaneval.defines(r["completion"], p["entry_point"])
                                      for r, p in zip(rows, (p for p in chosen for _ in range(cfg.n))))
-                                 / max(len(rows), 1)) if cfg.chat else None)
+                                 / max(len(rows), 1)) if cfg.chat else None,
+            uncertainty=uncertainty)
+
+    def code_rows(self, task: str, chosen: list[dict], prompts: list[list[int]], outputs: list, n: int,
+                  sample: str | None = None) -> tuple[list[dict], list]:
+        """A samples.jsonl row and a sandbox job (None: not generated) for each of n completions per problem;
+        `sample` labels them (the greedy answer) instead of numbering them."""
+        rows, jobs = [], []
+        for problem, prompt, completions in zip(chosen, prompts, outputs):
+            for j in range(n):
+                text = completions[j].text if completions else ""
+                completion = humaneval.chat_completion(problem, text) if self.cfg.chat and completions else text
+                rows.append({"task": task, "id": problem["task_id"], "sample": sample or j,
+                             "prompt": self.engine.tok.decode(prompt), "reply": text if self.cfg.chat else None,
+                             "completion": completion,
+                             "finish_reason": completions[j].finish_reason if completions else "skipped"})
+                jobs.append(humaneval.job(problem, completion) if completions else None)
+        return rows, jobs
+
+    def uncertainty(self, task: str, chosen: list[dict], rows: list[dict], greedy_rows: list[dict], outputs: list,
+                    greedy: list) -> UncertaintyReport:
+        """Every problem's programs (greedy first, then the samples) run on its shared inputs, clustered by
+        behaviour, scored; each sample's row gets its cluster, OUT/uncertainty.jsonl one record per problem."""
+        cfg, n = self.cfg, self.cfg.n
+        used, jobs, left_out = [], [], 0
+        for i, problem in enumerate(chosen):
+            inputs = behaviour.shared_inputs(problem, cfg.behaviour_inputs, cfg.seed) if outputs[i] else []
+            if not inputs:  # nothing to compare the programs on (or the prompt did not fit)
+                left_out += 1
+                continue
+            used.append((i, len(inputs)))
+            for row in [greedy_rows[i], *rows[i * n:(i + 1) * n]]:
+                jobs.append((humaneval.job(problem, row["completion"])[0], problem["entry_point"], inputs))
+        vectors = behaviour.behaviours(jobs, cfg.workers)
+        records = []
+        for k, (i, inputs) in enumerate(used):
+            greedy_vector, *sample_vectors = vectors[k * (n + 1):(k + 1) * (n + 1)]
+            samples = rows[i * n:(i + 1) * n]
+            record = problem_uncertainty(chosen[i]["task_id"], inputs, greedy_vector, sample_vectors,
+                                         greedy[i][0].logprobs, [c.logprobs for c in outputs[i]],
+                                         greedy_rows[i]["status"] == "passed",
+                                         [r["status"] == "passed" for r in samples])
+            for row, cluster in zip(samples, record.sample_clusters):
+                row["cluster"] = cluster
+            records.append(record)
+            self.uncertainty_rows.append({"task": task, **asdict(record)})
+        return summarize(records, n, left_out, cfg.bootstrap, cfg.seed)
 
     def infilling(self, task: str) -> InfillingScore:
         cfg, engine = self.cfg, self.engine
@@ -179,12 +248,21 @@ class Evaluation:
         return evaluate_languages(self.engine.model, self.engine.tok, self.cfg.data)
 
     def contamination(self, task: str) -> ContaminationReport:
-        return contamination_report(self.cfg.corpus, threshold=self.cfg.contamination_threshold)
+        return contamination_report(self.cfg.corpus, self.benchmark_items(), threshold=self.cfg.contamination_threshold)
 
-    def execute(self, rows: list[dict], jobs: list) -> dict:
+    def benchmark_items(self) -> list[tuple[str, str]]:
+        """HumanEval's items, and those of every benchmark file given (MBPP, HumanEval+, MBPP+): prompt + solution."""
+        items = humaneval_texts()
+        for task, name in BENCHMARK_FILES.items():
+            if getattr(self.cfg, name):
+                problems, _ = self.code_problems(task)
+                items += [(f"{task}:{p['task_id']}", p["prompt"] + p["canonical_solution"]) for p in problems]
+        return items
+
+    def execute(self, rows: list[dict], jobs: list, limits: Limits = humaneval.LIMITS) -> dict:
         """Run the jobs (None: not generated) in the sandbox; fills each row's status and error; status counts."""
         runnable = [i for i, job in enumerate(jobs) if job is not None]
-        results = run_many([jobs[i] for i in runnable], humaneval.LIMITS, self.cfg.workers, progress="executing")
+        results = run_many([jobs[i] for i in runnable], limits, self.cfg.workers, progress="executing")
         for i, result in zip(runnable, results):
             rows[i]["status"] = result.status
             rows[i]["error"] = "" if result.status == "passed" else error_excerpt(result)
@@ -198,6 +276,9 @@ class Evaluation:
         self.out.mkdir(parents=True, exist_ok=True)
         results.save(self.out / "results.json")
         atomic_write_bytes(self.out / "samples.jsonl", [(json.dumps(row) + "\n").encode() for row in self.samples])
+        if self.uncertainty_rows:
+            atomic_write_bytes(self.out / "uncertainty.jsonl",
+                               [(json.dumps(row) + "\n").encode() for row in self.uncertainty_rows])
 
 
 def same_code(a: str, b: str) -> bool:

@@ -5,7 +5,9 @@ Two ways to ask a model:
   cause of wrong scores), completed until one of STOP_SEQUENCES, the stop
   sequences of Chen et al. 2021;
 - chat: the prompt inside an instruction, rendered with the model's chat
-  template; the reply's code block is extracted (`chat_completion`).
+  template; the reply's code block is extracted (`chat_completion`). With
+  `reasoning` the instruction asks for a few sentences of reasoning before the
+  code (zero-shot chain of thought); extraction finds the fenced code all the same.
 k-shot prompting puts k other problems with their canonical solutions first,
 chosen per problem by a fixed rule, never the problem itself.
 
@@ -23,6 +25,9 @@ from codelm.sandbox.supervisor import Limits, Result, run_many
 STOP_SEQUENCES = ["\ndef", "\nclass", "\nif __name__", "\nprint(", "\n#"]
 INSTRUCTION = ("Complete the following Python function. Reply with the complete function, including the imports "
                "it needs, in one ```python code block.\n\n```python\n{prompt}```")
+# zero-shot chain of thought (Kojima et al. 2022) for chat models: reasoning first, then the one block extracted
+REASONING_INSTRUCTION = INSTRUCTION.replace(" Reply with", " First think step by step: explain in a few sentences "
+                                                           "how to solve it. Then reply with")
 SHOT_POOL = 24  # shots come from the shortest problems, so k-shot prompts stay short
 LIMITS = Limits(cpu_seconds=5, wall_seconds=10)  # per program; a canonical solution takes well under a second
 
@@ -46,12 +51,14 @@ def base_prompt(problem: dict, examples: list[dict]) -> str:
     return "".join(e["prompt"] + e["canonical_solution"] + "\n\n" for e in examples) + problem["prompt"]
 
 
-def chat_messages(problem: dict, examples: list[dict]) -> list[dict]:
+def chat_messages(problem: dict, examples: list[dict], reasoning: bool = False) -> list[dict]:
+    """The chat asking for a problem after k worked examples; `reasoning` asks to think step by step first."""
     messages = []
     for e in examples:
         messages += [{"role": "user", "content": INSTRUCTION.format(prompt=e["prompt"])},
                      {"role": "assistant", "content": f"```python\n{e['prompt']}{e['canonical_solution']}```"}]
-    return messages + [{"role": "user", "content": INSTRUCTION.format(prompt=problem["prompt"])}]
+    asked = REASONING_INSTRUCTION if reasoning else INSTRUCTION
+    return messages + [{"role": "user", "content": asked.format(prompt=problem["prompt"])}]
 
 
 _FENCE = re.compile(r"```[ \t]*([\w+.-]*)[^\n]*\n(.*?)(?:```|\Z)", re.S)
