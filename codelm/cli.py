@@ -95,7 +95,8 @@ def recipe_config(args, default: Path, **named):
     from codelm.config import load_config
 
     named |= {"train.init_from": args.init_from, "train.out_dir": args.out}
-    settings = [f"{key}={value!r}" for key, value in named.items() if value is not None and value != ""]
+    settings = [f"{key}={str(value).lower() if isinstance(value, bool) else repr(value)}"  # TOML: true, 'text'
+                for key, value in named.items() if value is not None and value != ""]
     return load_config(args.config or default, [*settings, *args.set])
 
 

@@ -158,6 +158,7 @@ def test_parameter_and_flops_accounting():
     expected = 2 * 100 * 64 + 3 * per_layer + 64
     assert model.num_params() == expected
     assert model.flops_per_token(32) == 6 * (expected - 100 * 64) + 12 * 3 * 64 * 32
+    assert model.flops_per_token(32, frozen_weights=True) == 4 * (expected - 100 * 64) + 12 * 3 * 64 * 32  # LoRA
 
 
 @pytest.mark.parametrize("bad", [dict(dim=30, n_heads=4), dict(n_heads=4, n_kv_heads=3)])

@@ -198,5 +198,6 @@ def test_the_loops_step_is_pretrainings_plain_accumulated_mean():
         theirs.step()
         theirs.zero_grad(set_to_none=True)
         assert result.loss == pytest.approx(sum(losses) / 2, rel=1e-6)
+        assert result.tokens == 2 * 4 * 64  # two micro batches of 4 full rows: what the step computed
     for a, b in zip(model.parameters(), reference.parameters()):
         assert torch.allclose(a, b, atol=1e-6)

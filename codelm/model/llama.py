@@ -247,12 +247,14 @@ class Transformer(nn.Module):
             n -= self.model.embed_tokens.weight.numel()
         return n
 
-    def flops_per_token(self, seq_len: int | None = None) -> float:
+    def flops_per_token(self, seq_len: int | None = None, frozen_weights: bool = False) -> float:
         """Training FLOPs per token: 6 per weight used in a matmul, plus attention scores and values.
 
         The embedding lookup is free (unless tied, when the matrix is also the LM head);
-        attention counts 12 * layers * dim * T, the PaLM convention with the full T.
+        attention counts 12 * layers * dim * T, the PaLM convention with the full T. With the
+        weights frozen (LoRA) backward computes no weight gradients: 4 per weight, not 6.
         """
         T = seq_len or self.config.max_seq_len
         c = self.config
-        return 6 * self.num_params(exclude_embedding=True) + 12 * c.n_layers * c.dim * T
+        per_weight = 4 if frozen_weights else 6
+        return per_weight * self.num_params(exclude_embedding=True) + 12 * c.n_layers * c.dim * T

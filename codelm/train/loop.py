@@ -198,6 +198,7 @@ class StepResult:
     loss: float  # mean per unit over every process's micro batches
     grad_norm: float  # before clipping
     metrics: dict[str, float]  # the objective's metrics, means per unit
+    tokens: int  # input positions the step computed, padding included, over all processes (throughput, MFU)
 
 
 def train_step(step_loss: StageLoss | nn.Module, objective: Objective, optimizer, stream: BatchStream, autocast,
@@ -227,7 +228,8 @@ def train_step(step_loss: StageLoss | nn.Module, objective: Objective, optimizer
     def mean(total: float) -> float:
         return _all_reduce(total, env) / max(units, 1.0)
 
-    return StepResult(mean(loss_sum), grad_norm, {name: mean(v) for name, v in sorted(metric_sums.items())})
+    tokens = int(_all_reduce(float(sum(b.inputs.numel() for b in batches)), env))
+    return StepResult(mean(loss_sum), grad_norm, {name: mean(v) for name, v in sorted(metric_sums.items())}, tokens)
 
 
 class StopSignal:
@@ -324,7 +326,7 @@ def train(
     choice = resolve_precision(t.precision, raw_model, cfg.data.seq_len, device, log_main)
     peak = peak_flops(device, choice.precision) * env.world  # MFU against the precision actually used
     autocast = autocast_context(device, choice.precision)
-    flops_per_token = raw_model.flops_per_token(cfg.data.seq_len)
+    flops_per_token = raw_model.flops_per_token(cfg.data.seq_len, frozen_weights=cfg.lora.r > 0)
     if env.is_main:
         replace(choice, peak_flops=peak).save(run_dir / "precision.json")
         print(
@@ -386,7 +388,7 @@ def train(
             dt = time.perf_counter() - step_start
             train_seconds += dt
             window_seconds += dt
-            window_tokens += batch_tokens
+            window_tokens += result.tokens  # what was computed: below batch_tokens when rows are shorter (RL, DPO)
 
             if time_budget:  # time the steady steps, fix the length, and re-fix it while the LR is still flat
                 step_times.append(dt)
