@@ -3,7 +3,8 @@
 Everything codelm writes that another stage reads (checkpoints, shards, stats,
 results, caches) goes through here: write a temporary sibling, flush it to
 disk, rename it over the target. A crash or a full disk leaves the old file or
-nothing, never half of one.
+nothing, never half of one. What users hand in as JSONL is read here too, with
+errors that name the file and line.
 """
 
 import json
@@ -12,6 +13,8 @@ import shutil
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+from codelm.errors import UserError
 
 
 def atomic_write_bytes(path: str | Path, chunks: Iterable[bytes]):
@@ -48,3 +51,20 @@ def atomic_directory(out: str | Path) -> Iterator[Path]:
     if out.exists():
         shutil.rmtree(out)
     tmp.rename(out)
+
+
+def jsonl_rows(path: str | Path, what: str) -> Iterator[tuple[str, object]]:
+    """("file:line", row) for every non-blank line of a JSONL file; a missing file or a line that is not JSON is a
+    UserError naming `what` the file should hold, or the line."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{what} not found: {path}")
+    with open(path, encoding="utf-8") as f:
+        for number, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            where = f"{path}:{number}"
+            try:
+                yield where, json.loads(line)
+            except json.JSONDecodeError as e:
+                raise UserError(f"{where} is not valid JSON: {e}") from None

@@ -76,7 +76,7 @@ def test_examples_with_nothing_or_everything_to_learn_are_errors_naming_them(cod
 
 
 @pytest.mark.parametrize("line, message", [
-    ("{not json", "data.jsonl:3: not valid JSON"),
+    ("{not json", "data.jsonl:3 is not valid JSON"),
     ('{"messages": [{"role": "robot", "content": "hi"}]}', "data.jsonl:3: message 0 has role 'robot'"),
     ('{"messages": [{"role": "user"}]}', "data.jsonl:3: message 0 (user) has no text 'content'"),
     ('{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": " "}]}',

@@ -14,7 +14,6 @@ example (doc_ids) and positions restart at each example, as in pretraining's pac
 """
 
 import hashlib
-import json
 from bisect import bisect_left, insort
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +24,7 @@ import torch
 from codelm.chat import encode_conversation
 from codelm.data.loader import IGNORE, Batch
 from codelm.errors import UserError
+from codelm.io import jsonl_rows
 from codelm.tokenizer import Tokenizer
 
 ROLES = ("system", "user", "assistant")
@@ -61,20 +61,7 @@ def conversation(row, where: str) -> list[dict]:
 
 def read_conversations(path: str | Path) -> list[tuple[str, list[dict]]]:
     """(file:line, messages) for every non-blank line of a JSONL file."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"SFT data not found: {path}")
-    found = []
-    with open(path, encoding="utf-8") as f:
-        for number, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            where = f"{path}:{number}"
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise UserError(f"{where}: not valid JSON ({e.msg})") from None
-            found.append((where, conversation(row, where)))
+    found = [(where, conversation(row, where)) for where, row in jsonl_rows(path, "SFT data")]
     if not found:
         raise UserError(f"{path}: no examples")
     return found

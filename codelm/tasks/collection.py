@@ -16,10 +16,10 @@ reject their own solution would reward nothing, or punish the right answer.
 """
 
 import hashlib
-import json
 from pathlib import Path
 
 from codelm.errors import UserError
+from codelm.io import jsonl_rows
 from codelm.sandbox.supervisor import Result, run_many
 from codelm.tasks import humaneval, procedural
 
@@ -42,18 +42,8 @@ def from_synth_row(row: dict, task_id: str) -> dict | None:
 
 def read_tasks(path: str | Path) -> tuple[list[dict], int]:
     """(tasks, rows skipped for having no tests) from a JSONL file; a malformed row is an error naming it."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"task file not found: {path}")
     tasks, untested = [], 0
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        where = f"{path}:{number}"
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise UserError(f"{where} is not valid JSON: {e}") from None
+    for where, row in jsonl_rows(path, "task file"):
         if "messages" in row and "entry_point" in row:
             found = from_synth_row(row, str(row.get("task_id") or where))
             untested += found is None

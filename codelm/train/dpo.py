@@ -20,7 +20,6 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -30,8 +29,8 @@ from codelm.data.loader import IGNORE
 from codelm.errors import UserError
 from codelm.io import atomic_write_json
 from codelm.model.llama import Transformer
-from codelm.train.loop import DistEnv, setup_distributed, train
-from codelm.train.pairs import Pair, PairStream, gather_pairs, held_out_pass_rate
+from codelm.train.loop import DistEnv, setup_distributed, start_from, train
+from codelm.train.pairs import Pair, PairStream, gather_pairs, held_out_pass_rate, held_out_ranking
 from codelm.train.reference import Reference, token_logprobs
 
 LOSSES = ("sigmoid", "ipo")
@@ -142,20 +141,14 @@ def reference_logprobs(score, policy: Transformer, pairs: list[Pair], weights: s
     return values, False
 
 
-@torch.no_grad()
 def held_out_accuracy(model: Transformer, pairs: list[Pair], reference: torch.Tensor, d: DPOConfig, pad_id: int,
                       batch_pairs: int) -> dict:
     """Mean loss and the share of held-out pairs whose implicit reward ranks chosen above rejected."""
-    was_training = model.training
-    model.eval()
-    losses, correct = [], []
-    for start in range(0, len(pairs), batch_pairs):
-        batch = collate(pairs[start : start + batch_pairs], pad_id, reference[start : start + batch_pairs])
-        loss, found = dpo_loss(sequence_logprobs(model, batch), batch.reference, d.beta, d.loss)
-        losses += loss.tolist()
-        correct += found["accuracy"].tolist()
-    model.train(was_training)
-    return {"pairs": len(pairs), "loss": float(np.mean(losses)), "accuracy": float(np.mean(correct))}
+    def score(start: int, end: int):
+        batch = collate(pairs[start:end], pad_id, reference[start:end])
+        return dpo_loss(sequence_logprobs(model, batch), batch.reference, d.beta, d.loss)
+
+    return held_out_ranking(model, len(pairs), batch_pairs, score)
 
 
 def dpo(cfg: Config, resume: bool = False) -> dict:
@@ -163,14 +156,8 @@ def dpo(cfg: Config, resume: bool = False) -> dict:
     d, t = cfg.dpo, cfg.train
     if d.loss not in LOSSES or d.beta <= 0:
         raise UserError(f"dpo.loss must be one of {', '.join(LOSSES)} and dpo.beta above 0")
-    if not t.init_from:
-        raise UserError("dpo starts from a trained model: give --init-from CHECKPOINT (train.init_from)")
-    torch.manual_seed(t.seed)
-    model, tok, source = ckpt.load_model(t.init_from)
-    model.train()
-    cfg.model = model.config
+    model, tok, source = start_from(cfg, "dpo")
     run_dir = Path(t.out_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
     pad_id = tok.eot_id if tok.eot_id is not None else 0
     data = gather_pairs(cfg, model, tok, env, run_dir)
     if d.reference:

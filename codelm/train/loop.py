@@ -91,6 +91,20 @@ def setup_distributed(device: str = "auto") -> DistEnv:
     return DistEnv(rank, world, dev)
 
 
+def start_from(cfg: Config, recipe: str, run_dir: bool = True):
+    """(model in train mode, tokenizer, checkpoint) of train.init_from for a recipe that adapts a trained model,
+    seeded by train.seed; cfg.model becomes the checkpoint's shape and the run directory exists."""
+    t = cfg.train
+    if not t.init_from:
+        raise UserError(f"{recipe} starts from a trained model: give --init-from CHECKPOINT (train.init_from)")
+    torch.manual_seed(t.seed)
+    model, tok, source = ckpt.load_model(t.init_from)
+    cfg.model = model.config
+    if run_dir:
+        Path(t.out_dir).mkdir(parents=True, exist_ok=True)
+    return model.train(), tok, source
+
+
 def probe_step(model: Transformer, rows: int, seq_len: int, device: torch.device, precision: str):
     """A forward+backward step on random ids of (rows, seq_len), ready to time: what training spends its time on."""
     ids = torch.randint(0, model.config.vocab_size, (rows, seq_len + 1), device=device)

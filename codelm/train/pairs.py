@@ -16,12 +16,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from codelm.chat import encode_chat, encode_conversation
 from codelm.config import Config, PairsConfig
 from codelm.errors import UserError
 from codelm.inference.engine import Engine
-from codelm.io import atomic_write_bytes
+from codelm.io import atomic_write_bytes, jsonl_rows
 from codelm.model.llama import Transformer
 from codelm.sandbox.supervisor import Sandbox
 from codelm.tasks import collection
@@ -63,18 +64,8 @@ def completion_ids(tok: Tokenizer, prompt, text: str, template: str | None) -> t
 
 
 def read_pairs(path: str | Path, tok: Tokenizer) -> list[Pair]:
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"preference pairs not found: {path}")
     pairs = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        where = f"{path}:{number}"
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise UserError(f"{where} is not valid JSON: {e}") from None
+    for where, row in jsonl_rows(path, "preference pairs"):
         if not isinstance(row, dict) or not {"prompt", "chosen", "rejected"} <= row.keys():
             raise UserError(f"{where}: a pair needs 'prompt', 'chosen' and 'rejected'")
         prompt = row["prompt"]
@@ -175,6 +166,21 @@ def held_out_pass_rate(cfg: Config, model: Transformer, tok: Tokenizer, data: Pr
     if env.is_main:
         print(f"held-out tasks' greedy pass@1: {data.report['pass_before']['pass_rate']:.1%} before, "
               f"{data.report['pass_after']['pass_rate']:.1%} after", flush=True)
+
+
+@torch.no_grad()
+def held_out_ranking(model: torch.nn.Module, count: int, batch_pairs: int, score) -> dict:
+    """Mean loss over `count` held-out pairs and the share ranked right; score(start, end) gives the per-pair losses
+    and metrics (with "accuracy") of pairs start..end."""
+    was_training = model.training
+    model.eval()
+    losses, correct = [], []
+    for start in range(0, count, batch_pairs):
+        loss, found = score(start, min(start + batch_pairs, count))
+        losses += loss.tolist()
+        correct += found["accuracy"].tolist()
+    model.train(was_training)
+    return {"pairs": count, "loss": float(np.mean(losses)), "accuracy": float(np.mean(correct))}
 
 
 class PairStream:

@@ -14,7 +14,6 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -25,8 +24,8 @@ from codelm.errors import UserError
 from codelm.io import atomic_write_json
 from codelm.model.llama import Transformer
 from codelm.tokenizer import Tokenizer
-from codelm.train.loop import DistEnv, setup_distributed, train
-from codelm.train.pairs import Pair, PairStream, gather_pairs
+from codelm.train.loop import DistEnv, setup_distributed, start_from, train
+from codelm.train.pairs import Pair, PairStream, gather_pairs, held_out_ranking
 
 
 class RewardModel(Transformer):
@@ -91,37 +90,26 @@ class BradleyTerry:
         return losses.sum(), {name: value.sum() for name, value in found.items()}
 
 
-@torch.no_grad()
 def held_out_accuracy(model: RewardModel, pairs: list[Pair], pad_id: int, batch_pairs: int) -> dict:
-    was_training = model.training
-    model.eval()
-    losses, correct = [], []
-    for start in range(0, len(pairs), batch_pairs):
-        batch = pair_batch(pairs[start : start + batch_pairs], pad_id)
-        loss, found = bradley_terry(model.rewards(batch.inputs, batch.last).view(-1, 2))
-        losses += loss.tolist()
-        correct += found["accuracy"].tolist()
-    model.train(was_training)
-    return {"pairs": len(pairs), "loss": float(np.mean(losses)), "accuracy": float(np.mean(correct))}
+    def score(start: int, end: int):
+        batch = pair_batch(pairs[start:end], pad_id)
+        return bradley_terry(model.rewards(batch.inputs, batch.last).view(-1, 2))
+
+    return held_out_ranking(model, len(pairs), batch_pairs, score)
 
 
 def reward_model(cfg: Config, resume: bool = False) -> dict:
     env: DistEnv = setup_distributed(cfg.train.device)
     t = cfg.train
-    if not t.init_from:
-        raise UserError("reward-model starts from a trained model: give --init-from CHECKPOINT (train.init_from)")
     if cfg.lora.r:
         raise UserError("reward-model trains the whole model and its head: LoRA (lora.r) is not supported for it")
-    torch.manual_seed(t.seed)
-    base, tok, source = ckpt.load_model(t.init_from)
+    base, tok, source = start_from(cfg, "reward-model")
     model = RewardModel(base.config)
     missing, unexpected = model.load_state_dict(base.state_dict(), strict=False)
     assert missing == ["score_head.weight"] and not unexpected, (missing, unexpected)
     del base
     model.train()
-    cfg.model = model.config
     run_dir = Path(t.out_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
     pad_id = tok.eot_id if tok.eot_id is not None else 0
     data = gather_pairs(cfg, model, tok, env, run_dir)
     if env.is_main:

@@ -25,7 +25,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from codelm import checkpoint as ckpt
 from codelm.config import Config, RLConfig
 from codelm.errors import UserError
 from codelm.inference.engine import Completion, Engine
@@ -36,7 +35,7 @@ from codelm.tasks import collection
 from codelm.tokenizer import Tokenizer
 from codelm.train import metrics, policy_gradient
 from codelm.train.execution import check_lengths, completion_program, load_tasks, pass_rate, prompt_ids, sampling
-from codelm.train.loop import DistEnv, setup_distributed, train
+from codelm.train.loop import DistEnv, setup_distributed, start_from, train
 from codelm.train.reference import Reference, token_logprobs
 from codelm.train.reward_model import load_reward_model, sequences
 
@@ -243,12 +242,7 @@ def rl(cfg: Config, resume: bool = False) -> dict:
     env = setup_distributed(cfg.train.device)
     r, t = cfg.rl, cfg.train
     validate_settings(r)
-    if not t.init_from:
-        raise UserError("rl starts from a trained model: give --init-from CHECKPOINT (train.init_from)")
-    torch.manual_seed(t.seed)
-    model, tok, source = ckpt.load_model(t.init_from)
-    model.train()
-    cfg.model = model.config
+    model, tok, source = start_from(cfg, "rl")
     train_tasks, held_out = load_tasks(r.tasks, r.held_out, r.workers, env)
     held_out = held_out[: r.held_out_limit]
     check_lengths(train_tasks + held_out, tok, r.chat, r.max_new_tokens, model.config.max_seq_len)
@@ -257,7 +251,6 @@ def rl(cfg: Config, resume: bool = False) -> dict:
     accum = math.ceil(r.prompts_per_step * r.samples / t.micro_batch)
     t.batch_tokens = accum * t.micro_batch * env.world * cfg.data.seq_len
     run_dir = Path(t.out_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
     reference = Reference(model, tok, lora=cfg.lora.r > 0) if r.kl != "none" else None
     with Sandbox(r.workers) as sandbox:
         report_path = run_dir / "rl.json"

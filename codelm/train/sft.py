@@ -9,15 +9,12 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-
-from codelm import checkpoint as ckpt
 from codelm.config import Config
 from codelm.data.sft import Example, PackedExamples, encode_examples, read_conversations, split_held_out
 from codelm.errors import UserError
 from codelm.model.llama import Transformer
 from codelm.tokenizer import Tokenizer
-from codelm.train.loop import DistEnv, accumulation_steps, setup_distributed, train
+from codelm.train.loop import DistEnv, accumulation_steps, setup_distributed, start_from, train
 from codelm.train.objectives import NextToken
 from codelm.train.validation import HeldOut, held_out_loss, token_bytes_tensor
 
@@ -42,14 +39,9 @@ def start_chat_run(cfg: Config, env: DistEnv, recipe: str) -> ChatRun:
     """Load train.init_from and sft.data, print what will be learned, and set max_steps from sft.epochs when
     no step or time budget is given."""
     t = cfg.train
-    if not t.init_from:
-        raise UserError(f"{recipe} starts from a trained model: give --init-from CHECKPOINT (train.init_from)")
-    if not cfg.sft.data:
+    if not cfg.sft.data and t.init_from:
         raise UserError(f"{recipe} needs chat data: give --data FILE.jsonl (sft.data)")
-    torch.manual_seed(t.seed)
-    model, tok, source = ckpt.load_model(t.init_from)
-    model.train()
-    cfg.model = model.config
+    model, tok, source = start_from(cfg, recipe, run_dir=False)
     examples = encode_examples(read_conversations(cfg.sft.data), tok, tok.chat_template)
     train_examples, held_out = split_held_out(examples, cfg.sft.val_fraction)
     if not train_examples:
