@@ -146,8 +146,8 @@ def rows_of(path: Path) -> list[dict]:
 
 
 def oss_config(corpus: Path, out: Path, url: str, **settings) -> OssInstructConfig:
-    settings = {"n": len(OSS_REPLIES), "max_lines": 3, "workers": 1} | settings
-    return OssInstructConfig(corpus=str(corpus), out=str(out), teacher=TeacherConfig(url=url), **settings)
+    settings = {"n": len(OSS_REPLIES), "max_lines": 3, "workers": 1, "teacher": TeacherConfig(url=url)} | settings
+    return OssInstructConfig(corpus=str(corpus), out=str(out), **settings)
 
 
 def test_oss_instruct_keeps_what_passes_and_counts_what_it_drops(endpoint, corpus, tmp_path):
@@ -354,3 +354,31 @@ def test_a_local_checkpoint_teaches_end_to_end(tiny_teacher, corpus, tmp_path):
         oss_instruct(OssInstructConfig(corpus=str(corpus), out=str(tmp_path / "o.jsonl"), teacher=teacher, n=3,
                                        max_new_tokens=8, workers=1))
     assert list(tmp_path.glob("[mo].*")) == []
+
+
+def test_an_interrupted_stage_resumes_from_its_journal_with_the_same_rows(endpoint, corpus, tmp_path, monkeypatch):
+    whole = tmp_path / "whole.jsonl"
+    settings = {"teacher": TeacherConfig(url=endpoint.url, batch_size=2)}
+    oss_instruct(oss_config(corpus, whole, endpoint.url, **settings))
+    asked_whole = len(endpoint.requests)
+    assert not (tmp_path / "whole.replies.jsonl").exists()  # removed once the rows are written
+
+    out = tmp_path / "resumed.jsonl"
+    real, calls = HttpTeacher.generate, []
+
+    def dies_on_the_third_call(self, prompts, params):
+        calls.append(len(prompts))
+        if len(calls) == 3:
+            raise KeyboardInterrupt  # Ctrl-C while the teacher answers
+        return real(self, prompts, params)
+
+    monkeypatch.setattr(HttpTeacher, "generate", dies_on_the_third_call)
+    with pytest.raises(KeyboardInterrupt):
+        oss_instruct(oss_config(corpus, out, endpoint.url, **settings))
+    assert not out.exists() and len(rows_of(tmp_path / "resumed.replies.jsonl")) == 1 + 2  # header, two calls
+    monkeypatch.setattr(HttpTeacher, "generate", real)
+    endpoint.requests.clear()
+    oss_instruct(oss_config(corpus, out, endpoint.url, **settings))
+    assert len(endpoint.requests) == asked_whole - 4  # the two journaled calls (2 snippets each) are not asked again
+    assert out.read_bytes() == whole.read_bytes()
+    assert not (tmp_path / "resumed.replies.jsonl").exists()

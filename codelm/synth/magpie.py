@@ -27,7 +27,7 @@ from tqdm import tqdm
 
 from codelm.synth.common import Novelty, TeacherStats, parse_code, python_blocks
 from codelm.synth.config import MagpieConfig
-from codelm.synth.teacher import make_teacher, pre_query, sampling
+from codelm.synth.teacher import Journal, make_teacher, pre_query, sampling
 
 GENERATOR = "codelm.synth.magpie/1"  # in every row's provenance; bump when the rows change
 
@@ -43,10 +43,11 @@ def magpie(cfg: MagpieConfig) -> TeacherStats:
     system = [{"role": "system", "content": cfg.system}] if cfg.system else []
     answer_params = sampling(cfg.temperature, 1.0, cfg.max_new_tokens, cfg.seed)
     novelty, rows, size = Novelty(), [], cfg.teacher.batch_size
+    journal = Journal(cfg.out, cfg)
     for begin in tqdm(range(0, cfg.n, size), desc="synth magpie", unit=" batches"):
         draws = range(begin, min(begin + size, cfg.n))
         seed = random.Random(f"{cfg.seed}:{begin}").getrandbits(31)  # the batch's copies are its samples 0..k-1
-        invented = teacher.generate([prefix] * len(draws), sampling(
+        invented = journal.generate(teacher, f"{begin}:request", [prefix] * len(draws), sampling(
             cfg.instruction_temperature, cfg.instruction_top_p, cfg.max_instruction_tokens, seed, (end_of_turn,)))
         asked = []
         for draw, text in zip(draws, invented):
@@ -55,7 +56,7 @@ def magpie(cfg: MagpieConfig) -> TeacherStats:
                 stats.dropped[reason] += 1
             else:
                 asked.append((draw, [*system, {"role": "user", "content": text.strip()}]))
-        answers = teacher.generate([messages for _, messages in asked], answer_params)
+        answers = journal.generate(teacher, f"{begin}:answer", [messages for _, messages in asked], answer_params)
         stats.requests += len(draws) + len(asked)
         for (draw, messages), answer in zip(asked, answers):
             reason = answer_reason(answer, cfg, novelty)
@@ -66,6 +67,7 @@ def magpie(cfg: MagpieConfig) -> TeacherStats:
                          "entry_point": first_function(answer), "tests": [],
                          "provenance": {"teacher": teacher.id, "pre_query": prefix, "seed": cfg.seed, "draw": draw,
                                         "generator": GENERATOR}})
+    journal.close(done=True)  # finished: a rerun asks again
     stats.write("magpie", rows, cfg, GENERATOR, started)
     return stats
 

@@ -39,7 +39,7 @@ from codelm.synth.common import (
     unsafe_use,
 )
 from codelm.synth.config import OssInstructConfig
-from codelm.synth.teacher import make_teacher, sampling
+from codelm.synth.teacher import Journal, make_teacher, sampling
 
 GENERATOR = "codelm.synth.oss-instruct/1"  # in every row's provenance; bump when the rows change
 TEMPLATE = "oss-instruct/1"  # PROMPT's version, in every row's provenance
@@ -100,11 +100,12 @@ def oss_instruct(cfg: OssInstructConfig) -> TeacherStats:
     stats.teacher = teacher.id
     params = sampling(cfg.temperature, cfg.top_p, cfg.max_new_tokens, cfg.seed)
     novelty, rows, size = Novelty(), [], cfg.teacher.batch_size
+    journal = Journal(cfg.out, cfg)
     with Sandbox(workers=cfg.workers, limits=TEST_LIMITS) as box:
         for begin in tqdm(range(0, len(snippets), size), desc="synth oss-instruct", unit=" batches"):
             batch = snippets[begin:begin + size]
-            replies = teacher.generate([[{"role": "user", "content": PROMPT.format(snippet=s.text)}] for s in batch],
-                                       params)
+            replies = journal.generate(teacher, str(begin), [[{"role": "user", "content": PROMPT.format(
+                snippet=s.text)}] for s in batch], params)
             stats.requests += len(batch)
             candidates = []
             for draw, (snippet, reply) in enumerate(zip(batch, replies), begin):
@@ -119,6 +120,7 @@ def oss_instruct(cfg: OssInstructConfig) -> TeacherStats:
                 else:
                     candidates.append(found)
             rows += tested_rows(candidates, box, stats)
+    journal.close(done=True)  # finished: a rerun asks again
     stats.write("oss-instruct", rows, cfg, GENERATOR, started)
     return stats
 

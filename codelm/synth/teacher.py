@@ -12,7 +12,8 @@ by (sampling.seed, prompt, k) - the engine's own per-sample seed, or the request
 vLLM honour). A greedy teacher answers the copies of a prompt once.
 
 An endpoint that is down, refuses a request or answers something other than the API's JSON is a one-line
-UserError; busy answers (429, 5xx) and timeouts are retried twice first.
+UserError; busy answers (429, 5xx) and timeouts are retried twice first. A stage's calls go through a
+`Journal`, so replies already paid for survive an interruption.
 """
 
 import hashlib
@@ -25,7 +26,7 @@ import urllib.error
 import urllib.request
 from abc import ABC, abstractmethod
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 from codelm.chat import encode_chat, render
@@ -237,6 +238,57 @@ def excerpt(raw: bytes | str, chars: int = 200) -> str:
     """Some of a body, on one line."""
     text = raw.decode(errors="replace") if isinstance(raw, bytes) else raw
     return " ".join(text.split())[:chars] or "(empty)"
+
+
+class Journal:
+    """The teacher's replies, appended to OUT.replies.jsonl call by call as they arrive: a stage that is
+    interrupted (a crash, Ctrl-C, an endpoint that goes down) and run again with the same settings replays them
+    instead of asking again, then goes on, and writes the same rows as a run that was never interrupted (the
+    filters and tests after the teacher are cheap and deterministic, so they simply run again). Other settings
+    start the journal over; it is removed once the stage has written OUT."""
+
+    def __init__(self, out: str | Path, cfg):
+        out = Path(out)
+        self.path = out.with_name(f"{out.name.removesuffix('.jsonl')}.replies.jsonl")
+        settings = {k: v for k, v in asdict(cfg).items() if k not in ("out", "workers")}
+        self.fingerprint = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()
+        self.replies: dict[str, list] = {}
+        lines = self.path.read_text(encoding="utf-8").splitlines() if self.path.is_file() else []
+        if lines and json.loads(lines[0]).get("fingerprint") == self.fingerprint:
+            for line in lines[1:]:
+                try:
+                    entry = json.loads(line)
+                except json.JSONDecodeError:  # the line being written when the run died
+                    break
+                self.replies[entry["call"]] = entry["replies"]
+            print(f"resuming: {len(self.replies)} teacher calls replayed from {self.path}", flush=True)
+        elif lines:
+            print(f"note: {self.path} was written with other settings; asking the teacher again", flush=True)
+        self.resumed = bool(self.replies)
+        self.file = None  # opened at the first reply: a teacher that never answers leaves no file behind
+
+    def _append(self, entry: dict):
+        if self.file is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.file = open(self.path, "a" if self.resumed else "w", encoding="utf-8")
+            if not self.resumed:
+                self.file.write(json.dumps({"fingerprint": self.fingerprint}) + "\n")
+        self.file.write(json.dumps(entry) + "\n")
+        self.file.flush()
+        os.fsync(self.file.fileno())
+
+    def generate(self, teacher: Teacher, call: str, prompts: list[Prompt], params: SamplingParams) -> list[str | None]:
+        """teacher.generate(prompts, params), or its journaled replies for `call` (a name unique in the stage)."""
+        if call not in self.replies:
+            self.replies[call] = teacher.generate(prompts, params)
+            self._append({"call": call, "replies": self.replies[call]})
+        return self.replies[call]
+
+    def close(self, done: bool):
+        if self.file is not None:
+            self.file.close()
+        if done:
+            self.path.unlink(missing_ok=True)
 
 
 def make_teacher(cfg: TeacherConfig) -> Teacher:
