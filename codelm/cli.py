@@ -17,6 +17,7 @@ from codelm.config import (
     DEFAULT_VAL_FRACTION,
     LADDER,
     EvalConfig,
+    LoraConfig,
     ModelConfig,
     SamplingParams,
     field_default,
@@ -80,7 +81,18 @@ def cmd_pretrain(args):
     from codelm.config import load_config
     from codelm.train.pretrain import pretrain
 
-    pretrain(load_config(args.config, args.set), resume=args.resume)
+    pretrain(load_config(args.config, [*settings_of(lora_options(args)), *args.set]), resume=args.resume)
+
+
+def add_lora_args(parser: argparse.ArgumentParser):
+    """LoRA for any recipe that trains (the [lora] section; --set lora.KEY=VALUE works the same). Options left out
+    keep the config's values."""
+    for name, kind, text in (("r", int, "adapter rank: LoRA on, the base frozen (0: full fine-tuning)"),
+                             ("alpha", float, "the adapter's output is scaled by alpha / r"),
+                             ("targets", str, "comma-separated Linear layers to adapt")):
+        parser.add_argument(f"--lora-{name}", type=kind, default=None,
+                            help=f"{text} (lora.{name}; default {field_default(LoraConfig, name)})")
+    parser.add_argument("--rslora", action="store_true", help="rank-stabilized scaling alpha / sqrt(r) (lora.rslora)")
 
 
 def add_pairs_args(parser: argparse.ArgumentParser):
@@ -90,14 +102,25 @@ def add_pairs_args(parser: argparse.ArgumentParser):
     parser.add_argument("--chat", action="store_true", help="ask the tasks through the chat template (pairs.chat)")
 
 
+def settings_of(named: dict) -> list[str]:
+    """KEY=VALUE config settings of the options given (None and "" are options not given)."""
+    return [f"{key}={str(value).lower() if isinstance(value, bool) else repr(value)}"  # TOML: true, 'text'
+            for key, value in named.items() if value is not None and value != ""]
+
+
+def lora_options(args) -> dict:
+    """The --lora-* options given (a command without them, reward-model, gives none)."""
+    return {f"lora.{name}": getattr(args, option, None) or None
+            for name, option in (("r", "lora_r"), ("alpha", "lora_alpha"), ("targets", "lora_targets"),
+                                 ("rslora", "rslora"))}
+
+
 def recipe_config(args, default: Path, **named):
     """A post-training recipe's config: its default TOML (or --config), the named options given, then --set."""
     from codelm.config import load_config
 
-    named |= {"train.init_from": args.init_from, "train.out_dir": args.out}
-    settings = [f"{key}={str(value).lower() if isinstance(value, bool) else repr(value)}"  # TOML: true, 'text'
-                for key, value in named.items() if value is not None and value != ""]
-    return load_config(args.config or default, [*settings, *args.set])
+    named |= {"train.init_from": args.init_from, "train.out_dir": args.out, **lora_options(args)}
+    return load_config(args.config or default, [*settings_of(named), *args.set])
 
 
 def chat_recipe_config(args, **named):
@@ -474,6 +497,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config key, e.g. --set train.max_steps=100 (repeatable)")
     r.add_argument("--resume", action="store_true", help="continue from train.out_dir/checkpoints/latest")
+    add_lora_args(r)  # continued pretraining of train.init_from
     r.set_defaults(func=cmd_pretrain)
 
     def recipe(name: str, text: str, description: str, func, config: str, generates: bool = True):
@@ -486,7 +510,8 @@ def build_parser() -> argparse.ArgumentParser:
         r.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                        help="override a config key, e.g. --set lora.r=16 --set optim.lr=5e-4 (repeatable)")
         r.add_argument("--resume", action="store_true", help="continue from OUT/checkpoints/latest")
-        if generates:
+        if generates:  # a reward model has a scalar head on the whole model: no LoRA, no generation
+            add_lora_args(r)
             r.add_argument("--humaneval", type=int, nargs="?", const=0, metavar="LIMIT",
                            help="then ask HumanEval as chats of the result, greedy, into OUT/eval (LIMIT: the "
                            "first LIMIT problems; all 164 without it): pass@1 and the share of replies that define "

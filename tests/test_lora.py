@@ -343,3 +343,15 @@ def test_cli_export_merge_lora_and_generate_from_an_adapter(exported, tok, tmp_p
     assert "def f(x):" in out
     bad = run_codelm("export", "hf", "--checkpoint", ckpt, "--out", tmp_path / "x", "--merge-lora", check=False)
     assert bad.returncode == 2 and "holds no LoRA adapter" in bad.stderr
+
+
+@pytest.mark.parametrize("command", ["sft", "distill", "rl", "dpo"])
+def test_lora_flags_reach_every_recipes_config(command):
+    from codelm.cli import CONFIGS, build_parser, recipe_config
+
+    args = build_parser().parse_args([command, "--init-from", "ckpt", "--lora-r", "16", "--lora-alpha", "32",
+                                      "--lora-targets", "q_proj,v_proj", "--rslora"])
+    cfg = recipe_config(args, CONFIGS / "sft.toml")
+    assert (cfg.lora.r, cfg.lora.alpha, cfg.lora.targets, cfg.lora.rslora) == (16, 32.0, "q_proj,v_proj", True)
+    plain = recipe_config(build_parser().parse_args([command, "--init-from", "ckpt"]), CONFIGS / "sft.toml")
+    assert plain.lora == LoraConfig()  # flags left out keep the config's values
