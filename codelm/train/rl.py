@@ -74,10 +74,9 @@ class Rollouts:
     rows in the state, so a resumed run trains on the same batches."""
 
     def __init__(self, model: Transformer, tok: Tokenizer, tasks: list[dict], rl: RLConfig, accum: int,
-                 micro_batch: int, sandbox: Sandbox, reference: Reference | None, seed: int, env: DistEnv,
-                 run_dir: Path, scorer=None):
+                 sandbox: Sandbox, reference: Reference | None, seed: int, env: DistEnv, run_dir: Path, scorer=None):
         self.model, self.tok, self.tasks, self.rl, self.accum = model, tok, tasks, rl, accum
-        self.micro_batch, self.sandbox, self.reference, self.seed, self.env = micro_batch, sandbox, reference, seed, env
+        self.sandbox, self.reference, self.seed, self.env = sandbox, reference, seed, env
         self.run_dir, self.rollouts, self.served, self.pending = run_dir, 0, 0, []
         self.scorer = scorer  # token-id sequences -> rewards (a reward model), instead of the tests
 
@@ -261,7 +260,7 @@ def rl(cfg: Config, resume: bool = False) -> dict:
                 print(f"held-out pass@1 before: {report['before']['pass_rate']:.1%} of {len(held_out)} tasks",
                       flush=True)
                 atomic_write_json(report_path, report)
-        stream = Rollouts(model, tok, train_tasks, r, accum, t.micro_batch, sandbox, reference, t.seed, env, run_dir,
+        stream = Rollouts(model, tok, train_tasks, r, accum, sandbox, reference, t.seed, env, run_dir,
                           reward_scorer(r.reward_model, tok) if r.reward_model else None)
         result = train(cfg, env, model, stream, PolicyGradient(r), None, source / "tokenizer.json", resume)
         if held_out and not result.get("stopped"):
