@@ -7,7 +7,11 @@ import pytest
 import torch
 from conftest import run_codelm
 
+from codelm.checkpoint import save_model
+from codelm.config import ModelConfig
 from codelm.errors import UserError
+from codelm.model.llama import Transformer
+from codelm.tokenizer import train_tokenizer
 from codelm.train import dpo as dpo_module
 from codelm.train.dpo import dpo_loss, reference_logprobs
 from codelm.train.pairs import Pair, read_pairs
@@ -104,7 +108,13 @@ def test_dpo_from_execution_learns_to_prefer_passing_programs(noisy_arithmetic_m
 def test_dpo_bad_input_is_one_line_and_status_2(noisy_arithmetic_model, tmp_path):
     pairs = tmp_path / "pairs.jsonl"
     pairs.write_text(json.dumps({"prompt": "x" * 600, "chosen": "y", "rejected": "z"}) + "\n")
+    other_tok = train_tokenizer(["def other(x):\n    return x + 1\n" * 40], vocab_size=300)
+    other = save_model(tmp_path / "other", Transformer(ModelConfig(vocab_size=other_tok.vocab_size, dim=16,
+                                                                   n_layers=1, n_heads=2, n_kv_heads=1)), other_tok)
+    short = tmp_path / "short.jsonl"
+    short.write_text(json.dumps({"prompt": "x", "chosen": "y", "rejected": "z"}) + "\n")
     cases = [(["--pairs", pairs], "longer than the model's context"),
+             (["--pairs", short, "--reference", other], "has another tokenizer than the policy"),
              ([], "give preference pairs (--pairs FILE.jsonl) or tasks"),
              (["--pairs", pairs, "--set", "dpo.loss='hinge'"], "dpo.loss must be one of sigmoid, ipo")]
     for extra, message in cases:
