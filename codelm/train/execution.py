@@ -33,17 +33,21 @@ def completion_program(task: dict, text: str, chat: bool) -> tuple[str, str]:
     return collection.program(task, humaneval.chat_completion(task, text) if chat else text)
 
 
-def sampling(rl_max_new_tokens: int, chat: bool, **kw) -> SamplingParams:
-    return SamplingParams(max_new_tokens=rl_max_new_tokens, stop=[] if chat else humaneval.STOP_SEQUENCES, **kw)
+def sampling(max_new_tokens: int, chat: bool, **kw) -> SamplingParams:
+    return SamplingParams(max_new_tokens=max_new_tokens, stop=[] if chat else humaneval.STOP_SEQUENCES, **kw)
 
 
-def check_lengths(tasks: list[dict], tok: Tokenizer, chat: bool, max_new_tokens: int, context: int):
-    """A prompt that leaves no room for max_new_tokens in the context is an error naming it, not a silent crop."""
+def check_lengths(tasks: list[dict], tok: Tokenizer, chat: bool, max_new_tokens: int, context: int) -> int:
+    """The longest prompt's length in tokens; a prompt that leaves no room for max_new_tokens in the context is
+    an error naming it, not a silent crop."""
+    longest = 0
     for task in tasks:
         length = len(prompt_ids(tok, task, chat))
         if length + max_new_tokens > context:
             raise UserError(f"task {task['task_id']}: its prompt is {length} tokens; with max_new_tokens="
                             f"{max_new_tokens} that exceeds the model's context of {context}")
+        longest = max(longest, length)
+    return longest
 
 
 @torch.no_grad()

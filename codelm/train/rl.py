@@ -244,8 +244,8 @@ def rl(cfg: Config, resume: bool = False) -> dict:
     model, tok, source = start_from(cfg, "rl")
     train_tasks, held_out = load_tasks(r.tasks, r.held_out, r.workers, env)
     held_out = held_out[: r.held_out_limit]
-    check_lengths(train_tasks + held_out, tok, r.chat, r.max_new_tokens, model.config.max_seq_len)
-    longest = max(len(prompt_ids(tok, task, r.chat)) for task in train_tasks) + r.max_new_tokens
+    longest = check_lengths(train_tasks, tok, r.chat, r.max_new_tokens, model.config.max_seq_len) + r.max_new_tokens
+    check_lengths(held_out, tok, r.chat, r.max_new_tokens, model.config.max_seq_len)
     cfg.data.seq_len = min(model.config.max_seq_len, 64 * math.ceil(longest / 64))  # the loop's nominal row length
     accum = math.ceil(r.prompts_per_step * r.samples / t.micro_batch)
     t.batch_tokens = accum * t.micro_batch * env.world * cfg.data.seq_len
