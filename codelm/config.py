@@ -85,6 +85,7 @@ class OptimConfig:
     lr: float = 3e-3
     muon_lr: float = 0.02  # muon only: peak learning rate of the hidden matrices (same schedule as lr)
     muon_momentum: float = 0.95
+    embed_lr: float = 0.0  # peak learning rate of the token embeddings (AdamW, same schedule); 0: lr
     min_lr_ratio: float = 0.0  # final learning rate as a fraction of lr
     schedule: str = "cosine"  # "cosine" or "wsd" (warmup-stable-decay)
     warmup_steps: int = 50

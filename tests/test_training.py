@@ -201,3 +201,16 @@ def test_the_loops_step_is_pretrainings_plain_accumulated_mean():
         assert result.tokens == 2 * 4 * 64  # two micro batches of 4 full rows: what the step computed
     for a, b in zip(model.parameters(), reference.parameters()):
         assert torch.allclose(a, b, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["adamw", "muon"])
+def test_embed_lr_sets_the_token_embeddings_own_peak_learning_rate(name):
+    model = Transformer(ModelConfig(vocab_size=64, dim=32, n_layers=1, n_heads=2, n_kv_heads=1, max_seq_len=16))
+    embedding = model.model.embed_tokens.weight
+    for embed_lr, scale in ((0.0, 1.0), (0.3, 100.0)):
+        optimizer = build_optimizer(model, OptimConfig(name=name, lr=3e-3, embed_lr=embed_lr), torch.device("cpu"))
+        (group,) = [g for g in optimizer.param_groups if any(p is embedding for p in g["params"])]
+        assert group["params"] == [embedding] and group["weight_decay"] == 0.0
+        assert group["lr_scale"] == pytest.approx(scale)
+        others = [p for g in optimizer.param_groups if g is not group for p in g["params"]]
+        assert len(others) == len(list(model.parameters())) - 1  # every other parameter, once

@@ -176,22 +176,25 @@ def budget_steps(step: int, seconds_left: float, per_step: float, o: OptimConfig
 def build_optimizer(model: nn.Module, o: OptimConfig, device: torch.device) -> torch.optim.Optimizer:
     """AdamW (weight decay on weight matrices only, none on norms and embeddings), or with optim.name = "muon"
     Muon for the hidden matrices. Each group's `lr_scale` is its peak learning rate relative to optim.lr."""
-    hidden, head, no_decay = [], [], []
+    hidden, head, embed, norms = [], [], [], []
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        if p.ndim < 2 or "embed" in name:
-            no_decay.append(p)
+        if "embed" in name:
+            embed.append(p)
+        elif p.ndim < 2:
+            norms.append(p)
         else:
             (head if "lm_head" in name else hidden).append(p)
+    embed_group = {"params": embed, "weight_decay": 0.0, "lr_scale": (o.embed_lr or o.lr) / o.lr}
     if o.name == "muon":
         groups = [{"params": hidden, "weight_decay": o.weight_decay, "use_muon": True, "lr_scale": o.muon_lr / o.lr,
                    "momentum": o.muon_momentum},
                   {"params": head, "weight_decay": o.weight_decay, "lr_scale": 1.0},
-                  {"params": no_decay, "weight_decay": 0.0, "lr_scale": 1.0}]
+                  {"params": norms, "weight_decay": 0.0, "lr_scale": 1.0}, embed_group]
         return MuonAdamW(groups, lr=o.lr, betas=(o.beta1, o.beta2), eps=o.eps)
     groups = [{"params": hidden + head, "weight_decay": o.weight_decay, "lr_scale": 1.0},
-              {"params": no_decay, "weight_decay": 0.0, "lr_scale": 1.0}]
+              {"params": norms, "weight_decay": 0.0, "lr_scale": 1.0}, embed_group]
     return torch.optim.AdamW(groups, lr=o.lr, betas=(o.beta1, o.beta2), eps=o.eps, fused=device.type in ("cpu", "cuda"))
 
 
