@@ -67,3 +67,19 @@ def test_emitted_commands_are_the_runs(tokens_dir, tmp_path, capsys):
     main(sweep_args(tokens_dir, out, "3e9,6e9", "--emit-commands"))
     assert capsys.readouterr().out.splitlines() == commands[1:]
     assert [r.status for r in read_table(out)] == ["done"] + ["pending"] * 5
+
+
+def test_a_signal_stops_the_whole_sweep_not_just_the_run_in_progress(tokens_dir, tmp_path, capsys, monkeypatch):
+    import codelm.scaling.sweep as sweep
+
+    started = []
+
+    def interrupted(cfg, resume=False):  # the trainer caught SIGINT/SIGTERM, checkpointed and returned
+        started.append(cfg.train.out_dir)
+        return {"step": 3, "stopped": True}
+
+    monkeypatch.setattr(sweep, "pretrain", interrupted)
+    main(sweep_args(tokens_dir, tmp_path / "sweep"))
+    assert len(started) == 1  # the five runs after it did not start
+    assert "stopped by signal in C3e09-d1" in capsys.readouterr().err
+    assert [r.status for r in read_table(tmp_path / "sweep")] == ["pending"] * 6

@@ -136,8 +136,12 @@ def run_sweep(cfg: SweepConfig, log=print) -> list[Run]:
             f"tokens{', resuming' if resume else ''}", file=sys.stderr, flush=True)
         if not resume:
             (run_dir / "metrics.jsonl").unlink(missing_ok=True)  # a start that died before its first checkpoint
-        pretrain(run_cfg, resume=resume)
+        stopped = pretrain(run_cfg, resume=resume).get("stopped")
         runs[i] = finished(run, run_cfg) or run
         write_table(out, runs, card(cfg, base))
+        if stopped:  # Ctrl-C or SIGTERM means the sweep, not just the run in progress
+            log(f"sweep: stopped by signal in {run.name} (checkpointed); rerun the same command to resume",
+                file=sys.stderr, flush=True)
+            return runs
     write_table(out, runs, card(cfg, base))
     return runs
