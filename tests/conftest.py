@@ -1,9 +1,11 @@
 """Shared fixtures: a small real corpus (a few stdlib packages), its tokenizer and token shards, a tiny config."""
 
 import importlib.util
+import atexit
 import json
 import os
 import random
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -20,8 +22,11 @@ from codelm.model.llama import Transformer
 from codelm.tasks import procedural
 
 REPO = Path(__file__).resolve().parent.parent
-# precision and throughput probes are cached per machine; tests (and the CLI runs they start) use their own cache
-os.environ.setdefault("CODELM_CACHE_DIR", tempfile.mkdtemp(prefix="codelm-test-cache-"))
+# precision and throughput probes are cached per machine; tests (and the CLI runs they start) use their own cache,
+# made once by the process that loads this file first (xdist workers inherit it) and removed when that process exits
+if "CODELM_CACHE_DIR" not in os.environ:
+    os.environ["CODELM_CACHE_DIR"] = tempfile.mkdtemp(prefix="codelm-test-cache-")
+    atexit.register(shutil.rmtree, os.environ["CODELM_CACHE_DIR"], ignore_errors=True)
 SUBSET = ["json", "email", "http", "logging", "concurrent"]
 
 

@@ -9,6 +9,7 @@ import pytest
 import torch
 from conftest import run_codelm
 from test_inference import random_model
+from test_serve_scheduler import Collected, offline, run, scheduler
 
 from codelm import precision
 from codelm.checkpoint import load_model, save_checkpoint, save_model
@@ -109,6 +110,18 @@ def test_compiled_decode_gives_the_eager_tokens(code_tok, kernel):
             for a, b in zip(eager.generate(prompts, params), compiled.generate(prompts, params)):
                 assert [c.token_ids for c in a] == [c.token_ids for c in b]
                 assert [p for c in a for p in c.logprobs] == pytest.approx([p for c in b for p in c.logprobs], abs=1e-4)
+
+
+def test_int8_server_scheduler_gives_the_offline_int8_tokens(code_tok, kernel):
+    """`codelm serve --quantize int8`: batched decoding through the block cache keeps the int8 engine's tokens."""
+    engine = Engine(random_model(code_tok.vocab_size, seed=2), code_tok, quantize="int8")
+    assert is_quantized(engine.model)
+    sched = scheduler(engine)
+    params = SamplingParams(max_new_tokens=16)
+    requests = [Collected(sched, engine.encode(text), params) for text in ["import os", "def f(x):", "y = ["]]
+    run(sched)
+    for r in requests:
+        assert [r.tokens()] == offline(engine, r.request.prompt, params)
 
 
 def test_checkpoints_refuse_int8_weights(code_tok, tmp_path, kernel):

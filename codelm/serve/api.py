@@ -543,7 +543,7 @@ def serve(cfg: ServeConfig):
     """Load the checkpoint and serve it until interrupted."""
     if cfg.exposed_without_key():
         log(f"warning: serving on {cfg.host} without --api-key: anyone who can reach this port can use the model")
-    engine = Engine.from_checkpoint(cfg.checkpoint, dtype=cfg.dtype)
+    engine = Engine.from_checkpoint(cfg.checkpoint, dtype=cfg.dtype, quantize=cfg.quantize)
     app = create_app(engine, cfg)
     log(f"codelm serve: {cfg.checkpoint} on http://{cfg.host}:{cfg.port} (playground at /, API at /v1)")
     uvicorn.run(app, host=cfg.host, port=cfg.port, log_level="warning")

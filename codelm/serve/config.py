@@ -19,6 +19,7 @@ class ServeConfig:
     api_key: str = ""  # when set, every API route wants `Authorization: Bearer KEY`
     model_name: str = ""  # the name /v1/models lists ("": the checkpoint directory's name)
     dtype: str = "auto"  # the model's precision (see `codelm generate --dtype`)
+    quantize: str | None = None  # "int8": weight-only int8 Linear layers (see `codelm generate --quantize`)
     max_seqs: int = 16  # sequences decoding together (1: one request at a time, no continuous batching)
     max_queue: int = 64  # waiting sequences before new requests get 429
     step_tokens: int = 256  # tokens per scheduler step: one per decoding sequence, the rest prefill chunks
