@@ -3,8 +3,11 @@
 Why blocks: sequences of a continuous batch start and end at different times and
 grow by different amounts, so one (batch, max_len) tensor would have to be
 re-packed at every arrival. Instead keys and values live in a pool of fixed-size
-blocks (per layer: (blocks, kv_heads, block_size, head_dim)) and each sequence
-keeps a block table: position p is slot p % block_size of block table[p // block_size].
+blocks and each sequence keeps a block table: position p is slot p % block_size
+of block table[p // block_size]. Per layer the pool is one (blocks * block_size,
+kv_heads, head_dim) tensor, token-major, so reading a batch's keys is a single
+indexed copy into the (B, length, kv_heads, head_dim) that attention takes as
+a transposed view.
 
 Why hash chains: a full block's contents depend on every token before it, so it
 is keyed by hash(key of the block before, its own tokens) (vLLM's automatic
@@ -34,7 +37,7 @@ class BlockPool:
 
     def __init__(self, cfg: ModelConfig, num_blocks: int, block_size: int, dtype=torch.float32, device="cpu",
                  prefix_caching: bool = True):
-        shape = (num_blocks, cfg.n_kv_heads, block_size, cfg.head_dim)
+        shape = (num_blocks * block_size, cfg.n_kv_heads, cfg.head_dim)
         self.k = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(cfg.n_layers)]
         self.v = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(cfg.n_layers)]
         self.block_size, self.num_blocks, self.prefix_caching = block_size, num_blocks, prefix_caching
@@ -91,18 +94,14 @@ class BlockPool:
             self.block_of[key] = block
             self.key_of[block] = key
 
-    def write(self, layer: int, blocks: torch.Tensor, offsets: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
-        """Store keys/values (N, kv_heads, head_dim) at (blocks[i], offsets[i])."""
-        self.k[layer][blocks, :, offsets] = k
-        self.v[layer][blocks, :, offsets] = v
+    def write(self, layer: int, slots: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
+        """Store keys/values (N, kv_heads, head_dim) at token slots (N,) (block * block_size + offset)."""
+        self.k[layer][slots] = k
+        self.v[layer][slots] = v
 
-    def gather(self, layer: int, tables: torch.Tensor, length: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Keys and values (B, kv_heads, length, head_dim) of the sequences whose block tables are rows of `tables`."""
-        def read(pool):
-            blocks = pool[tables]  # (B, blocks, H, block_size, D)
-            B, n, H, S, D = blocks.shape
-            return blocks.permute(0, 2, 1, 3, 4).reshape(B, H, n * S, D)[:, :, :length]
-        return read(self.k[layer]), read(self.v[layer])
+    def gather(self, layer: int, slots: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keys and values (B, kv_heads, length, head_dim) at token slots (B, length): one copy each."""
+        return self.k[layer][slots].transpose(1, 2), self.v[layer][slots].transpose(1, 2)
 
 
 class BatchView:
@@ -115,13 +114,14 @@ class BatchView:
         self.pool, self.T = pool, T
         device = pool.k[0].device
         self.length = max(starts) + T  # keys gathered per row, padding masked
-        width = -(-self.length // pool.block_size)
-        self.tables = torch.tensor([t[:width] + [0] * (width - len(t[:width])) for t in tables], device=device)
+        size = pool.block_size
+        width = -(-self.length // size)
+        tables = torch.tensor([t[:width] + [0] * (width - len(t[:width])) for t in tables], device=device)
+        keys = torch.arange(self.length, device=device)
+        self.slots = tables[:, keys // size] * size + keys % size  # (B, length); padding reads block 0, masked
         positions = torch.tensor(starts, device=device)[:, None] + torch.arange(T, device=device)  # (B, T)
         self.positions = positions
-        rows = torch.arange(len(tables), device=device)[:, None].expand_as(positions)
-        self.write_blocks = self.tables[rows, positions // pool.block_size].flatten()
-        self.write_offsets = (positions % pool.block_size).flatten()
+        self.write_slots = self.slots.gather(1, positions).flatten()
 
     def append_mask(self, valid: torch.Tensor) -> torch.Tensor:
         """Boolean (B, 1, T, length): key position j is visible to the query at position p when j <= p."""
@@ -130,9 +130,9 @@ class BatchView:
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         B, H, T, D = k.shape
-        self.pool.write(layer, self.write_blocks, self.write_offsets,
-                        k.transpose(1, 2).reshape(B * T, H, D), v.transpose(1, 2).reshape(B * T, H, D))
-        return self.pool.gather(layer, self.tables, self.length)
+        self.pool.write(layer, self.write_slots, k.transpose(1, 2).reshape(B * T, H, D),
+                        v.transpose(1, 2).reshape(B * T, H, D))
+        return self.pool.gather(layer, self.slots)
 
     def advance(self, T: int):
         """Nothing: the scheduler counts each sequence's cached tokens itself."""
