@@ -4,14 +4,21 @@ continuous batching and prefix caching.
     python bench/serve.py --checkpoint RUN [--concurrency 1,4,16] [--max-tokens 32] [--prefix-tokens 500]
                           [--rate 0] [--configs sequential,batched,batched+prefix]
 
-Each config starts its own `codelm serve` (a subprocess, fp32 unless --dtype) on a free loopback port:
-sequential is --max-seqs 1 --no-prefix-caching (request by request, what a server without batching does),
-batched is continuous batching with --no-prefix-caching, batched+prefix the defaults. Clients send streamed /v1/completions whose
-prompts share a --prefix-tokens prefix (a system prompt, a file being edited) followed by a short unique tail;
-at most `concurrency` requests are in flight, new ones arrive as a Poisson process of --rate requests/s (0:
-as soon as a slot frees). Measured as vLLM's serving benchmark does: TTFT (request sent -> first text),
-ITL (gaps between streamed chunks; a chunk is one token unless a stop-string check held text back), end-to-end
-latency (p50/p90/p99), request throughput and output-token throughput (usage.completion_tokens / wall time).
+Each config starts its own `codelm serve` (a subprocess, fp32 unless --dtype, --quantize int8 if asked) on a free
+loopback port: sequential is --max-seqs 1 --no-prefix-caching (request by request, what a server without batching
+does), batched is continuous batching with --no-prefix-caching, batched+prefix the defaults. Clients send streamed
+/v1/completions whose prompts share a --prefix-tokens prefix (a system prompt, a file being edited) followed by a
+short unique tail; at most `concurrency` requests are in flight, new ones arrive as a Poisson process of --rate
+requests/s (0: as soon as a slot frees). Measured as vLLM's serving benchmark does: TTFT (request sent -> first
+text), ITL (gaps between streamed chunks; a chunk is one token unless a stop-string check held text back),
+end-to-end latency (p50/p90/p99), request throughput and output-token throughput (usage.completion_tokens / wall
+time).
+
+--reference-gguf FILE adds a row set for llama-cpp-python's OpenAI server (`python -m llama_cpp.server`, from
+--reference-python's environment) on that GGUF, the same model in its own quantization, as the reference:
+it answers one request at a time (others wait; its default of cutting a stream short when another request
+waits is turned off) and reuses the KV cache of the previous prompt's common prefix. When its stream has no
+usage chunk, its tokens are its streamed text chunks.
 """
 
 import argparse
@@ -31,6 +38,7 @@ import httpx2 as httpx  # the HTTP client the openai package itself uses
 
 CONFIGS = {"sequential": ["--max-seqs", "1", "--no-prefix-caching"], "batched": ["--no-prefix-caching"],
            "batched+prefix": []}
+REFERENCE = "llama-cpp-python"
 SHARED = '''You are a careful Python programmer. The project below parses configuration files and validates them.
 
 import json
@@ -64,20 +72,29 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(args, extra: list[str]) -> tuple[subprocess.Popen, str]:
+def server_command(args, name: str, port: int) -> list[str]:
+    if name == REFERENCE:
+        return [args.reference_python, "-m", "llama_cpp.server", "--model", args.reference_gguf, "--port", str(port),
+                "--n_ctx", "2048", "--n_threads", str(os.cpu_count()),
+                "--interrupt_requests", "false"]  # its default ends a stream as soon as another request waits
+    return [sys.executable, "-m", "codelm", "serve", "--checkpoint", args.checkpoint, "--port", str(port),
+            "--dtype", args.dtype, "--max-queue", "1024", *(["--quantize", args.quantize] if args.quantize else []),
+            *CONFIGS[name]]
+
+
+def start_server(args, name: str) -> tuple[subprocess.Popen, str]:
     port = free_port()
-    cmd = [sys.executable, "-m", "codelm", "serve", "--checkpoint", args.checkpoint, "--port", str(port),
-           "--dtype", args.dtype, "--max-queue", "1024", *extra]
-    proc = subprocess.Popen(cmd, stderr=subprocess.DEVNULL)
+    cmd = server_command(args, name, port)
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 120
     while True:
         if proc.poll() is not None or time.monotonic() > deadline:
-            raise SystemExit(f"codelm serve did not start: {' '.join(cmd)}")
+            raise SystemExit(f"server did not start: {' '.join(cmd)}")
         try:
-            httpx.get(f"{url}/health")
+            httpx.get(f"{url}/v1/models").raise_for_status()
             return proc, url
-        except httpx.TransportError:
+        except (httpx.TransportError, httpx.HTTPStatusError):
             time.sleep(0.3)
 
 
@@ -90,7 +107,7 @@ async def one_request(client, url: str, prompt: str, max_tokens: int) -> Result:
     body = {"prompt": prompt, "max_tokens": max_tokens, "temperature": 0, "stream": True,
             "stream_options": {"include_usage": True}}
     result, start = Result(), time.perf_counter()
-    last = None
+    last, chunks = None, 0
     async with client.stream("POST", f"{url}/v1/completions", json=body, timeout=600) as response:
         async for line in response.aiter_lines():
             if not line.startswith("data: ") or line == "data: [DONE]":
@@ -100,12 +117,14 @@ async def one_request(client, url: str, prompt: str, max_tokens: int) -> Result:
             if chunk.get("usage"):
                 result.tokens = chunk["usage"]["completion_tokens"]
             elif chunk["choices"] and chunk["choices"][0]["text"]:
+                chunks += 1
                 if last is None:
                     result.ttft = now - start
                 else:
                     result.itl.append(now - last)
                 last = now
     result.e2e = time.perf_counter() - start
+    result.tokens = result.tokens or chunks  # a server without a usage chunk: one streamed chunk per token
     return result
 
 
@@ -143,17 +162,23 @@ def main():
     p.add_argument("--rate", type=float, default=0.0, help="Poisson arrival rate, requests/s (0: closed loop)")
     p.add_argument("--configs", default=",".join(CONFIGS))
     p.add_argument("--dtype", default="fp32")
+    p.add_argument("--quantize", choices=["int8"], help="codelm serve --quantize (the reference GGUF is Q4_1)")
+    p.add_argument("--reference-gguf", help="also run llama-cpp-python's server on this GGUF")
+    p.add_argument("--reference-python", default=sys.executable,
+                   help="the Python whose environment has llama-cpp-python[server]")
     args = p.parse_args()
+    names = args.configs.split(",") + ([REFERENCE] if args.reference_gguf else [])
     prefix = shared_prefix(args.prefix_tokens)
     cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                 if line.startswith("model name")), "unknown CPU") if Path("/proc/cpuinfo").exists() else "unknown CPU"
-    print(f"{cpu}, {os.cpu_count()} cores; {args.checkpoint}, {args.dtype}, ~{args.prefix_tokens}-token shared "
+    precision = f"{args.dtype}{' int8' if args.quantize else ''}"
+    print(f"{cpu}, {os.cpu_count()} cores; {args.checkpoint}, {precision}, ~{args.prefix_tokens}-token shared "
           f"prefix, {args.max_tokens} new tokens, arrivals {'Poisson %.1f/s' % args.rate if args.rate else 'closed loop'}")
     print("| config | concurrency | requests | TTFT p50/p90/p99 ms | ITL p50/p90/p99 ms | e2e p50/p90/p99 ms "
           "| req/s | output tok/s |")
     print("|---|---|---|---|---|---|---|---|")
-    for name in args.configs.split(","):
-        proc, url = start_server(args, CONFIGS[name])
+    for name in names:
+        proc, url = start_server(args, name)
         try:
             asyncio.run(load(url, [prefix + "# warm-up\n"], 1, 0, 4))  # first-call costs out of the figures
             for concurrency in map(int, args.concurrency.split(",")):
