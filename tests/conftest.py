@@ -1,7 +1,7 @@
 """Shared fixtures: a small real corpus (a few stdlib packages), its tokenizer and token shards, a tiny config."""
 
-import importlib.util
 import atexit
+import importlib.util
 import json
 import os
 import random
