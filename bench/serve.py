@@ -2,7 +2,8 @@
 continuous batching and prefix caching.
 
     python bench/serve.py --checkpoint RUN [--concurrency 1,4,16] [--max-tokens 32] [--prefix-tokens 500]
-                          [--rate 0] [--configs sequential,batched,batched+prefix]
+                          [--rate 0] [--configs sequential,batched,batched+prefix] [--quantize int8]
+                          [--reference-gguf FILE --reference-python PYTHON]
 
 Each config starts its own `codelm serve` (a subprocess, fp32 unless --dtype, --quantize int8 if asked) on a free
 loopback port: sequential is --max-seqs 1 --no-prefix-caching (request by request, what a server without batching

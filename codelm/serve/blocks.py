@@ -116,7 +116,7 @@ class BatchView:
         self.length = max(starts) + T  # keys gathered per row, padding masked
         size = pool.block_size
         width = -(-self.length // size)
-        tables = torch.tensor([t[:width] + [0] * (width - len(t[:width])) for t in tables], device=device)
+        tables = torch.tensor([(t + [0] * width)[:width] for t in tables], device=device)
         keys = torch.arange(self.length, device=device)
         self.slots = tables[:, keys // size] * size + keys % size  # (B, length); padding reads block 0, masked
         positions = torch.tensor(starts, device=device)[:, None] + torch.arange(T, device=device)  # (B, T)
