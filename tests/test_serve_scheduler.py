@@ -10,7 +10,7 @@ from test_inference import random_model
 from codelm.chat import encode_chat
 from codelm.config import ModelConfig, SamplingParams
 from codelm.inference.engine import Engine
-from codelm.serve.blocks import BlockPool, chain_key
+from codelm.serve.blocks import BatchView, BlockPool, chain_key
 from codelm.serve.metrics import Metrics
 from codelm.serve.scheduler import Request, Scheduler
 
@@ -53,7 +53,11 @@ def offline(engine: Engine, prompt: list[int], params: SamplingParams) -> list[l
     return [c.token_ids for c in engine.generate([prompt], params)[0]]
 
 
-def test_every_request_equals_offline_generation_whatever_is_in_flight(engine):
+def test_every_request_equals_offline_generation_whatever_is_in_flight(engine, monkeypatch):
+    steps = []  # each forward's new-token counts per sequence
+    view_init = BatchView.__init__
+    monkeypatch.setattr(BatchView, "__init__", lambda self, pool, tables, starts, counts: (
+        steps.append(counts), view_init(self, pool, tables, starts, counts))[1])
     tok = engine.tok
     prompts = [engine.encode(text) for text in
                ["import os", "def parse(line):\n    return line.split(',')\n\n\nclass Reader:\n    def __init__(self, "
@@ -71,6 +75,8 @@ def test_every_request_equals_offline_generation_whatever_is_in_flight(engine):
         expected = offline(engine, c.request.prompt, c.request.params)
         assert [c.tokens(j) for j in range(c.request.n)] == expected
     assert sched.metrics.batch_sizes.count > 0 and max(sched.metrics.batch_sizes.counts[2:]) > 0  # batches of 3+
+    assert any(1 in counts and max(counts) > 1 for counts in steps)  # decode rows and a prefill chunk, one forward
+    assert len(steps) == sched.metrics.steps  # one forward a step
     assert sched.pool.available() == sched.pool.num_blocks  # every block back once all have finished
 
 

@@ -13,12 +13,23 @@ that torch.compile captures the step once (and CUDA graphs can replay it).
 """
 
 import torch
+import torch.nn.functional as F
 
 from codelm.config import ModelConfig
 from codelm.errors import UserError
 
 
-class KVCache:
+class DenseAttention:
+    """For caches whose `update` returns every key and value a query may see as dense tensors: attention is
+    then one SDPA, the mask hiding what a query must not see (SDPA broadcasts GQA's kv heads)."""
+
+    def attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None
+               ) -> torch.Tensor:
+        k, v = self.update(layer, k, v)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=k.shape[1] != q.shape[1])
+
+
+class KVCache(DenseAttention):
     """max_len slots per row. Slots are not positions: with left padding a batch may need more slots
     than the model's context while every row's positions stay inside it (the engine checks those)."""
 
@@ -76,7 +87,7 @@ class KVCache:
         self.valid = self.valid.index_select(0, rows)
 
 
-class SlotView:
+class SlotView(DenseAttention):
     """One new token per row written at `slot` (a 1-element tensor) of KVCache buffers; attends to all slots.
 
     KVCache slices its buffers to the slots in use, so their shapes change every

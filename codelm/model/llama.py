@@ -13,8 +13,10 @@ Three entry points, one per use:
 - `loss(input_ids, targets, doc_ids)`: the mean next-token loss of packed rows
   (training), the LM head fused into the cross-entropy (fused_ce.py).
 - `decode_step(input_ids, cache)`: generation. `cache` (codelm.inference.cache:
-  KVCache, or SlotView for a compiled step) holds the keys and values of earlier
-  tokens; the step appends the new ones and advances the cache past them.
+  KVCache, or SlotView for a compiled step; codelm.serve.blocks.BatchView for the
+  server's packed steps) holds the keys and values of earlier tokens; each layer's
+  attention is `cache.attend`, which stores the new ones and attends to all it
+  holds, and the step then advances the cache past them.
 """
 
 import math
@@ -111,9 +113,8 @@ class Attention(nn.Module):
             q, k = self.q_norm(q), self.k_norm(k)
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        if cache is not None:  # attend to every cached position; SDPA broadcasts the kv heads
-            k, v = cache.update(layer, k, v)
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=self.n_kv_heads != self.n_heads)
+        if cache is not None:  # the cache stores k, v and attends to every position it holds
+            y = cache.attend(layer, q, k, v, mask)
             return self.o_proj(y.transpose(1, 2).reshape(B, T, -1))
         if self.n_kv_heads != self.n_heads:
             repeat = self.n_heads // self.n_kv_heads
@@ -199,8 +200,9 @@ class Transformer(nn.Module):
         hidden = self._packed_hidden(input_ids, doc_ids)
         return linear_cross_entropy(hidden.flatten(0, 1), self.lm_head.weight, targets.flatten())
 
-    def decode_step(self, input_ids, cache, positions=None, valid=None, last_only=False):
-        """Logits of T new tokens per row that follow the cached ones: (B, T, vocab), or (B, vocab) of the last.
+    def decode_step(self, input_ids, cache, positions=None, valid=None, last_only=False, select=None):
+        """Logits of T new tokens per row that follow the cached ones: (B, T, vocab), (B, vocab) of the last
+        with last_only, or (len(select), vocab) of the tokens at `select`, indices into the flattened (B * T).
 
         The step writes the new keys and values at the cache's next T slots, then advances the cache past
         them (`cache.advance`, its one mutation of the cache's length). positions (B, T): RoPE positions
@@ -212,6 +214,8 @@ class Transformer(nn.Module):
             valid = torch.ones_like(input_ids, dtype=torch.bool)
         hidden = self._hidden(input_ids, positions, cache.append_mask(valid), cache)
         cache.advance(T)
+        if select is not None:
+            return self.lm_head(hidden.flatten(0, 1)[select])
         return self.lm_head(hidden[:, -1] if last_only else hidden)
 
     def _packed_hidden(self, input_ids, doc_ids=None, positions=None):

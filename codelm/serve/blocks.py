@@ -23,6 +23,7 @@ from array import array
 from collections import OrderedDict
 
 import torch
+import torch.nn.functional as F
 
 from codelm.config import ModelConfig
 
@@ -99,40 +100,84 @@ class BlockPool:
         self.k[layer][slots] = k
         self.v[layer][slots] = v
 
-    def gather(self, layer: int, slots: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Keys and values (B, kv_heads, length, head_dim) at token slots (B, length): one copy each."""
-        return self.k[layer][slots].transpose(1, 2), self.v[layer][slots].transpose(1, 2)
+    def gather(self, layer: int, slots: torch.Tensor, out: tuple[torch.Tensor, torch.Tensor]
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keys and values (B, kv_heads, length, head_dim) at token slots (B, length), copied into `out`
+        ((B * length, kv_heads, head_dim) each).
+
+        index_select into a buffer the caller reuses for every layer: on CPU it copies whole rows and
+        ran 7x faster than advanced indexing (pool[slots]), which allocates and copies per element."""
+        B, length = slots.shape
+        gathered = []
+        for pool, buffer in zip((self.k[layer], self.v[layer]), out):
+            torch.index_select(pool, 0, slots.flatten(), out=buffer)
+            gathered.append(buffer.view(B, length, *pool.shape[1:]).transpose(1, 2))
+        return gathered[0], gathered[1]
+
+
+class AttentionGroup:
+    """Rows of one attention call: every row's queries (padded to the longest) and the keys its sequence holds.
+
+    Row r is a sequence holding starts[r] tokens whose counts[r] new tokens sit at packed[r]... of the step's
+    packed row. Short rows repeat their last query (its output is dropped); keys past a query's position,
+    and padding (which reads block 0), are masked."""
+
+    def __init__(self, pool: BlockPool, tables: list[list[int]], starts: list[int], counts: list[int],
+                 packed: list[int]):
+        device, size = pool.k[0].device, pool.block_size
+        T, length = max(counts), max(s + c for s, c in zip(starts, counts))
+        width = -(-length // size)
+        table = torch.tensor([(t + [0] * width)[:width] for t in tables], device=device)
+        keys = torch.arange(length, device=device)
+        self.slots = table[:, keys // size] * size + keys % size  # (rows, length)
+        counts_ = torch.tensor(counts, device=device)[:, None]
+        step = torch.minimum(torch.arange(T, device=device), counts_ - 1)  # (rows, T)
+        positions = torch.tensor(starts, device=device)[:, None] + step
+        self.queries = torch.tensor(packed, device=device)[:, None] + step  # indices into the packed row
+        self.real = torch.arange(T, device=device) < counts_
+        hidden = keys[None, None, :] > positions[:, :, None]
+        self.mask = torch.zeros(hidden.shape, dtype=pool.k[0].dtype, device=device).masked_fill_(
+            hidden, float("-inf"))[:, None]  # (rows, 1, T, length), additive: built once for every layer
+        shape = (self.slots.numel(), *pool.k[0].shape[1:])
+        self.buffers = (pool.k[0].new_empty(shape), pool.v[0].new_empty(shape))  # each layer's gather, in turn
 
 
 class BatchView:
-    """The cache as Transformer.decode_step sees it for one forward of T new tokens per row.
+    """The cache as Transformer.decode_step sees one scheduler step: every sequence's new tokens in one row.
 
-    Row b holds `starts[b]` tokens already; its new tokens go at positions starts[b]..starts[b]+T-1 of its
-    block table (the blocks must exist). Each query sees its own row's positions up to itself."""
+    Sequence i holds starts[i] tokens; its counts[i] new tokens follow at positions starts[i].. of its block
+    table (the blocks must exist). The step's input is the (1, sum(counts)) row of everyone's new tokens, so
+    the weights are read once for the decoding sequences and the prefill chunks together. Attention then
+    runs in two groups, each over its rows' gathered keys: one-token rows (decoding) together, longer ones
+    (prefill chunks) together, so a decode row is never padded to a chunk's length."""
 
-    def __init__(self, pool: BlockPool, tables: list[list[int]], starts: list[int], T: int):
-        self.pool, self.T = pool, T
+    def __init__(self, pool: BlockPool, tables: list[list[int]], starts: list[int], counts: list[int]):
+        self.pool = pool
         device = pool.k[0].device
-        self.length = max(starts) + T  # keys gathered per row, padding masked
+        packed = [sum(counts[:i]) for i in range(len(counts))]
+        self.positions = torch.tensor([[p for s, c in zip(starts, counts) for p in range(s, s + c)]], device=device)
+        self.groups = []
+        for rows in ([i for i, c in enumerate(counts) if c == 1], [i for i, c in enumerate(counts) if c > 1]):
+            if rows:
+                self.groups.append(AttentionGroup(pool, [tables[i] for i in rows], [starts[i] for i in rows],
+                                                  [counts[i] for i in rows], [packed[i] for i in rows]))
         size = pool.block_size
-        width = -(-self.length // size)
-        tables = torch.tensor([(t + [0] * width)[:width] for t in tables], device=device)
-        keys = torch.arange(self.length, device=device)
-        self.slots = tables[:, keys // size] * size + keys % size  # (B, length); padding reads block 0, masked
-        positions = torch.tensor(starts, device=device)[:, None] + torch.arange(T, device=device)  # (B, T)
-        self.positions = positions
-        self.write_slots = self.slots.gather(1, positions).flatten()
+        self.write_slots = torch.tensor([tables[i][p // size] * size + p % size for i in range(len(counts))
+                                         for p in range(starts[i], starts[i] + counts[i])], device=device)
 
-    def append_mask(self, valid: torch.Tensor) -> torch.Tensor:
-        """Boolean (B, 1, T, length): key position j is visible to the query at position p when j <= p."""
-        keys = torch.arange(self.length, device=valid.device)
-        return (keys[None, None, :] <= self.positions[:, :, None])[:, None]
+    def append_mask(self, valid: torch.Tensor) -> None:
+        """None: each attention group holds its own mask."""
 
-    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        B, H, T, D = k.shape
-        self.pool.write(layer, self.write_slots, k.transpose(1, 2).reshape(B * T, H, D),
-                        v.transpose(1, 2).reshape(B * T, H, D))
-        return self.pool.gather(layer, self.slots)
+    def attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: None) -> torch.Tensor:
+        """Store the row's new keys/values (1, kv_heads, N, head_dim); attention output (1, heads, N, head_dim)."""
+        self.pool.write(layer, self.write_slots, k[0].transpose(0, 1), v[0].transpose(0, 1))
+        q, y = q[0], torch.empty_like(q[0])  # (heads, N, head_dim)
+        for group in self.groups:
+            keys, values = self.pool.gather(layer, group.slots, group.buffers)
+            out = F.scaled_dot_product_attention(q[:, group.queries].transpose(0, 1), keys, values,
+                                                 attn_mask=group.mask, enable_gqa=keys.shape[1] != q.shape[0])
+            y[:, group.queries[group.real]] = out.transpose(0, 1)[:, group.real]
+        return y[None]
 
     def advance(self, T: int):
         """Nothing: the scheduler counts each sequence's cached tokens itself."""

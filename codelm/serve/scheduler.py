@@ -3,10 +3,11 @@
 Why: with static batches a request that arrives during a batch waits for all of
 it, and a short reply waits for the longest one. Here each step (1) drops
 cancelled sequences, (2) admits waiting ones while there is a free slot and the
-block pool can hold their prompt and max_tokens, (3) decodes one token for
-every sequence past its prefill, in one forward, and (4) spends the rest of the
-step's token budget on prefill, in chunks, so a long prompt never stalls the
-sequences that are decoding. A sequence that finishes leaves at once and its
+block pool can hold their prompt and max_tokens, (3) takes one token of every
+sequence past its prefill and spends the rest of the step's token budget on
+prefill chunks, so a long prompt never stalls the sequences that are decoding,
+and (4) runs all of them in one forward, so the weights are read once a step
+(BatchView packs them into one row). A sequence that finishes leaves at once and its
 blocks go back to the pool.
 
 Each sample of a request is its own sequence with its own generator, seeded as
@@ -149,18 +150,22 @@ class Scheduler:
 
     @torch.no_grad()
     def step(self):
-        """Admit, decode one token for every prefilled sequence, prefill the rest within the token budget."""
+        """Admit; then one forward that decodes a token for every prefilled sequence and prefills the rest
+        within the token budget."""
         self._drop_cancelled()
         self._admit()
-        budget = self.step_tokens
-        decoding = [s for s in self.running if s.prefilled]
-        if decoding:
-            self._decode(decoding)
-            budget -= len(decoding)
+        work = [(s, 1) for s in self.running if s.prefilled]
+        budget = self.step_tokens - len(work)
         for seq in [s for s in self.running if not s.prefilled]:
             if budget <= 0:
                 break
-            budget -= self._prefill(seq, budget)
+            if not seq.matched:
+                self._match_prefix(seq)
+            count = min(seq.prompt_len - seq.cached, budget)
+            work.append((seq, count))
+            budget -= count
+        if work:
+            self._run(work)
         self.metrics.steps += 1
 
     def _drop_cancelled(self):
@@ -219,29 +224,45 @@ class Scheduler:
         seq.cached = len(seq.blocks) * size
         self.metrics.cached_prompt_tokens += seq.cached
 
-    def _forward(self, seqs: list[Sequence], tokens: torch.Tensor, last_only: bool) -> torch.Tensor:
-        view = BatchView(self.pool, [s.blocks for s in seqs], [s.cached for s in seqs], tokens.shape[1])
-        return self.engine.model.decode_step(tokens, view, view.positions, last_only=last_only).float()
-
-    def _prefill(self, seq: Sequence, budget: int) -> int:
-        """Prefill up to `budget` more prompt tokens of seq; the tokens it took."""
-        try:
-            if not seq.matched:
-                self._match_prefix(seq)
-            count = min(seq.prompt_len - seq.cached, budget)
-            self._grow(seq, seq.cached + count)
-            chunk = torch.tensor([seq.tokens[seq.cached:seq.cached + count]], device=self.engine.device)
-            logits = self._forward([seq], chunk, last_only=not seq.request.prompt_logprobs)[0]
-            if seq.request.prompt_logprobs:
-                self._record_prompt_logprobs(seq, logits, count)
-                logits = logits[-1]
-            self._cached(seq, count)
-            if seq.prefilled:
-                self._accept(seq, logits)
+    @staticmethod
+    def _logits_wanted(seq: Sequence, count: int) -> int:
+        """Rows of logits seq needs from a step that caches `count` more of its tokens: every prompt position
+        of the chunk for prompt logprobs, else the last one once the prompt is done (it picks the next token)."""
+        if not seq.prefilled and seq.request.prompt_logprobs:
             return count
-        except Exception as e:  # noqa: BLE001 - one request's failure must not stop the server
-            self._fail([seq], e)
-            return 0
+        return 1 if seq.cached + count >= seq.prompt_len else 0
+
+    def _run(self, work: list[tuple[Sequence, int]]):
+        """One forward over every sequence's next `count` tokens (1 when decoding, a chunk when prefilling)."""
+        seqs = [seq for seq, _ in work]
+        try:
+            tokens, select = [], []
+            for seq, count in work:
+                self._grow(seq, seq.cached + count)
+                tokens += seq.tokens[seq.cached:seq.cached + count]
+                select += range(len(tokens) - self._logits_wanted(seq, count), len(tokens))
+            view = BatchView(self.pool, [s.blocks for s in seqs], [s.cached for s in seqs], [c for _, c in work])
+            device = self.engine.device
+            logits = self.engine.model.decode_step(torch.tensor([tokens], device=device), view, view.positions,
+                                                   select=torch.tensor(select, dtype=torch.long, device=device)).float()
+        except Exception as e:  # noqa: BLE001 - the step's sequences fail, the server goes on
+            self._fail(seqs, e)
+            return
+        decoding = sum(seq.prefilled for seq in seqs)
+        if decoding:
+            self.metrics.batch_sizes.observe(decoding)
+        row = 0
+        for seq, count in work:
+            try:
+                wanted = self._logits_wanted(seq, count)
+                rows, row = logits[row:row + wanted], row + wanted
+                if not seq.prefilled and seq.request.prompt_logprobs:
+                    self._record_prompt_logprobs(seq, rows, count)
+                self._cached(seq, count)
+                if seq.prefilled and wanted:
+                    self._accept(seq, rows[-1])
+            except Exception as e:  # noqa: BLE001 - one request's failure must not stop the server
+                self._fail([seq], e)
 
     def _record_prompt_logprobs(self, seq: Sequence, logits: torch.Tensor, count: int):
         """Logprobs of the prompt tokens this chunk's logits (count, V) predict."""
@@ -250,23 +271,6 @@ class Scheduler:
             position = seq.cached + t + 1
             if position < seq.prompt_len:
                 seq.prompt_logprobs.append(self._logprob(logprobs[t], seq.tokens[position], seq.request.logprobs))
-
-    def _decode(self, seqs: list[Sequence]):
-        try:
-            for seq in seqs:
-                self._grow(seq, seq.cached + 1)
-            tokens = torch.tensor([[s.tokens[-1]] for s in seqs], device=self.engine.device)
-            logits = self._forward(seqs, tokens, last_only=True)
-        except Exception as e:  # noqa: BLE001 - the batch's sequences fail, the server goes on
-            self._fail(seqs, e)
-            return
-        self.metrics.batch_sizes.observe(len(seqs))
-        for seq, row in zip(seqs, logits):
-            self._cached(seq, 1)
-            try:
-                self._accept(seq, row)
-            except Exception as e:  # noqa: BLE001
-                self._fail([seq], e)
 
     @staticmethod
     def _logprob(logprobs: torch.Tensor, token: int, top: int | None) -> TokenLogprob:
