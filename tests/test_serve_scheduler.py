@@ -140,6 +140,36 @@ def test_an_error_in_one_sequence_fails_only_that_one(engine, monkeypatch):
     assert fine.tokens() == offline(engine, fine.request.prompt, fine.request.params)[0]
 
 
+@pytest.mark.parametrize("share", [True, False], ids=["shared-leading-blocks", "no-common-block"])
+def test_packed_step_attends_as_each_sequence_alone(share):
+    """Decode rows and prefill chunks packed in one row, leading blocks common to a group scored once (cascade)
+    or not: each sequence's output equals plain causal attention over its own keys."""
+    torch.manual_seed(0)
+    cfg = ModelConfig(vocab_size=16, dim=32, n_layers=1, n_heads=4, n_kv_heads=2, max_seq_len=64)
+    pool = BlockPool(cfg, num_blocks=16, block_size=4, dtype=torch.float64)
+    pool.k[0].normal_(), pool.v[0].normal_()
+    for copy, block in ((12, 0), (13, 1)):  # blocks 12, 13 hold what 0, 1 hold
+        pool.k[0][copy * 4:copy * 4 + 4] = pool.k[0][block * 4:block * 4 + 4]
+        pool.v[0][copy * 4:copy * 4 + 4] = pool.v[0][block * 4:block * 4 + 4]
+    other = [0, 1] if share else [12, 13]
+    tables = [[0, 1, 2, 3], other + [4, 5], [0, 1, 6, 7], other + [8, 9]]
+    starts, counts = [9, 10, 8, 8], [1, 1, 3, 4]  # two decoding, two prefill chunks of different lengths
+    view = BatchView(pool, tables, starts, counts)
+    assert [g.shared_slots.numel() for g in view.groups] == ([8, 8] if share else [0, 0])
+    N = sum(counts)
+    q, k, v = torch.randn(1, 4, N, 8, dtype=torch.float64), *torch.randn(2, 1, 2, N, 8, dtype=torch.float64)
+    y = view.attend(0, q, k, v, None)
+    offset = 0
+    for table, start, count in zip(tables, starts, counts):
+        slots = torch.tensor([table[p // 4] * 4 + p % 4 for p in range(start + count)])
+        keys, values = pool.k[0][slots].transpose(0, 1)[None], pool.v[0][slots].transpose(0, 1)[None]
+        visible = torch.arange(start + count)[None, :] <= torch.arange(start, start + count)[:, None]
+        expected = torch.nn.functional.scaled_dot_product_attention(
+            q[:, :, offset:offset + count], keys, values, attn_mask=visible, enable_gqa=True)
+        torch.testing.assert_close(y[:, :, offset:offset + count], expected, rtol=0, atol=1e-12)
+        offset += count
+
+
 def test_block_pool_shares_by_reference_and_evicts_least_recently_used():
     cfg = ModelConfig(vocab_size=16, dim=8, n_layers=1, n_heads=1, n_kv_heads=1, max_seq_len=32)
     pool = BlockPool(cfg, num_blocks=3, block_size=2, dtype=torch.float32)
