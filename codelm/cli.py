@@ -357,7 +357,7 @@ def config_option(parser: argparse.ArgumentParser, cls, name: str, text: str, **
     """--name for the config field `name` of `cls`: its default (shown in the help) and its type come from the field."""
     default = field_default(cls, name)
     kw.setdefault("type", type(default))
-    shown = ",".join(map(str, default)) if isinstance(default, list) else default  # as the user would type it
+    shown = ",".join(f"{value:g}" for value in default) if isinstance(default, list) else default  # as typed
     parser.add_argument(f"--{name.replace('_', '-')}", default=default, help=f"{text} (default {shown})", **kw)
 
 

@@ -20,10 +20,9 @@ class SweepConfig:
     out: str
     config: str = str(TRAINING_CONFIG)  # training settings; the family replaces the model's shape
     overrides: list[str] = field(default_factory=list)  # --set KEY=VALUE, after the sweep's own settings
-    # 2.8e13 FLOPs in all: 24 minutes on a quiet 2-core AVX2 CPU (70 when its cores were shared); at aspect 16
-    # the minimum of the larger budgets lies inside the depths (README), at aspect 32 the smallest model won every
-    # budget
-    budgets: list[float] = field(default_factory=lambda: [1e12, 2e12, 4e12])  # training FLOPs per run
+    # 3.6e13 FLOPs in all, 27 minutes on a quiet 2-core AVX2 CPU (README); at aspect 16 every budget's
+    # minimum lies inside the depths, at 1e12 the smallest model still won, at aspect 32 it won every budget
+    budgets: list[float] = field(default_factory=lambda: [2e12, 3e12, 4e12])  # training FLOPs per run
     depths: list[int] = field(default_factory=lambda: [1, 2, 3, 4])  # the size knob: layers = heads = depth
     aspect: int = 16  # model width per unit of depth: dim = aspect x depth, heads of `aspect` each
     min_steps: int = 20  # a run with fewer optimizer steps is left out of its budget's curve
