@@ -678,6 +678,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "entropy, mean log-prob; AUROC and AURAC of each for predicting failure, pass@1 of the largest "
                    "cluster beside greedy and sampled, bootstrap intervals (OUT/uncertainty.jsonl)")
     eval_option("behaviour_inputs", "--uncertainty: shared inputs per problem")
+    e.add_argument("--codet", action="store_true", help="with --uncertainty: the model also writes `assert f(...) "
+                   "== ...` tests for each problem (one greedy reply, hidden tests never shown), and CodeT's dual "
+                   "agreement (samples x model tests they pass) picks one more answer, reported beside the others")
     eval_option("bootstrap", "--uncertainty: resamples of the problems for the 95%% intervals")
     for name, task, files in (("mbpp", "mbpp", "mbpp.jsonl (full) or sanitized-mbpp.json"),
                               ("humaneval_plus", "humaneval+", "EvalPlus's HumanEvalPlus.jsonl(.gz)"),

@@ -273,6 +273,7 @@ class EvalConfig:
     cot: bool = False  # chat: zero-shot chain of thought (reason first, then the code block)
     uncertainty: bool = False  # code tasks: greedy answer too, behaviour clusters, semantic entropy, selection
     behaviour_inputs: int = 20  # --uncertainty: shared inputs per problem (examples, then fuzzed)
+    codet: bool = False  # --uncertainty: the model writes tests too; CodeT's dual agreement picks an answer
     bootstrap: int = 1000  # --uncertainty: resamples of the problems for the confidence intervals
     mbpp: str = ""  # mbpp.jsonl or sanitized-mbpp.json (task mbpp; contamination)
     humaneval_plus: str = ""  # HumanEvalPlus.jsonl(.gz) (task humaneval+; contamination)
@@ -307,6 +308,9 @@ class EvalConfig:
             raise UserError("--behaviour-inputs must be >= 1 and --bootstrap >= 0")
         if self.uncertainty and not any(t in CODE_TASKS for t in self.tasks):
             raise UserError(f"--uncertainty needs a code task ({', '.join(CODE_TASKS)})")
+        if self.codet and not self.uncertainty:
+            raise UserError("--codet picks an answer among --uncertainty's samples by the model's own tests: add "
+                            "--uncertainty (with --n 2 or more)")
         if self.cot and not self.chat:
             raise UserError("--cot (reason, then code) is a chat prompting mode: add --chat")
         missing = [t for t, name in BENCHMARK_FILES.items() if t in self.tasks and not getattr(self, name)]

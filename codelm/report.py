@@ -29,7 +29,8 @@ from codelm.train.metrics import TrainPoint, ValPoint, read_metrics  # noqa: E40
 
 BENCHMARKS = {"humaneval": "HumanEval", "mbpp": "MBPP", "humaneval+": "HumanEval+", "mbpp+": "MBPP+"}
 ANSWERS = {"greedy": "greedy", "majority": "largest behaviour cluster (majority vote)",
-           "sampled": "a random sample (pass@1 of the samples)"}
+           "sampled": "a random sample (pass@1 of the samples)",
+           "codet": "dual agreement with the model's own tests (CodeT)"}
 SCORE_NAMES = {"semantic_entropy": "semantic entropy (discrete)",
                "weighted_semantic_entropy": "semantic entropy (likelihood-weighted)",
                "naive_entropy": "naive entropy (samples' mean token NLL)",
@@ -291,7 +292,9 @@ def uncertainty_section(label: str, u: UncertaintyReport, image: str) -> list[st
     lines += [f"{u.problems} problems scored ({u.left_out} left out: no shared input could be built, or the prompt "
               f"did not fit), {u.n} samples each plus the greedy answer, every program run on {u.inputs:.1f} shared "
               f"inputs on average, {u.clusters:.1f} behaviour clusters per problem on average. Brackets: 95% "
-              f"bootstrap intervals over problems ({u.bootstrap} resamples).", "",
+              f"bootstrap intervals over problems ({u.bootstrap} resamples)."
+              + (f" The model wrote {u.model_tests:.1f} usable tests per problem on average (CodeT's dual agreement)."
+                 if "codet" in u.pass_at_1 else ""), "",
               "| answer | pass@1 |", "|---|---:|"]
     lines += [f"| {ANSWERS[name]} | {estimate.text(percent=True)} |" for name, estimate in u.pass_at_1.items()]
     lines += ["", "| uncertainty score | AUROC: greedy answer fails | AUROC: majority answer fails | AURAC (greedy) |",

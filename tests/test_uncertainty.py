@@ -1,6 +1,7 @@
 """Semantic entropy for code: behaviour clustering of hand-written programs in the sandbox, shared inputs that never
 take the hidden tests' inputs, entropies, AUROC and AURAC against hand-computed values, the `--uncertainty` run
-end to end on a scripted engine, chain-of-thought prompting, and the CLI's line for bad input."""
+end to end on a scripted engine, chain-of-thought prompting, the CLI's line for bad input, and CodeT's dual
+agreement: model-written tests parsed, consensus sets scored by hand, the selection end to end."""
 
 import json
 import math
@@ -22,7 +23,7 @@ from codelm.inference.engine import Completion
 from codelm.model.llama import Transformer
 from codelm.report import write_eval_report
 from codelm.sandbox.supervisor import run
-from codelm.tasks import behaviour, humaneval
+from codelm.tasks import behaviour, humaneval, model_tests
 from codelm.tasks.evalplus import load as load_evalplus
 
 FIXTURES = Path(__file__).parent / "fixtures" / "benchmarks"
@@ -190,7 +191,7 @@ def test_uncertainty_run_through_the_cli_on_a_tiny_model(code_tok, tmp_path):
                                     max_seq_len=512))  # room for MBPP's chat prompts
     ckpt = save_model(tmp_path / "ckpt", model, code_tok)
     run_codelm("eval", "--checkpoint", ckpt, "--tasks", "mbpp", "--mbpp", FIXTURES / "sanitized-mbpp.json", "--chat",
-               "--cot", "--n", "3", "--temperature", "0.8", "--k", "1", "--uncertainty", "--max-new-tokens", "12",
+               "--cot", "--n", "3", "--temperature", "0.8", "--k", "1", "--uncertainty", "--codet", "--max-new-tokens", "12",
                "--bootstrap", "20", "--dtype", "fp32", "--out", tmp_path / "eval")
     tmp_path = tmp_path / "eval"
     score = EvalResults.load(tmp_path / "results.json").tasks["mbpp"]
@@ -198,4 +199,60 @@ def test_uncertainty_run_through_the_cli_on_a_tiny_model(code_tok, tmp_path):
     assert score.uncertainty.problems + score.uncertainty.left_out == 2
     records = [json.loads(line) for line in (tmp_path / "uncertainty.jsonl").read_text().splitlines()]
     assert all(r["neg_mean_logprob"] > 0 and r["naive_entropy"] > 0 for r in records)  # the engine's own log-probs
+    assert all(r["tests"] == [] and r["codet_sample"] == r["majority_sample"] for r in records)  # untrained: no test
     assert "MBPP: uncertainty and selection by behaviour" in (tmp_path / "report.md").read_text()
+
+
+def test_model_written_tests_are_parsed_from_literal_asserts_only():
+    text = ("assert f(3) == 6\n"
+            "assert f(3) == 6\n"  # a repeat counts once
+            "    assert f([1, 2], 'a') == {'x': (1.5, None)}\n"
+            "assert f(n=3) == 6\n"  # keyword arguments: skipped
+            "assert g(3) == 6\n"  # another function
+            "assert f(3) is 6\n"  # not ==
+            "assert f(x) == 6\n"  # not a literal
+            "assert f(4) == 10 == 10\n"  # chained
+            "assert f(5 == 15\n"  # broken
+            "assert f(0) == 0  # comment\n")
+    assert model_tests.parse_tests(text, "f") == [((3,), 6), (([1, 2], "a"), {"x": (1.5, None)}), ((0,), 0)]
+    assert model_tests.parse_tests("\n".join(f"assert f({i}) == {i}" for i in range(30)), "f") == [
+        ((i,), i) for i in range(model_tests.MAX_TESTS)]
+    assert model_tests.as_text(((1, "a"), [2]), "f") == "assert f(1, 'a') == [2]"
+    problem = {"prompt": "def f(n):\n    \"\"\"Triangle numbers.\"\"\"\n", "entry_point": "f"}
+    assert model_tests.base_prompt(problem).endswith("assert f(")
+    assert model_tests.completion_text(problem, "3) == 6\n", chat=False) == "assert f(3) == 6\n"
+
+
+def test_dual_agreement_against_a_hand_counted_example():
+    yes, no = True, False
+    passed = [(yes, no), (yes, yes), (yes, yes), (no, no), (yes, no), (yes, no)]
+    assert model_tests.dual_agreement(passed) == 1  # (yes, yes): 2 programs x 2 tests beat (yes, no): 3 x 1
+    assert model_tests.dual_agreement([(yes, no), (no, yes)]) == 0  # a tie: drawn first
+    assert model_tests.dual_agreement([(no, no), (no, no)]) is None and model_tests.dual_agreement([(), ()]) is None
+    vector = (behaviour.value_outcome(6), "raise:ValueError", behaviour.value_outcome([1.0]))
+    assert model_tests.passes(vector, [((3,), 6), ((4,), 10), ((5,), [1.0 + 1e-12])]) == (yes, no, yes)
+
+
+def test_codet_picks_the_answer_the_model_tests_agree_with(tmp_path):
+    p0 = read_problems()["HumanEval/0"]
+    entry = p0["entry_point"]
+    wrong, right = ("    return False\n", -0.2), (p0["canonical_solution"], -0.4)
+    written = ("[1.0, 2.0], 0.5) == False\nassert has_close_elements([1.0, 1.2], 0.5) == True\n"
+               "assert has_close_elements([1.0, 1.2], 0.5) == True\nassert has_close_elements([], 0.5) is False\n")
+    answers = {p0["prompt"]: (wrong, [wrong, wrong, wrong, right, right]), f"assert {entry}(": ((written, -0.1), [])}
+    cfg = EvalConfig(checkpoint="scripted", tasks=["humaneval"], limit=1, n=5, temperature=0.8, k=[1],
+                     uncertainty=True, codet=True, bootstrap=20, out=str(tmp_path), workers=2)
+    results = Evaluation(cfg, engine=Scripted(answers)).run()
+    [record] = [json.loads(line) for line in (tmp_path / "uncertainty.jsonl").read_text().splitlines()]
+    assert record["model_tests"] == 2 and record["tests"] == [
+        "assert has_close_elements([1.0, 2.0], 0.5) == False", "assert has_close_elements([1.0, 1.2], 0.5) == True"]
+    assert (record["majority_sample"], record["majority_passed"]) == (0, False)  # 3 wrong votes beat 2 right
+    assert (record["codet_sample"], record["codet_passed"]) == (3, True)  # 2 programs x 2 tests beat 3 x 1
+    assert record["clusters"] == 2  # the tests' inputs do not enter the behaviour clusters
+    u = results.tasks["humaneval"].uncertainty
+    assert u.pass_at_1["codet"].value == 1 and u.pass_at_1["majority"].value == 0 and u.model_tests == 2
+    write_eval_report(tmp_path, results)
+    report = (tmp_path / "report.md").read_text()
+    assert "| dual agreement with the model's own tests (CodeT) | 100.0%" in report and "wrote 2.0 usable" in report
+    with pytest.raises(UserError, match="--codet .* add --uncertainty"):
+        EvalConfig(checkpoint="ckpt", tasks=["humaneval"], n=2, codet=True)

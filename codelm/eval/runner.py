@@ -49,7 +49,7 @@ from codelm.eval.uncertainty import UncertaintyReport, problem_uncertainty, summ
 from codelm.inference.engine import Engine
 from codelm.io import atomic_write_bytes
 from codelm.sandbox.supervisor import Limits, environment, run_many
-from codelm.tasks import behaviour, evalplus, humaneval, mbpp
+from codelm.tasks import behaviour, evalplus, humaneval, mbpp, model_tests
 from codelm.tokenizer import FIM_MIDDLE, FIM_PREFIX, FIM_SUFFIX
 
 DEFAULT_MAX_NEW_TOKENS = {**{task: 512 for task in CODE_TASKS}, "humaneval-infill-single": 64,
@@ -195,6 +195,7 @@ class Evaluation:
         """Every problem's programs (greedy first, then the samples) run on its shared inputs, clustered by
         behaviour, scored; each sample's row gets its cluster, OUT/uncertainty.jsonl one record per problem."""
         cfg, n = self.cfg, self.cfg.n
+        tests = self.model_tests(task, chosen) if cfg.codet else [[] for _ in chosen]
         used, jobs, left_out = [], [], 0
         for i, problem in enumerate(chosen):
             inputs = behaviour.shared_inputs(problem, cfg.behaviour_inputs, cfg.seed) if outputs[i] else []
@@ -202,22 +203,40 @@ class Evaluation:
                 left_out += 1
                 continue
             used.append((i, len(inputs)))
+            probed = inputs + [args for args, _ in tests[i]]  # the model's tests run as more inputs
             for row in [greedy_rows[i], *rows[i * n:(i + 1) * n]]:
-                jobs.append((humaneval.job(problem, row["completion"])[0], problem["entry_point"], inputs))
+                jobs.append((humaneval.job(problem, row["completion"])[0], problem["entry_point"], probed))
         vectors = behaviour.behaviours(jobs, cfg.workers)
         records = []
         for k, (i, inputs) in enumerate(used):
-            greedy_vector, *sample_vectors = vectors[k * (n + 1):(k + 1) * (n + 1)]
+            greedy_vector, *sample_vectors = [v[:inputs] for v in vectors[k * (n + 1):(k + 1) * (n + 1)]]
+            test_passes = [model_tests.passes(v[inputs:], tests[i])
+                           for v in vectors[k * (n + 1) + 1:(k + 1) * (n + 1)]]
             samples = rows[i * n:(i + 1) * n]
             record = problem_uncertainty(chosen[i]["task_id"], inputs, greedy_vector, sample_vectors,
                                          greedy[i][0].logprobs, [c.logprobs for c in outputs[i]],
                                          greedy_rows[i]["status"] == "passed",
-                                         [r["status"] == "passed" for r in samples])
+                                         [r["status"] == "passed" for r in samples],
+                                         test_passes if cfg.codet else None)
             for row, cluster in zip(samples, record.sample_clusters):
                 row["cluster"] = cluster
             records.append(record)
-            self.uncertainty_rows.append({"task": task, **asdict(record)})
+            row = {"task": task, **asdict(record)}
+            if cfg.codet:
+                row["tests"] = [model_tests.as_text(t, chosen[i]["entry_point"]) for t in tests[i]]
+            self.uncertainty_rows.append(row)
         return summarize(records, n, left_out, cfg.bootstrap, cfg.seed)
+
+    def model_tests(self, task: str, chosen: list[dict]) -> list[list[tuple[tuple, object]]]:
+        """--codet: each problem's tests as the model writes them (one greedy reply), parsed."""
+        engine, chat = self.engine, self.cfg.chat
+        prompts = [encode_chat(engine.tok, model_tests.chat_messages(p), engine.tok.chat_template) if chat
+                   else engine.encode(model_tests.base_prompt(p)) for p in chosen]
+        params = SamplingParams(strategy="greedy", max_new_tokens=model_tests.MAX_NEW_TOKENS,
+                                stop=[] if chat else humaneval.STOP_SEQUENCES)
+        outputs = generate_batched(engine, prompts, params, self.cfg.batch_size, f"{task}: writing tests")
+        return [model_tests.parse_tests(model_tests.completion_text(p, out[0].text, chat), p["entry_point"])
+                if out else [] for p, out in zip(chosen, outputs)]
 
     def infilling(self, task: str) -> InfillingScore:
         cfg, engine = self.cfg, self.engine

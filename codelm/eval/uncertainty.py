@@ -24,7 +24,8 @@ the majority answer is the first-drawn sample of the largest cluster, among
 programs that returned a value on some input (a program that only crashes is
 not an answer; if none returned anything, among all); ties go to the cluster
 drawn first. Its pass@1 is reported beside the greedy answer's and the
-samples' (pass@1 of a random sample).
+samples' (pass@1 of a random sample). With the model's own tests (--codet),
+CodeT's dual agreement (codelm.tasks.model_tests) picks one more answer.
 
 Over problems (codelm.eval.rejection): AUROC of every score for predicting that
 the greedy answer fails, and that the majority answer fails; AURAC and the
@@ -38,6 +39,7 @@ import math
 from dataclasses import dataclass, field
 
 from codelm.eval.rejection import Estimate, aurac, auroc, bootstrap, rejection_curve
+from codelm.tasks.model_tests import dual_agreement
 
 SCORES = ("semantic_entropy", "weighted_semantic_entropy", "naive_entropy", "neg_mean_logprob", "clusters",
           "greedy_disagreement")
@@ -61,6 +63,9 @@ class ProblemUncertainty:
     majority_sample: int  # which sample the majority vote chose
     sample_pass_rate: float
     sample_clusters: list[int] = field(default_factory=list)  # cluster of each sample, numbered in draw order
+    model_tests: int = 0  # --codet: the model's tests parsed for this problem
+    codet_passed: bool | None = None  # --codet: does the answer dual agreement picks pass the hidden tests
+    codet_sample: int | None = None  # which sample dual agreement chose (the majority's when no test passed)
 
 
 def cluster_ids(vectors: list[tuple]) -> list[int]:
@@ -110,18 +115,26 @@ def majority(vectors: list[tuple]) -> int:
 
 def problem_uncertainty(problem_id: str, inputs: int, greedy: tuple, samples: list[tuple],
                         greedy_logprobs: list[float], sample_logprobs: list[list[float]], greedy_passed: bool,
-                        samples_passed: list[bool]) -> ProblemUncertainty:
-    """Scores and answers of one problem from its programs' outcome vectors, log-probs and test results."""
+                        samples_passed: list[bool],
+                        test_passes: list[tuple[bool, ...]] | None = None) -> ProblemUncertainty:
+    """Scores and answers of one problem from its programs' outcome vectors, log-probs and test results;
+    `test_passes` (--codet): which of the model's tests each sample passes."""
     ids = cluster_ids(samples)
     logliks = [mean_logprob(lp) for lp in sample_logprobs]
     chosen = majority(samples)
+    codet = None
+    if test_passes is not None:
+        picked = dual_agreement(test_passes)
+        codet = chosen if picked is None else picked
     return ProblemUncertainty(
         id=problem_id, inputs=inputs, clusters=len(set(ids)), largest=max(ids.count(c) for c in set(ids)),
         semantic_entropy=discrete_entropy(ids), weighted_semantic_entropy=weighted_entropy(ids, logliks),
         naive_entropy=-sum(logliks) / len(logliks), neg_mean_logprob=-mean_logprob(greedy_logprobs),
         greedy_disagreement=sum(v != greedy for v in samples) / len(samples), greedy_passed=greedy_passed,
         majority_passed=samples_passed[chosen], majority_sample=chosen,
-        sample_pass_rate=sum(samples_passed) / len(samples_passed), sample_clusters=ids)
+        sample_pass_rate=sum(samples_passed) / len(samples_passed), sample_clusters=ids,
+        model_tests=len(test_passes[0]) if test_passes else 0,
+        codet_passed=None if codet is None else samples_passed[codet], codet_sample=codet)
 
 
 @dataclass
@@ -132,11 +145,12 @@ class UncertaintyReport:
     n: int  # samples per problem
     inputs: float  # shared inputs per scored problem, mean
     clusters: float  # behaviours per scored problem, mean
-    pass_at_1: dict[str, Estimate]  # greedy, majority (behaviour vote), sampled (a random sample)
+    pass_at_1: dict[str, Estimate]  # greedy, majority (behaviour vote), sampled (a random sample), codet (--codet)
     auroc: dict[str, dict[str, Estimate]]  # target (greedy | majority) -> score -> AUROC for predicting its failure
     aurac: dict[str, Estimate]  # score -> AURAC of the greedy answers; "oracle" refuses the failures first
     curves: dict[str, list[float]]  # score -> greedy accuracy at 0%, 5%, ... 95% of problems refused
     bootstrap: int  # resamples behind every interval
+    model_tests: float = 0.0  # --codet: usable tests the model wrote per scored problem, mean
 
     @classmethod
     def from_json(cls, d: dict) -> "UncertaintyReport":
@@ -161,8 +175,11 @@ def summarize(records: list[ProblemUncertainty], n: int, left_out: int, resample
         return sum(values) / len(values) if values else None
 
     passed = {"greedy": lambda r: r.greedy_passed, "majority": lambda r: r.majority_passed}
+    answers = [*passed.items(), ("sampled", lambda r: r.sample_pass_rate)]
+    if records and records[0].codet_passed is not None:
+        answers.append(("codet", lambda r: r.codet_passed))
     pass_at_1 = {name: bootstrap(lambda idx, p=p: mean(over(p)(idx)), len(records), resamples, seed)
-                 for name, p in [*passed.items(), ("sampled", lambda r: r.sample_pass_rate)]}
+                 for name, p in answers}
     roc = {target: {score: bootstrap(lambda idx, s=score, p=p: auroc(over(lambda r: getattr(r, s))(idx),
                                                                      [not x for x in over(p)(idx)]),
                                      len(records), resamples, seed)
@@ -177,4 +194,5 @@ def summarize(records: list[ProblemUncertainty], n: int, left_out: int, resample
     return UncertaintyReport(problems=len(records), left_out=left_out, n=n,
                              inputs=mean([r.inputs for r in records]) or 0.0,
                              clusters=mean([r.clusters for r in records]) or 0.0, pass_at_1=pass_at_1, auroc=roc,
-                             aurac=area, curves=curves, bootstrap=resamples)
+                             aurac=area, curves=curves, bootstrap=resamples,
+                             model_tests=mean([r.model_tests for r in records]) or 0.0)

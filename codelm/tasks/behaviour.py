@@ -24,6 +24,7 @@ gets one outcome on every input: its sandbox outcome and exception type.
 """
 
 import ast
+import hashlib
 import inspect
 import itertools
 import json
@@ -60,10 +61,15 @@ def canonical(value, depth=0) -> str:
     return "<" + type(value).__name__ + ">" if " at 0x" in text else text
 
 
+def value_outcome(value) -> str:
+    """A returned value as an outcome: a digest of its canonical form, as the probe reports it (and as a
+    model-written test's expected value is compared with it: codelm.tasks.model_tests)."""
+    return "value:" + hashlib.sha1(canonical(value).encode()).hexdigest()[:16]
+
+
 PROBE = """
 def _codelm_probe():
     import copy
-    import hashlib
     import io
     import json
     import os
@@ -77,7 +83,7 @@ def _codelm_probe():
         raise CallTimeout()
 
     helpers = {{}}
-    exec({canonical!r}, helpers)
+    exec({helpers!r}, helpers)
     inputs = eval({inputs!r}, {{"inf": float("inf"), "nan": float("nan")}})
     function = globals().get({entry!r})
     if not callable(function):
@@ -93,8 +99,7 @@ def _codelm_probe():
                     value = function(*copy.deepcopy(args))
                 finally:
                     signal.setitimer(signal.ITIMER_REAL, 0)
-                text = helpers["canonical"](value)
-                found.append("value:" + hashlib.sha1(text.encode()).hexdigest()[:16])
+                found.append(helpers["value_outcome"](value))
             except CallTimeout:
                 found.append("timeout")
             except BaseException as e:
@@ -294,7 +299,8 @@ def shared_inputs(task: dict, count: int, seed: int = 0) -> list[tuple]:
 
 def probe(program: str, entry_point: str, inputs: list[tuple]) -> tuple[str, str]:
     """(program, probe) for the sandbox: the probe calls the entry point on every input and prints the outcomes."""
-    return program, PROBE.format(canonical=inspect.getsource(canonical), inputs=repr(inputs), entry=entry_point,
+    helpers = "import hashlib\n" + inspect.getsource(canonical) + inspect.getsource(value_outcome)
+    return program, PROBE.format(helpers=helpers, inputs=repr(inputs), entry=entry_point,
                                  timeout=CALL_TIMEOUT, mark=MARK)
 
 
