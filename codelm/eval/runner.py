@@ -230,12 +230,13 @@ class Evaluation:
     def model_tests(self, task: str, chosen: list[dict]) -> list[list[tuple[tuple, object]]]:
         """--codet: each problem's tests as the model writes them (one greedy reply), parsed."""
         engine, chat = self.engine, self.cfg.chat
-        prompts = [encode_chat(engine.tok, model_tests.chat_messages(p), engine.tok.chat_template) if chat
+        prompts = [encode_chat(engine.tok, model_tests.chat_messages(p), engine.tok.chat_template)
+                   + engine.tok.encode(model_tests.reply_start(p)) if chat
                    else engine.encode(model_tests.base_prompt(p)) for p in chosen]
         params = SamplingParams(strategy="greedy", max_new_tokens=model_tests.MAX_NEW_TOKENS,
-                                stop=[] if chat else humaneval.STOP_SEQUENCES)
+                                stop=["```"] if chat else humaneval.STOP_SEQUENCES)
         outputs = generate_batched(engine, prompts, params, self.cfg.batch_size, f"{task}: writing tests")
-        return [model_tests.parse_tests(model_tests.completion_text(p, out[0].text, chat), p["entry_point"])
+        return [model_tests.parse_tests(model_tests.completion_text(p, out[0].text), p["entry_point"])
                 if out else [] for p, out in zip(chosen, outputs)]
 
     def infilling(self, task: str) -> InfillingScore:

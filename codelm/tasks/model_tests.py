@@ -5,8 +5,9 @@ solutions that agree both with many tests and with many other solutions. The
 tests come from the model alone, prompted with the problem as shown: the hidden
 tests are never read (a model-written test may happen to call the function as
 a hidden test does; it is still the model's own claim about the answer). A test
-here is an `assert f(args) == expected` line whose arguments and expected value
-are literals: it runs as one more input of the behaviour probe
+here is an `assert f(args) == expected` line (or `is True`, or a bare
+`assert f(args)`: parse_tests) whose arguments and expected value are
+literals: it runs as one more input of the behaviour probe
 (codelm.tasks.behaviour), and a program passes it when what it returns has the
 expected value's canonical form.
 
@@ -22,11 +23,14 @@ import re
 from codelm.tasks.behaviour import canonical, value_outcome
 
 MAX_TESTS = 10  # per problem, in the order written; CodeT samples many more, one greedy reply keeps it cheap
-MAX_NEW_TOKENS = 256  # room for the tests' lines (a chat reply's preamble included)
-BASE_PROMPT = "{prompt}    pass\n\n\n# check the correctness of {entry}\nassert {entry}("  # CodeT's own prompt
+MAX_NEW_TOKENS = 256  # room for MAX_TESTS lines of a few dozen tokens
+OPENING = "assert {entry}("  # where the model's text begins, in either prompt: it can only go on writing a test
+BASE_PROMPT = "{prompt}    pass\n\n\n# check the correctness of {entry}\n" + OPENING  # CodeT's own prompt
 CHAT_INSTRUCTION = ("Write {count} different test cases for the following Python function, each one line "
                     "`assert {entry}(...) == ...` with literal arguments and the expected result, in one ```python "
                     "code block. Do not implement the function.\n\n```python\n{prompt}```")
+# the reply is begun for the model: asked for tests, a small chat model (SmolLM2-135M) implements the function
+REPLY_START = "```python\n" + OPENING
 _ASSERT = re.compile(r"^\s*assert\b.*$", re.M)
 
 
@@ -36,40 +40,59 @@ def base_prompt(problem: dict) -> str:
 
 
 def chat_messages(problem: dict) -> list[dict]:
-    """The chat asking an instruction-tuned model for tests."""
+    """The chat asking an instruction-tuned model for tests (its reply begins with reply_start)."""
     text = CHAT_INSTRUCTION.format(count=MAX_TESTS // 2, entry=problem["entry_point"], prompt=problem["prompt"])
     return [{"role": "user", "content": text}]
 
 
-def completion_text(problem: dict, completion: str, chat: bool) -> str:
-    """The tests as written: a base model's completion continues the prompt's open `assert f(`."""
-    return completion if chat else f"assert {problem['entry_point']}(" + completion
+def reply_start(problem: dict) -> str:
+    """The start of the chat reply, written after the chat prompt for the model to continue."""
+    return REPLY_START.format(entry=problem["entry_point"])
+
+
+def completion_text(problem: dict, completion: str) -> str:
+    """The tests as written: the completion continues the prompt's open `assert f(`."""
+    return OPENING.format(entry=problem["entry_point"]) + completion
 
 
 def parse_tests(text: str, entry_point: str) -> list[tuple[tuple, object]]:
-    """(arguments, expected value) of every `assert entry_point(literals) == literal` line, distinct, in order,
-    at most MAX_TESTS; other lines (other calls, `is`, non-literal values, broken syntax) are skipped."""
+    """(arguments, expected value) of every test line, distinct, in order, at most MAX_TESTS. A test line is
+    `assert f(literals) == literal`, `assert f(...) is True|False|None`, or `assert f(...)` / `assert not f(...)`
+    (expected exactly True / False, as a predicate returns); other lines (other calls, keyword arguments,
+    non-literal values, chained comparisons, broken syntax) are skipped."""
     tests, seen = [], set()
     for line in _ASSERT.findall(text):
         try:
             node = ast.parse(line.strip()).body[0]
         except (SyntaxError, IndexError, ValueError, MemoryError, RecursionError):
             continue
-        compare = node.test if isinstance(node, ast.Assert) else None
-        if not (isinstance(compare, ast.Compare) and len(compare.ops) == 1 and isinstance(compare.ops[0], ast.Eq)):
-            continue
-        call, expected = compare.left, compare.comparators[0]
-        if not (isinstance(call, ast.Call) and isinstance(call.func, ast.Name) and call.func.id == entry_point
-                and not call.keywords):
-            continue
-        try:
-            test = tuple(ast.literal_eval(arg) for arg in call.args), ast.literal_eval(expected)
-        except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
-            continue
-        if canonical(test) not in seen:
+        test = _claim(node.test, entry_point) if isinstance(node, ast.Assert) else None
+        if test is not None and canonical(test) not in seen:
             seen.add(canonical(test))
             tests.append(test)
     return tests[:MAX_TESTS]
+
+
+def _claim(node: ast.expr, entry_point: str) -> tuple[tuple, object] | None:
+    """What an assert's condition says the entry point returns, as (arguments, value); None if it says nothing
+    this module can check."""
+    call, expected = node, ast.Constant(True)
+    if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.Not):
+        call, expected = node.operand, ast.Constant(False)
+    elif isinstance(node, ast.Compare):
+        if len(node.ops) != 1:
+            return None
+        call, expected = node.left, node.comparators[0]
+        singleton = isinstance(expected, ast.Constant) and expected.value in (True, False, None)
+        if not (isinstance(node.ops[0], ast.Eq) or isinstance(node.ops[0], ast.Is) and singleton):
+            return None
+    if not (isinstance(call, ast.Call) and isinstance(call.func, ast.Name) and call.func.id == entry_point
+            and not call.keywords):
+        return None
+    try:
+        return tuple(ast.literal_eval(arg) for arg in call.args), ast.literal_eval(expected)
+    except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
+        return None
 
 
 def as_text(test: tuple[tuple, object], entry_point: str) -> str:
