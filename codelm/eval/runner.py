@@ -195,7 +195,7 @@ class Evaluation:
         """Every problem's programs (greedy first, then the samples) run on its shared inputs, clustered by
         behaviour, scored; each sample's row gets its cluster, OUT/uncertainty.jsonl one record per problem."""
         cfg, n = self.cfg, self.cfg.n
-        tests = self.model_tests(task, chosen) if cfg.codet else [[] for _ in chosen]
+        tests = self.written_tests(task, chosen) if cfg.codet else [[] for _ in chosen]
         used, jobs, left_out = [], [], 0
         for i, problem in enumerate(chosen):
             inputs = behaviour.shared_inputs(problem, cfg.behaviour_inputs, cfg.seed) if outputs[i] else []
@@ -211,23 +211,23 @@ class Evaluation:
         for k, (i, inputs) in enumerate(used):
             greedy_vector, *sample_vectors = [v[:inputs] for v in vectors[k * (n + 1):(k + 1) * (n + 1)]]
             test_passes = [model_tests.passes(v[inputs:], tests[i])
-                           for v in vectors[k * (n + 1) + 1:(k + 1) * (n + 1)]]
+                           for v in vectors[k * (n + 1) + 1:(k + 1) * (n + 1)]] if cfg.codet else None
             samples = rows[i * n:(i + 1) * n]
             record = problem_uncertainty(chosen[i]["task_id"], inputs, greedy_vector, sample_vectors,
                                          greedy[i][0].logprobs, [c.logprobs for c in outputs[i]],
                                          greedy_rows[i]["status"] == "passed",
                                          [r["status"] == "passed" for r in samples],
-                                         test_passes if cfg.codet else None)
+                                         test_passes)
             for row, cluster in zip(samples, record.sample_clusters):
                 row["cluster"] = cluster
             records.append(record)
-            row = {"task": task, **asdict(record)}
+            line = {"task": task, **asdict(record)}
             if cfg.codet:
-                row["tests"] = [model_tests.as_text(t, chosen[i]["entry_point"]) for t in tests[i]]
-            self.uncertainty_rows.append(row)
+                line["tests"] = [model_tests.as_text(t, chosen[i]["entry_point"]) for t in tests[i]]
+            self.uncertainty_rows.append(line)
         return summarize(records, n, left_out, cfg.bootstrap, cfg.seed)
 
-    def model_tests(self, task: str, chosen: list[dict]) -> list[list[tuple[tuple, object]]]:
+    def written_tests(self, task: str, chosen: list[dict]) -> list[list[tuple[tuple, object]]]:
         """--codet: each problem's tests as the model writes them (one greedy reply), parsed."""
         engine, chat = self.engine, self.cfg.chat
         prompts = [encode_chat(engine.tok, model_tests.chat_messages(p), engine.tok.chat_template)
