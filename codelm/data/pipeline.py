@@ -19,6 +19,7 @@ import contextlib
 import json
 import os
 import shutil
+import signal
 import sys
 import time
 from dataclasses import dataclass, field
@@ -249,7 +250,8 @@ def _executor(cfg: ExecutorConfig, pipeline: list, tasks: int, logs: Path, depen
         from datatrove.executor.ray import RayPipelineExecutor
 
         if not ray.is_initialized():  # joins the cluster `ray start` made (or RAY_ADDRESS); else starts a local one
-            ray.init(include_dashboard=False)
+            ray.init(include_dashboard=False,
+                     runtime_env={"worker_process_setup_hook": forked_children_die_on_sigterm})
         return RayPipelineExecutor(pipeline, tasks=tasks, workers=workers, logging_dir=str(logs), depends=depends)
     from datatrove.executor import SlurmPipelineExecutor
 
@@ -258,6 +260,18 @@ def _executor(cfg: ExecutorConfig, pipeline: list, tasks: int, logs: Path, depen
                                  cpus_per_task=cfg.slurm_cpus_per_task, mem_per_cpu_gb=cfg.slurm_mem_per_cpu_gb,
                                  job_name=f"codelm-curate-{title.split()[0]}", logging_dir=str(logs),
                                  venv_path=f"{venv}/bin/activate" if venv else None, depends=depends)
+
+
+def forked_children_die_on_sigterm():
+    """Runs in each Ray worker: processes it forks get the default SIGTERM action back.
+
+    datatrove's Ray actor runs its tasks in a forked multiprocess Pool and ends the
+    pool with SIGTERM. The fork inherits the Ray worker's Python SIGTERM handler, and
+    with it the child sometimes outlives the signal (blocked on the pool's queue; a
+    second SIGTERM ends it): the actor joins it forever and the stage hangs, in 2
+    of 4 local runs here. A plain multiprocessing worker has the default action, so
+    that is what the fork gets. Installed when codelm starts or joins Ray itself."""
+    os.register_at_fork(after_in_child=lambda: signal.signal(signal.SIGTERM, signal.SIG_DFL))
 
 
 @contextlib.contextmanager
