@@ -32,6 +32,7 @@ class ModelConfig:
     tie_embeddings: bool = False
     qk_norm: bool = False
     init_std: float = 0.02
+    zero_init_out_proj: bool = False  # attention and MLP output projections start at zero (tiny.toml: true)
 
     def __post_init__(self):
         if self.dim % self.n_heads:

@@ -189,3 +189,23 @@ def test_fused_loss_matches_logits_cross_entropy_in_value_and_gradients(precisio
         assert torch.allclose(p.grad, expected[n], rtol=tol, atol=tol * expected[n].abs().max()), n
     with torch.no_grad(), autocast:  # evaluation takes the same path, without computing gradients
         assert model.loss(ids, targets).item() == pytest.approx(reference.item(), rel=tol)
+
+
+def test_zero_init_out_proj_starts_every_block_as_the_identity():
+    """The output projections start at zero and nothing else changes, so the model starts as head(norm(embed)); the
+    zeroed weights still get gradients, so the blocks start learning at the first step."""
+    torch.manual_seed(0)
+    zeroed = Transformer(replace(CFG, zero_init_out_proj=True))
+    torch.manual_seed(0)
+    plain = Transformer(CFG)
+    for (name, p), (_, q) in zip(zeroed.named_parameters(), plain.named_parameters(), strict=True):
+        if name.endswith(("o_proj.weight", "down_proj.weight")):
+            assert not p.any() and q.any(), name
+        else:
+            assert torch.equal(p, q), name
+    ids = torch.randint(0, CFG.vocab_size, (2, 16))
+    torch.testing.assert_close(zeroed(ids), zeroed.lm_head(zeroed.model.norm(zeroed.model.embed_tokens(ids))))
+    zeroed.loss(ids[:, :-1], ids[:, 1:]).backward()
+    for name, p in zeroed.named_parameters():
+        if name.endswith(("o_proj.weight", "down_proj.weight")):
+            assert p.grad.abs().sum() > 0, name

@@ -178,13 +178,16 @@ class Transformer(nn.Module):
 
     @torch.no_grad()
     def reset_parameters(self):
-        """Normal(0, init_std); residual-output projections scaled by 1/sqrt(2 * n_layers) (GPT-2)."""
+        """Normal(0, init_std); residual-output projections scaled by 1/sqrt(2 * n_layers) (GPT-2), or zero with
+        zero_init_out_proj, so that every block starts as the identity (modded-nanogpt, nanochat)."""
         std = self.config.init_std
         for name, p in self.named_parameters():
             if name.endswith("norm.weight"):
                 p.fill_(1.0)
             elif name.endswith(("o_proj.weight", "down_proj.weight")):
                 p.normal_(0.0, std / math.sqrt(2 * self.config.n_layers))
+                if self.config.zero_init_out_proj:
+                    p.zero_()  # drawn all the same: every other weight is the one the seed gives without the flag
             else:
                 p.normal_(0.0, std)
 
