@@ -268,9 +268,9 @@ def forked_children_die_on_sigterm():
     datatrove's Ray actor runs its tasks in a forked multiprocess Pool and ends the
     pool with SIGTERM. The fork inherits the Ray worker's Python SIGTERM handler, and
     with it the child sometimes outlives the signal (blocked on the pool's queue; a
-    second SIGTERM ends it): the actor joins it forever and the stage hangs, in 2
-    of 4 local runs here. A plain multiprocessing worker has the default action, so
-    that is what the fork gets. Installed when codelm starts or joins Ray itself."""
+    second SIGTERM ends it): the actor joins it forever and the stage hangs (about
+    half the local runs here). A plain multiprocessing worker has the default action,
+    so that is what the fork gets. Installed when codelm starts or joins Ray itself."""
     os.register_at_fork(after_in_child=lambda: signal.signal(signal.SIGTERM, signal.SIG_DFL))
 
 
