@@ -314,11 +314,13 @@ from codelm.data.pipeline import forked_children_die_on_sigterm
 signal.signal(signal.SIGTERM, lambda *_: None)  # a parent whose handler survives SIGTERM, as Ray's worker in a fork
 if sys.argv[1] == "hook":
     forked_children_die_on_sigterm()
+ready_r, ready_w = os.pipe()
 pid = os.fork()
 if pid == 0:
+    os.write(ready_w, b"x")  # os.fork has returned here, so the at-fork hooks have run
     time.sleep(3)
     os._exit(0)
-time.sleep(0.2)
+os.read(ready_r, 1)
 os.kill(pid, signal.SIGTERM)
 _, status = os.waitpid(pid, 0)
 print(os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGTERM)

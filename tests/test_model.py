@@ -198,8 +198,9 @@ def test_zero_init_out_proj_starts_every_block_as_the_identity():
     zeroed = Transformer(replace(CFG, zero_init_out_proj=True))
     torch.manual_seed(0)
     plain = Transformer(CFG)
+    out_proj = ("o_proj.weight", "down_proj.weight")
     for (name, p), (_, q) in zip(zeroed.named_parameters(), plain.named_parameters(), strict=True):
-        if name.endswith(("o_proj.weight", "down_proj.weight")):
+        if name.endswith(out_proj):
             assert not p.any() and q.any(), name
         else:
             assert torch.equal(p, q), name
@@ -207,5 +208,5 @@ def test_zero_init_out_proj_starts_every_block_as_the_identity():
     torch.testing.assert_close(zeroed(ids), zeroed.lm_head(zeroed.model.norm(zeroed.model.embed_tokens(ids))))
     zeroed.loss(ids[:, :-1], ids[:, 1:]).backward()
     for name, p in zeroed.named_parameters():
-        if name.endswith(("o_proj.weight", "down_proj.weight")):
+        if name.endswith(out_proj):
             assert p.grad.abs().sum() > 0, name
