@@ -20,7 +20,7 @@ class SweepConfig:
     out: str
     config: str = str(TRAINING_CONFIG)  # training settings; the family replaces the model's shape
     overrides: list[str] = field(default_factory=list)  # --set KEY=VALUE, after the sweep's own settings
-    # 3.6e13 FLOPs in all, 27 minutes on a quiet 2-core AVX2 CPU (README); at aspect 16 every budget's
+    # 3.6e13 FLOPs in all, 21-27 minutes on a quiet 2-core AVX2 CPU (README); at aspect 16 every budget's
     # minimum lies inside the depths, at 1e12 the smallest model still won, at aspect 32 it won every budget
     budgets: list[float] = field(default_factory=lambda: [2e12, 3e12, 4e12])  # training FLOPs per run
     depths: list[int] = field(default_factory=lambda: [1, 2, 3, 4])  # the size knob: layers = heads = depth
