@@ -123,19 +123,23 @@ def set_rng_state(state: dict):
     torch.set_rng_state(torch.frombuffer(bytearray(base64.b64decode(state["torch"])), dtype=torch.uint8))
 
 
-def write_model_files(directory: Path, model: Transformer, extra_config: dict | None = None):
-    """model.safetensors and config.json, the part of a checkpoint that HF tools read."""
-    if any(t.dtype == torch.int8 for t in model.state_dict().values()):
+def write_model_files(directory: Path, model: Transformer, extra_config: dict | None = None,
+                      weights: dict[str, torch.Tensor] | None = None):
+    """model.safetensors and config.json, the part of a checkpoint that HF tools read. weights: the model's
+    whole state_dict when the model itself holds only shards of it (FSDP)."""
+    weights = model.state_dict() if weights is None else weights
+    if any(t.dtype == torch.int8 for t in weights.values()):
         raise UserError("refusing to save int8-quantized weights: they are an inference-only copy "
                         "(save the model before quantize_int8)")
-    weights = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    weights = {k: v.detach().contiguous().cpu() for k, v in weights.items()}
     if model.config.tie_embeddings:
         weights.pop("lm_head.weight")
     safetensors.torch.save_file(weights, directory / "model.safetensors", metadata={"format": "pt"})
     config = hf_config(model.config)
     config["torch_dtype"] = str(next(iter(weights.values())).dtype).removeprefix("torch.")
-    if type(model) is not Transformer:  # a subclass (the reward model) is loaded as itself, never as an LM
-        config[MODEL_CLASS_KEY] = type(model).__name__
+    own_class = next(c for c in type(model).__mro__ if c.__module__.startswith("codelm."))  # FSDP swaps in a subclass
+    if own_class is not Transformer:  # a subclass (the reward model) is loaded as itself, never as an LM
+        config[MODEL_CLASS_KEY] = own_class.__name__
     atomic_write_json(directory / "config.json", config | (extra_config or {}))
 
 
@@ -163,11 +167,13 @@ def save_checkpoint(
     model: Transformer,
     tokenizer_path: str | Path,
     state: dict,
-    optimizer: torch.optim.Optimizer | None = None,
+    optimizer_state: dict | None = None,
     keep: int = 2,
     base_model: str | Path | None = None,
+    weights: dict[str, torch.Tensor] | None = None,
 ) -> Path:
-    """A training checkpoint. base_model is the checkpoint the run started from (train.init_from), if any. A
+    """A training checkpoint. base_model is the checkpoint the run started from (train.init_from), if any;
+    weights, the model's whole state_dict when the model holds only its shards (FSDP). A
     model with LoRA adapters saves only them (PEFT format), recording base_model as their
     base_model_name_or_path; a whole model keeps base_model's chat template (tokenizer_config.json) and
     generation settings (where documents start, which tokens end a reply), so a fine-tuned import still chats."""
@@ -187,12 +193,12 @@ def save_checkpoint(
         if lora_spec(model) is not None:
             save_adapter(tmp, model, base)
         else:
-            write_model_files(tmp, model, inherited_config(base, model) if base is not None else None)
+            write_model_files(tmp, model, inherited_config(base, model) if base is not None else None, weights)
             if base is not None and (base / "tokenizer_config.json").is_file():
                 shutil.copyfile(base / "tokenizer_config.json", tmp / "tokenizer_config.json")
         shutil.copyfile(tokenizer_path, tmp / "tokenizer.json")
-        if optimizer is not None:
-            torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+        if optimizer_state is not None:
+            torch.save(optimizer_state, tmp / "optimizer.pt")
         atomic_write_json(tmp / "state.json", {"step": step, **state})
     atomic_write_text(root / "latest", name)
     for old in sorted(p for p in root.glob("step_*") if p.is_dir() and ".tmp" not in p.name)[:-keep]:
@@ -294,6 +300,10 @@ def load_state(model: Transformer, weights: dict[str, torch.Tensor], source: str
         raise UserError(f"{source} does not match the model: missing {missing[:5]}, unexpected {unexpected[:5]}")
 
 
-def load_training_state(ckpt: Path, optimizer: torch.optim.Optimizer) -> dict:
-    optimizer.load_state_dict(torch.load(ckpt / "optimizer.pt", weights_only=True))
+def load_training_state(ckpt: Path) -> dict:
+    """The loop's state.json: step, planned steps, elapsed time, the loader's and the RNGs' states."""
     return json.loads((ckpt / "state.json").read_text())
+
+
+def load_optimizer_state(ckpt: Path) -> dict:
+    return torch.load(ckpt / "optimizer.pt", weights_only=True, map_location="cpu")  # the optimizer moves it

@@ -492,7 +492,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     r = sub.add_parser("pretrain", help="pretrain a model (next-token + FIM); runs under torchrun too",
                        description="Pretrain with the config's settings. Multi-process: "
-                       "torchrun --nproc_per_node N -m codelm pretrain ...")
+                       "torchrun --nproc_per_node N -m codelm pretrain ... (DDP; add --set train.parallel=fsdp "
+                       "to shard weights and optimizer state over the processes)")
     r.add_argument("--config", default=None, help="TOML config (see codelm/configs/)")
     r.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config key, e.g. --set train.max_steps=100 (repeatable)")

@@ -108,6 +108,7 @@ class TrainConfig:
     max_minutes: float = 0.0  # wall-clock budget; steps are fixed after a short timing
     precision: str = "auto"  # "auto" (the fastest here, measured once), "bf16" (autocast, fp32 master) or "fp32"
     compile: bool = False
+    parallel: str = "ddp"  # under torchrun: "ddp" (each process holds the whole model) or "fsdp" (sharded)
     device: str = "auto"  # "auto", "cpu", "cuda", "cuda:1", ...
     log_every: int = 10
     eval_every: int = 200  # steps between validations; 0: only at the end

@@ -275,11 +275,11 @@ def test_an_adapter_peft_saved_loads_into_codelm_with_the_same_logits(exported, 
 def test_lora_checkpoint_holds_the_adapter_resumes_and_loads(exported, tok, tmp_path):
     ckpt, _, lora = exported
     (tmp_path / "tok.json").write_text(tok.hf.to_str())
-    optimizer = torch.optim.AdamW(lora_parameters(lora), lr=1e-3)
+    optimizer_state = torch.optim.AdamW(lora_parameters(lora), lr=1e-3).state_dict()
     with pytest.raises(ValueError, match="needs base_model"):
-        save_checkpoint(tmp_path / "run" / "checkpoints", 5, lora, tmp_path / "tok.json", {}, optimizer)
+        save_checkpoint(tmp_path / "run" / "checkpoints", 5, lora, tmp_path / "tok.json", {}, optimizer_state)
     step = save_checkpoint(tmp_path / "run" / "checkpoints", 5, lora, tmp_path / "tok.json", {"max_steps": 9},
-                           optimizer, base_model=ckpt)
+                           optimizer_state, base_model=ckpt)
     assert sorted(p.name for p in step.iterdir()) == ["adapter_config.json", "adapter_model.safetensors",
                                                        "optimizer.pt", "state.json", "tokenizer.json"]
     assert read_adapter(step).base_model == str(ckpt.resolve())
@@ -301,7 +301,8 @@ def test_lora_checkpoint_holds_the_adapter_resumes_and_loads(exported, tok, tmp_
 def test_an_ordinary_checkpoint_is_written_as_before(tok, tmp_path):
     (tmp_path / "tok.json").write_text(tok.hf.to_str())
     model = tiny(tok.vocab_size)
-    step = save_checkpoint(tmp_path / "ckpts", 1, model, tmp_path / "tok.json", {}, torch.optim.AdamW(model.parameters()))
+    step = save_checkpoint(tmp_path / "ckpts", 1, model, tmp_path / "tok.json", {},
+                           torch.optim.AdamW(model.parameters()).state_dict())
     assert sorted(p.name for p in step.iterdir()) == ["config.json", "model.safetensors", "optimizer.pt",
                                                        "state.json", "tokenizer.json"]
     assert set(safetensors.torch.load_file(step / "model.safetensors")) == set(model.state_dict())

@@ -1,4 +1,4 @@
-"""Training end to end on real stdlib code: learning, exact resume, crash safety, DDP parity."""
+"""Training end to end on real stdlib code: learning, exact resume, crash safety, DDP and FSDP parity."""
 
 import contextlib
 import copy
@@ -121,7 +121,7 @@ def test_a_kill_during_checkpoint_write_leaves_the_previous_checkpoint(tmp_path,
         model = Transformer(ModelConfig(vocab_size=2048, dim=64, n_layers=1, n_heads=2, n_kv_heads=1))
         opt = torch.optim.AdamW(model.parameters())
         tok = {str(tokens_dir / "tokenizer.json")!r}
-        save_checkpoint({str(tmp_path)!r}, 1, model, tok, {{"max_steps": 9}}, opt)
+        save_checkpoint({str(tmp_path)!r}, 1, model, tok, {{"max_steps": 9}}, opt.state_dict())
         torch.save(model.state_dict(), {str(tmp_path / "expected.pt")!r})
         with torch.no_grad():
             for p in model.parameters():
@@ -132,7 +132,7 @@ def test_a_kill_during_checkpoint_write_leaves_the_previous_checkpoint(tmp_path,
                 f.write(b"half a file")
             os.kill(os.getpid(), signal.SIGKILL)
         safetensors.torch.save_file = dying_save
-        save_checkpoint({str(tmp_path)!r}, 2, model, tok, {{"max_steps": 9}}, opt)
+        save_checkpoint({str(tmp_path)!r}, 2, model, tok, {{"max_steps": 9}}, opt.state_dict())
     """)
     proc = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True)
     assert proc.returncode == -signal.SIGKILL, proc.stderr
@@ -144,24 +144,86 @@ def test_a_kill_during_checkpoint_write_leaves_the_previous_checkpoint(tmp_path,
         assert torch.equal(value, expected[name])
 
 
-@pytest.mark.slow
-@pytest.mark.skipif(not torch.distributed.is_gloo_available(), reason="gloo backend not built into this torch")
-def test_ddp_on_two_gloo_processes_matches_one_process(tiny_config):
-    steps = 8
-    config, single = tiny_config("single")
-    run_codelm("pretrain", "--config", config, "--set", f"train.max_steps={steps}", "--set", "train.micro_batch=8")
-    config2, double = tiny_config("ddp")
+def torchrun_pretrain(config, *overrides: str, resume: bool = False) -> subprocess.CompletedProcess:
+    """`codelm pretrain` on two gloo processes, one thread each (the machine's two cores)."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "codelm",
-         "pretrain", "--config", str(config2), "--set", f"train.max_steps={steps}", "--set", "train.micro_batch=4"],
+         "pretrain", "--config", str(config), *(["--resume"] if resume else []),
+         *(a for o in overrides for a in ("--set", o))],
         cwd=REPO, capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not torch.distributed.is_gloo_available(), reason="gloo backend not built into this torch")
+@pytest.mark.parametrize("parallel, optimizer", [("ddp", "adamw"), ("fsdp", "adamw"), ("fsdp", "muon")])
+def test_two_gloo_processes_match_one_process(tiny_config, parallel, optimizer):
+    """Muon under FSDP orthogonalizes whole matrices gathered from the shards: the same steps as one process."""
+    steps = 8
+    config, single = tiny_config("single")
+    run_codelm("pretrain", "--config", config, "--set", f"train.max_steps={steps}", "--set", "train.micro_batch=8",
+               "--set", "train.eval_every=4", "--set", "train.batch_tokens=2048",  # two micro batches a step
+               "--set", f"optim.name='{optimizer}'")
+    config2, double = tiny_config(parallel)
+    torchrun_pretrain(config2, f"train.max_steps={steps}", "train.micro_batch=4", "train.eval_every=4",
+                      "train.batch_tokens=2048", f"train.parallel='{parallel}'", f"optim.name='{optimizer}'")
     one, two = losses(single), losses(double)
     assert sorted(one) == sorted(two) == list(range(1, steps + 1))
     for step in one:
         assert two[step] == pytest.approx(one[step], rel=1e-4, abs=1e-4), step
     assert one[steps] < one[1]  # and it trained
+    _, val_one = read_metrics(single / "metrics.jsonl")
+    _, val_two = read_metrics(double / "metrics.jsonl")
+    assert [v.step for v in val_two] == [v.step for v in val_one] == [4, 8, 8]  # periodic, last, final
+    for a, b in zip(val_one, val_two):
+        assert b.loss == pytest.approx(a.loss, rel=1e-4)
+    whole_one, _, _ = load_model(single)  # a sharded run's checkpoint holds the whole model, as any other's
+    whole_two, _, _ = load_model(double)
+    for name, value in whole_one.state_dict().items():
+        assert torch.allclose(whole_two.state_dict()[name], value, atol=1e-3), name
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not torch.distributed.is_gloo_available(), reason="gloo backend not built into this torch")
+@pytest.mark.parametrize("first, then, optimizer", [("fsdp", "fsdp", "adamw"), ("fsdp", "ddp", "muon"),
+                                                     ("ddp", "fsdp", "muon")])
+def test_a_run_resumes_from_a_checkpoint_of_either_mode(tiny_config, first, then, optimizer):
+    """An FSDP checkpoint gathers the shards (weights and optimizer moments, the latter keyed by name) and a
+    resume scatters them again; either mode resumes the other's checkpoint. The steps after the resume are
+    the uninterrupted run's: exactly in the same mode, to rounding across modes (their sums run in other orders)."""
+    config, run = tiny_config(first)
+    settings = ("train.max_steps=8", "train.micro_batch=4", "train.batch_tokens=2048", "train.ckpt_every=4",
+                f"optim.name='{optimizer}'")
+    torchrun_pretrain(config, *settings, f"train.parallel='{first}'")
+    uninterrupted = losses(run)
+    checkpoints = run / "checkpoints"
+    shutil.rmtree(checkpoints / "step_000008")
+    (checkpoints / "latest").write_text("step_000004")
+    optimizer_state = torch.load(checkpoints / "step_000004" / "optimizer.pt", weights_only=True)
+    assert ("model.layers.0.mlp.up_proj.weight" in optimizer_state["state"]) == (first == "fsdp")
+    proc = torchrun_pretrain(config, *settings, f"train.parallel='{then}'", resume=True)
+    assert "resuming from" in proc.stdout
+    resumed = losses(run)
+    assert sorted(resumed) == list(range(1, 9))
+    for step in range(5, 9):
+        assert resumed[step] == pytest.approx(uninterrupted[step], rel=1e-6 if first == then else 1e-4), step
+    if first == then:  # resuming a finished run only validates and checkpoints again, before any training step
+        torchrun_pretrain(config, *settings, f"train.parallel='{then}'", resume=True)
+        _, validations = read_metrics(run / "metrics.jsonl")
+        *_, before, again = [v.loss for v in validations if v.final]
+        assert again == pytest.approx(before, rel=1e-6)
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (("train.parallel='zero'",), "choose one of ddp, fsdp"),
+    (("train.parallel='fsdp'",), "run under torchrun"),
+])
+def test_parallel_settings_are_checked(tiny_config, overrides, message):
+    config, _ = tiny_config()
+    proc = run_codelm("pretrain", "--config", config, *(a for o in overrides for a in ("--set", o)), check=False)
+    assert proc.returncode == 2 and message in proc.stderr
 
 
 @pytest.mark.slow

@@ -5,11 +5,10 @@ Objective. The loop owns everything else: device and precision (bf16 autocast
 over fp32 master weights, or fp32), gradient accumulation to a global batch in
 tokens, AdamW or Muon, warmup then cosine or warmup-stable-decay, clipping,
 periodic validation, metrics.jsonl, progress lines with tokens/s and MFU,
-checkpoints, SIGINT/SIGTERM, exact resume, time budgets, and DDP when launched
-by torchrun (the model code knows nothing of it).
+checkpoints, SIGINT/SIGTERM, exact resume, time budgets, and DDP or FSDP when
+launched by torchrun (parallel.py; the model code knows nothing of it).
 """
 
-import contextlib
 import math
 import os
 import signal
@@ -38,6 +37,7 @@ from codelm.precision import (
 )
 from codelm.train import metrics
 from codelm.train.muon import MuonAdamW
+from codelm.train.parallel import Replicated, data_parallel
 from codelm.train.validation import HeldOut
 
 EARLY_LOG_STEPS = (1, 2, 5, 10)  # logged whatever log_every says, so a run shows it is alive within seconds
@@ -199,8 +199,8 @@ def build_optimizer(model: nn.Module, o: OptimConfig, device: torch.device) -> t
 
 
 class StageLoss(nn.Module):
-    """A recipe's objective as a module: DDP and torch.compile wrap a module's forward, so the whole loss must
-    be one (a call to Transformer.loss through a wrapper would bypass the wrapper)."""
+    """A recipe's objective as a module: DDP, FSDP and torch.compile wrap a module's forward, so the whole loss
+    must be one (a call to Transformer.loss through a wrapper would bypass the wrapper)."""
 
     def __init__(self, model: Transformer, objective: Objective):
         super().__init__()
@@ -219,18 +219,17 @@ class StepResult:
 
 
 def train_step(step_loss: StageLoss | nn.Module, objective: Objective, optimizer, stream: BatchStream, autocast,
-               accum: int, grad_clip: float, env: DistEnv) -> StepResult:
-    """One optimizer step over `accum` micro batches (step_loss is the StageLoss, maybe wrapped by DDP or
-    torch.compile); the gradient is that of the mean loss over all units of the step on all processes."""
-    ddp = isinstance(step_loss, nn.parallel.DistributedDataParallel)
-    device = next(step_loss.parameters()).device
+               accum: int, grad_clip: float, env: DistEnv, parallel: Replicated | None = None) -> StepResult:
+    """One optimizer step over `accum` micro batches (step_loss is the StageLoss, maybe wrapped by DDP, sharded by
+    FSDP, or compiled); the gradient is that of the mean loss over all units of the step on all processes."""
+    parallel = parallel or Replicated(env.world)
+    device = env.device
     batches = [stream.next_batch().to(device) for _ in range(accum)]
     units = _all_reduce(float(sum(objective.units(b) for b in batches)), env)
-    scale = env.world / max(units, 1.0)  # DDP averages gradients over processes: undo that for a global mean
+    scale = env.world / max(units, 1.0)  # DDP and FSDP average gradients over processes: undo that for a global mean
     loss_sum, metric_sums = 0.0, {}
     for micro, batch in enumerate(batches):
-        sync = not ddp or micro == accum - 1  # DDP all-reduces gradients on the last micro batch only
-        with contextlib.nullcontext() if sync else step_loss.no_sync():
+        with parallel.gradient_sync(step_loss, sync=micro == accum - 1):  # gradients cross processes once a step
             with autocast:
                 loss, metrics_ = step_loss(batch)
             (loss * scale).backward()
@@ -238,7 +237,10 @@ def train_step(step_loss: StageLoss | nn.Module, objective: Objective, optimizer
         for name, value in metrics_.items():
             metric_sums[name] = metric_sums.get(name, 0.0) + float(value.detach())
     params = [p for group in optimizer.param_groups for p in group["params"]]
-    grad_norm = float(nn.utils.clip_grad_norm_(params, grad_clip if grad_clip > 0 else float("inf")))
+    norm = parallel.grad_norm(params)
+    if grad_clip > 0:
+        nn.utils.clip_grads_with_norm_(params, grad_clip, norm)
+    grad_norm = float(norm)
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
 
@@ -295,8 +297,12 @@ def train(
     validate_fn: Callable[[Transformer, int | None, object], HeldOut] | None,
     tokenizer_path: Path,
     resume: bool = False,
+    shardable: bool = False,
 ) -> dict:
-    """Train until max_steps (or the time budget), then validate and checkpoint. Returns the final metrics."""
+    """Train until max_steps (or the time budget), then validate and checkpoint. Returns the final metrics.
+
+    shardable: the recipe uses the model only in the loop's steps and validation, so FSDP may shard it (a
+    recipe that samples from it between steps, or evaluates it afterwards, needs whole weights there)."""
     t = cfg.train
     run_dir = Path(t.out_dir)
     ckpt_root = run_dir / "checkpoints"
@@ -316,7 +322,8 @@ def train(
             print(f"LoRA r={cfg.lora.r} alpha={cfg.lora.alpha:g}{' (rsLoRA)' if cfg.lora.rslora else ''} on "
                   f"{len(targets)} layers: {trainable:,} trainable parameters of {model.num_params():,}", flush=True)
     raw_model = model.to(device)
-    optimizer = build_optimizer(raw_model, cfg.optim, device)
+    parallel = data_parallel(t.parallel, env.world, {"LoRA (lora.r > 0)": cfg.lora.r > 0,
+                                                     "this recipe (only pretrain and sft)": not shardable})
     accum = accumulation_steps(cfg, env.world)
     batch_tokens = accum * t.micro_batch * env.world * cfg.data.seq_len
     step, max_steps, elapsed_before = 0, t.max_steps, 0.0
@@ -324,8 +331,8 @@ def train(
         found = ckpt.latest_checkpoint(ckpt_root)
         if found is None:
             raise UserError(f"--resume: no checkpoint in {ckpt_root}")
-        ckpt.load_weights(raw_model, found)
-        state = ckpt.load_training_state(found, optimizer)
+        ckpt.load_weights(raw_model, found)  # whole weights, before sharding
+        state = ckpt.load_training_state(found)
         step, max_steps, elapsed_before = state["step"], state["max_steps"], state["elapsed"]
         stream.load_state_dict(state["loader"])
         ckpt.set_rng_state(state["rng"])
@@ -353,15 +360,16 @@ def train(
             flush=True,
         )
 
-    step_loss = StageLoss(raw_model, objective)
-    if env.world > 1:
-        step_loss = nn.parallel.DistributedDataParallel(step_loss,
-                                                        device_ids=[device.index] if device.type == "cuda" else None)
+    step_loss = parallel.wrap(StageLoss(raw_model, objective), device)
+    optimizer = build_optimizer(raw_model, cfg.optim, device)  # after sharding: FSDP replaces the parameters
+    if resume:
+        parallel.load_optimizer_state(raw_model, optimizer, ckpt.load_optimizer_state(found))
     if t.compile:
         log_main("compiling the model (torch.compile): the first steps take longer", flush=True)
         step_loss = torch.compile(step_loss)
 
     def save(reason: str):
+        weights, optimizer_state = parallel.full_state(raw_model, optimizer)  # every process takes part
         if env.is_main:
             state = {
                 "max_steps": max_steps,
@@ -371,8 +379,8 @@ def train(
                 "reason": reason,
                 "config": to_dict(cfg),
             }
-            path = ckpt.save_checkpoint(ckpt_root, step, raw_model, tokenizer_path, state, optimizer,
-                                        t.keep_checkpoints, base_model)
+            path = ckpt.save_checkpoint(ckpt_root, step, raw_model, tokenizer_path, state, optimizer_state,
+                                        t.keep_checkpoints, base_model, weights)
             print(f"checkpoint: {path}", flush=True)
         if env.world > 1:
             dist.barrier()
@@ -382,10 +390,12 @@ def train(
             metrics.append(metrics_path, point)
 
     def validate(max_tokens: int | None) -> HeldOut | None:
-        result = validate_fn(raw_model, max_tokens, autocast) if (validate_fn and env.is_main) else None
+        result = None
+        if validate_fn and (env.is_main or parallel.validates_everywhere):
+            result = validate_fn(raw_model, max_tokens, autocast)
         if env.world > 1:
             dist.barrier()
-        return result
+        return result if env.is_main else None
 
     train_seconds, start_step = 0.0, step
     window_seconds, window_tokens = 0.0, 0  # step time only: evaluation and checkpoints are not throughput
@@ -397,7 +407,8 @@ def train(
             lr = learning_rate(step, max_steps or 10**9, cfg.optim)
             for group in optimizer.param_groups:
                 group["lr"] = lr * group["lr_scale"]
-            result = train_step(step_loss, objective, optimizer, stream, autocast, accum, cfg.optim.grad_clip, env)
+            result = train_step(step_loss, objective, optimizer, stream, autocast, accum, cfg.optim.grad_clip, env,
+                                parallel)
             step += 1
             loss_avg = result.loss
             if device.type == "cuda":

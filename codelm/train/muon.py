@@ -9,11 +9,14 @@ they are lookups or classifiers, not linear maps between hidden states.
 
 One optimizer object (not two) keeps a single state_dict, so checkpoints and
 exact resume work as for AdamW. A group with `use_muon=True` takes the Muon
-update; the others take torch's AdamW step on the same group.
+update; the others take torch's AdamW step on the same group. Under FSDP each
+process holds a slice of every matrix; the orthogonalization needs the whole
+one, so each process gathers it, orthogonalizes it and keeps its own slice.
 """
 
 import torch
 import torch.nn.functional as F
+from torch.distributed.tensor import DTensor, distribute_tensor
 from torch.optim.adamw import adamw
 
 NS_COEFFICIENTS = (3.4445, -4.7750, 2.0315)  # quintic iteration tuned to push singular values near 1 fast
@@ -31,6 +34,14 @@ def orthogonalize(g: torch.Tensor, steps: int = 5) -> torch.Tensor:
         gram = F.linear(x, x)  # x @ x.T; F.linear's kernel is several times faster than matmul with a transpose on CPU
         x = a * x + (b * gram + c * F.linear(gram, gram)) @ x  # the Gram matrix is symmetric
     return (x.T if tall else x).to(g.dtype)
+
+
+def orthogonalize_whole(g: torch.Tensor, steps: int = 5) -> torch.Tensor:
+    """orthogonalize of the whole matrix, also when g is a shard of it (FSDP's DTensor): every process gathers
+    the matrix, computes the same result, and keeps its own slice (no communication back)."""
+    if not isinstance(g, DTensor):
+        return orthogonalize(g, steps)
+    return distribute_tensor(orthogonalize(g.full_tensor(), steps), g.device_mesh, g.placements, src_data_rank=None)
 
 
 class MuonAdamW(torch.optim.Optimizer):
@@ -61,7 +72,7 @@ class MuonAdamW(torch.optim.Optimizer):
                 state["momentum_buffer"] = torch.zeros_like(p)
             buf = state["momentum_buffer"]
             buf.lerp_(p.grad, 1 - group["momentum"])
-            update = orthogonalize(p.grad.lerp(buf, group["momentum"]), group["ns_steps"])  # Nesterov
+            update = orthogonalize_whole(p.grad.lerp(buf, group["momentum"]), group["ns_steps"])  # Nesterov
             p.mul_(1 - group["lr"] * group["weight_decay"])
             p.add_(update, alpha=-group["lr"] * max(1.0, p.shape[0] / p.shape[1]) ** 0.5)
 

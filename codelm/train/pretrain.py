@@ -64,4 +64,4 @@ def pretrain(cfg: Config, resume: bool = False) -> dict:
         batches = held_out_loader(docs, tok, cfg.data.seq_len, cfg.train.micro_batch)
         return held_out_loss(model, batches, token_bytes, autocast, env.device)
 
-    return train(cfg, env, model, loader, NextToken(), validate, tokenizer_path, resume)
+    return train(cfg, env, model, loader, NextToken(), validate, tokenizer_path, resume, shardable=True)
