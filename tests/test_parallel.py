@@ -1,7 +1,9 @@
-"""The parallel strategies' bookkeeping that needs no second process: optimizer states in either keying.
+"""Data parallelism's bookkeeping that needs no second process: optimizer states in either keying, and which
+validation batches each process measures.
 
 Training under torchrun (DDP and FSDP against one process, resume across modes) is in test_training.py."""
 
+import pytest
 import torch
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
 
@@ -9,6 +11,7 @@ from codelm.config import ModelConfig, OptimConfig
 from codelm.model.llama import Transformer
 from codelm.train.loop import build_optimizer
 from codelm.train.parallel import is_keyed_by_name, keyed_by_name, keyed_by_position
+from codelm.train.validation import process_share
 
 
 def trained_optimizer():
@@ -47,3 +50,14 @@ def test_a_by_name_state_loads_into_a_fresh_unsharded_optimizer():
     for p in model.parameters():
         for name, value in optimizer.state[p].items():
             assert torch.equal(fresh.state[p][name], value), name
+
+
+@pytest.mark.parametrize("world", [1, 2, 3])
+@pytest.mark.parametrize("n", range(8))
+def test_each_batch_is_measured_once_and_every_process_runs_as_many_forwards(n, world):
+    shares = [list(process_share(iter(range(n)), rank, world)) for rank in range(world)]
+    counted = sorted(batch for share in shares for batch, counts in share if counts)
+    assert counted == list(range(n))
+    assert len({len(share) for share in shares}) == 1  # FSDP's gathers need every process in each forward
+    for share in shares:
+        assert all(counts for _, counts in share[:-1])  # only a last, repeated batch may go uncounted

@@ -390,11 +390,8 @@ def train(
             metrics.append(metrics_path, point)
 
     def validate(max_tokens: int | None) -> HeldOut | None:
-        result = None
-        if validate_fn and (env.is_main or parallel.validates_everywhere):
-            result = validate_fn(raw_model, max_tokens, autocast)
-        if env.world > 1:
-            dist.barrier()
+        """Every process measures its share of the batches (validation.py); the first one records the totals."""
+        result = validate_fn(raw_model, max_tokens, autocast) if validate_fn else None
         return result if env.is_main else None
 
     train_seconds, start_step = 0.0, step

@@ -3,8 +3,7 @@ every process holds the whole model and optimizer) or sharded (FSDP, torch's `fu
 1/world of every weight, gradient and optimizer moment, and gathers one block's weights just before using them).
 
 Both average gradients over processes, so the loop's arithmetic is the same for either. What differs is where
-whole weights exist: a sharded run gathers them for a checkpoint (every process takes part, the first writes)
-and runs validation on every process (a forward pass needs every process to gather its weights with it).
+whole weights exist: a sharded run gathers them for a checkpoint (every process takes part, the first writes).
 """
 
 import contextlib
@@ -21,8 +20,6 @@ PARALLEL_MODES = ("ddp", "fsdp")
 
 class Replicated:
     """One process, or DDP: gradients all-reduced on each step's last micro batch."""
-
-    validates_everywhere = False  # the first process validates alone; the others wait at a barrier
 
     def __init__(self, world: int):
         self.world = world
@@ -57,8 +54,6 @@ class Sharded(Replicated):
     """FSDP2: each transformer block is one unit of gathering and sharding, the Transformer (embeddings, final
     norm, LM head) the root. `forward` (validation's logits) and `loss` (training's objective) gather the root's
     weights; the model must not be used through other methods while sharded."""
-
-    validates_everywhere = True
 
     def wrap(self, step_loss: nn.Module, device: torch.device) -> nn.Module:
         from torch.distributed.device_mesh import init_device_mesh

@@ -62,6 +62,6 @@ def pretrain(cfg: Config, resume: bool = False) -> dict:
             stride = max(1, val_docs.n_tokens // max_tokens)
             docs = [val_docs[i] for i in range(0, len(val_docs), stride)]
         batches = held_out_loader(docs, tok, cfg.data.seq_len, cfg.train.micro_batch)
-        return held_out_loss(model, batches, token_bytes, autocast, env.device)
+        return held_out_loss(model, batches, token_bytes, autocast, env.device, env.rank, env.world)
 
     return train(cfg, env, model, loader, NextToken(), validate, tokenizer_path, resume, shardable=True)

@@ -68,7 +68,7 @@ def held_out_validation(cfg: Config, run: ChatRun, env: DistEnv):
     def validate(model: Transformer, max_tokens: int | None, autocast) -> HeldOut:
         batches = PackedExamples(run.held_out, cfg.data.seq_len, cfg.train.micro_batch, run.pad_id,
                                  shuffle=False, passes=1)
-        return held_out_loss(model, batches, token_bytes, autocast, env.device)
+        return held_out_loss(model, batches, token_bytes, autocast, env.device, env.rank, env.world)
 
     return validate if run.held_out else None
 
