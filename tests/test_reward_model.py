@@ -20,6 +20,14 @@ def test_bradley_terry_by_hand():
     assert found["accuracy"].tolist() == [1.0, 0.0, 0.0] and found["margin"].tolist() == [1.0, 0.0, -2.0]
 
 
+@pytest.mark.parametrize("tied", [False, True])
+def test_flops_count_the_layers_and_the_score_head_not_the_lm_head(tied):
+    cfg = ModelConfig(vocab_size=64, dim=32, n_layers=2, n_heads=2, n_kv_heads=1, max_seq_len=16, tie_embeddings=tied)
+    model = RewardModel(cfg)
+    weights = sum(p.numel() for p in model.model.layers.parameters()) + 32 + 32  # layers, final norm, score head
+    assert model.flops_per_token(16) == 6 * weights + 12 * 2 * 32 * 16
+
+
 def test_a_fresh_head_scores_zero_and_reads_each_rows_last_token():
     torch.manual_seed(0)
     model = RewardModel(ModelConfig(vocab_size=64, dim=16, n_layers=1, n_heads=2, n_kv_heads=1, max_seq_len=32))
