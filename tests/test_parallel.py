@@ -1,16 +1,20 @@
-"""Data parallelism's bookkeeping that needs no second process: optimizer states in either keying, and which
-validation batches each process measures.
+"""Data parallelism's bookkeeping that needs no second process: optimizer states in either keying, which
+validation batches each process measures, and what sharding refuses.
 
 Training under torchrun (DDP and FSDP against one process, resume across modes) is in test_training.py."""
 
+import re
+
 import pytest
 import torch
+import torch.distributed as dist
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
 
 from codelm.config import ModelConfig, OptimConfig
+from codelm.errors import UserError
 from codelm.model.llama import Transformer
 from codelm.train.loop import build_optimizer
-from codelm.train.parallel import is_keyed_by_name, keyed_by_name, keyed_by_position
+from codelm.train.parallel import Sharded, data_parallel, is_keyed_by_name, keyed_by_name, keyed_by_position
 from codelm.train.validation import process_share
 
 
@@ -61,3 +65,15 @@ def test_each_batch_is_measured_once_and_every_process_runs_as_many_forwards(n, 
     assert len({len(share) for share in shares}) == 1  # FSDP's gathers need every process in each forward
     for share in shares:
         assert all(counts for _, counts in share[:-1])  # only a last, repeated batch may go uncounted
+
+
+@pytest.mark.parametrize("refused", ["LoRA (lora.r > 0)", "this recipe (only pretrain and sft)"])
+def test_sharding_names_what_it_does_not_support(refused):
+    """Under a (one-process) process group, as torchrun makes: each refusal is one line naming the setting."""
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    try:
+        with pytest.raises(UserError, match=re.escape(f"does not support {refused}")):
+            data_parallel("fsdp", 1, {"LoRA (lora.r > 0)": False, refused: True})
+        assert isinstance(data_parallel("fsdp", 1, {refused: False}), Sharded)
+    finally:
+        dist.destroy_process_group()
