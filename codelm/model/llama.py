@@ -254,6 +254,11 @@ class Transformer(nn.Module):
             n -= self.model.embed_tokens.weight.numel()
         return n
 
+    def matmul_weights(self) -> int:
+        """Weights a forward pass multiplies by: every parameter but the embedding lookup's (a tied matrix is the
+        LM head). A subclass that skips a matrix (the reward model's LM head) leaves it out here."""
+        return self.num_params(exclude_embedding=True)
+
     def flops_per_token(self, seq_len: int | None = None, frozen_weights: bool = False) -> float:
         """Training FLOPs per token: 6 per weight used in a matmul, plus attention scores and values.
 
@@ -264,4 +269,4 @@ class Transformer(nn.Module):
         T = seq_len or self.config.max_seq_len
         c = self.config
         per_weight = 4 if frozen_weights else 6
-        return per_weight * self.num_params(exclude_embedding=True) + 12 * c.n_layers * c.dim * T
+        return per_weight * self.matmul_weights() + 12 * c.n_layers * c.dim * T

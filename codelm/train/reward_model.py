@@ -41,10 +41,9 @@ class RewardModel(Transformer):
         hidden = self._packed_hidden(input_ids)
         return self.score_head(hidden[torch.arange(len(last), device=last.device), last]).squeeze(-1).float()
 
-    def flops_per_token(self, seq_len: int | None = None, frozen_weights: bool = False) -> float:
-        """The Transformer's, less the LM head, which a reward model never runs (MFU counted it: above 100%)."""
-        per_weight = 4 if frozen_weights else 6
-        return super().flops_per_token(seq_len, frozen_weights) - per_weight * self.lm_head.weight.numel()
+    def matmul_weights(self) -> int:
+        """The Transformer's, less the LM head, which a reward model never runs (counted, MFU read above 100%)."""
+        return super().matmul_weights() - self.lm_head.weight.numel()
 
 
 def load_reward_model(path: str | Path, policy_tok: Tokenizer | None = None) -> tuple[RewardModel, Tokenizer]:
