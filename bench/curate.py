@@ -80,7 +80,9 @@ def near_dedup_quality(pairs: int, tasks: int, work: Path) -> dict:
                                                    "decontam.humaneval=false"])
     curate(cfg, work / "planted_out")
     hasher = TokenHasher()
-    planted_j = [jaccard(texts[n.replace("_planted.py", ".py")], texts[n], hasher) for n in texts if n.endswith("_planted.py")]
+    planted_j = [
+        jaccard(texts[n.replace("_planted.py", ".py")], texts[n], hasher) for n in texts if n.endswith("_planted.py")
+    ]
     found, correct, removed = 0, 0, 0
     for line in (work / "planted_out" / "near_duplicates.jsonl").read_text().splitlines():
         cluster = json.loads(line)
@@ -91,9 +93,15 @@ def near_dedup_quality(pairs: int, tasks: int, work: Path) -> dict:
             is_pair = kept.split("_")[0] == other.split("_")[0]
             found += is_pair
             correct += is_pair or jaccard(texts[kept], texts[other], hasher) >= cfg.dedup.threshold
-    return {"pairs": len(chosen), "found": found, "recall": found / len(chosen), "removed": removed,
-            "precision": correct / max(removed, 1), "planted_jaccard_min": min(planted_j),
-            "planted_jaccard_median": sorted(planted_j)[len(planted_j) // 2]}
+    return {
+        "pairs": len(chosen),
+        "found": found,
+        "recall": found / len(chosen),
+        "removed": removed,
+        "precision": correct / max(removed, 1),
+        "planted_jaccard_min": min(planted_j),
+        "planted_jaccard_median": sorted(planted_j)[len(planted_j) // 2],
+    }
 
 
 def main():
@@ -108,12 +116,16 @@ def main():
     finally:
         shutil.rmtree(work, ignore_errors=True)
     print("\n== codelm curate on the stdlib ==")
-    print(f"{speed['files']} files, {speed['MB']:.1f} MB in {speed['seconds']:.1f} s: "
-          f"{speed['MB/s']:.2f} MB/s, {speed['files/s']:.1f} files/s ({args.tasks} tasks)")
+    print(
+        f"{speed['files']} files, {speed['MB']:.1f} MB in {speed['seconds']:.1f} s: "
+        f"{speed['MB/s']:.2f} MB/s, {speed['files/s']:.1f} files/s ({args.tasks} tasks)"
+    )
     print("== near-dedup on planted pairs (target: recall >= 0.9 at precision >= 0.99) ==")
-    print(f"{quality['pairs']} planted pairs (shingle Jaccard min {quality['planted_jaccard_min']:.2f}, median "
-          f"{quality['planted_jaccard_median']:.2f}): found {quality['found']}, recall {quality['recall']:.3f}; "
-          f"{quality['removed']} removals, precision {quality['precision']:.3f}")
+    print(
+        f"{quality['pairs']} planted pairs (shingle Jaccard min {quality['planted_jaccard_min']:.2f}, median "
+        f"{quality['planted_jaccard_median']:.2f}): found {quality['found']}, recall {quality['recall']:.3f}; "
+        f"{quality['removed']} removals, precision {quality['precision']:.3f}"
+    )
 
 
 if __name__ == "__main__":

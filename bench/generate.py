@@ -195,7 +195,8 @@ def main():
         if not args.skip_throughput:
             throughput(ckpt, export_hf(ckpt, Path(tmp) / "hf"), args)
         print("\n## Speculative decoding, greedy, batch 1, fp32 (output identical to plain greedy?)\n")
-        print("| drafter | k | acceptance | tokens / target forward | plain tok/s | speculative tok/s | speedup | same |")
+        print("| drafter | k | acceptance | tokens / target forward | plain tok/s | speculative tok/s | speedup | "
+              "same |")
         print("|---|---:|---:|---:|---:|---:|---:|---|")
         engine = Engine.from_checkpoint(ckpt, dtype="fp32")
         edit_ids = engine.tok.encode(EDIT_PROMPT)

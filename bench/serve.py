@@ -174,9 +174,12 @@ def main():
                 if line.startswith("model name")), "unknown CPU") if Path("/proc/cpuinfo").exists() else "unknown CPU"
     precision = f"{args.dtype}{' int8' if args.quantize else ''}"
     print(f"{cpu}, {os.cpu_count()} cores; {args.checkpoint}, {precision}, ~{args.prefix_tokens}-token shared "
-          f"prefix, {args.max_tokens} new tokens, arrivals {'Poisson %.1f/s' % args.rate if args.rate else 'closed loop'}")
-    print("| config | concurrency | requests | TTFT p50/p90/p99 ms | ITL p50/p90/p99 ms | e2e p50/p90/p99 ms "
-          "| req/s | output tok/s |")
+          f"prefix, {args.max_tokens} new tokens, "
+          f"arrivals {f'Poisson {args.rate:.1f}/s' if args.rate else 'closed loop'}")
+    print(
+        "| config | concurrency | requests | TTFT p50/p90/p99 ms | ITL p50/p90/p99 ms | e2e p50/p90/p99 ms "
+        "| req/s | output tok/s |"
+    )
     print("|---|---|---|---|---|---|---|---|")
     for name in names:
         proc, url = start_server(args, name)
@@ -184,12 +187,17 @@ def main():
             asyncio.run(load(url, [prefix + "# warm-up\n"], 1, 0, 4))  # first-call costs out of the figures
             for concurrency in map(int, args.concurrency.split(",")):
                 count = args.requests or max(8, 2 * concurrency)
-                prompts = [f"{prefix}# request {random.Random(i).getrandbits(32)}: a helper\ndef " for i in range(count)]
+                prompts = [
+                    f"{prefix}# request {random.Random(i).getrandbits(32)}: a helper\ndef " for i in range(count)
+                ]
                 results, wall = asyncio.run(load(url, prompts, concurrency, args.rate, args.max_tokens))
                 tokens = sum(r.tokens for r in results)
-                print(f"| {name} | {concurrency} | {count} | {percentiles([r.ttft for r in results])} | "
-                      f"{percentiles([g for r in results for g in r.itl])} | {percentiles([r.e2e for r in results])} "
-                      f"| {count / wall:.2f} | {tokens / wall:.1f} |", flush=True)
+                print(
+                    f"| {name} | {concurrency} | {count} | {percentiles([r.ttft for r in results])} | "
+                    f"{percentiles([g for r in results for g in r.itl])} | {percentiles([r.e2e for r in results])} "
+                    f"| {count / wall:.2f} | {tokens / wall:.1f} |",
+                    flush=True,
+                )
         finally:
             proc.terminate()
             proc.wait(30)

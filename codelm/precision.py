@@ -1,8 +1,8 @@
 """Precision chosen by measurement, and the matmul peak that MFU is measured against.
 
 Whether bf16 pays depends on the chip, not on the code: with AMX a CPU runs bf16
-matmuls ~5x faster than fp32; an AVX2-only CPU (AMD Zen 3) runs them ~100x
-slower. So `precision = "auto"` times the model's own hot step (a training
+matmuls several times faster than fp32; an AVX2-only CPU runs them far slower
+(docs/results/speedrun.md has the probes' figures). So `precision = "auto"` times the model's own hot step (a training
 micro-step, or a decode step) in each precision the device supports and takes
 the fastest. Timings are cached per machine, torch version and shape under
 ~/.cache/codelm (or $CODELM_CACHE_DIR), so the probe costs seconds once.
@@ -62,7 +62,9 @@ class PrecisionChoice:
 
 
 def cache_dir() -> Path:
-    root = os.environ.get("CODELM_CACHE_DIR") or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "codelm"
+    root = (
+        os.environ.get("CODELM_CACHE_DIR") or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "codelm"
+    )
     return Path(root)
 
 
@@ -186,8 +188,11 @@ def cached_measurement(kind: str, device: torch.device, shape: str, measure: Cal
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         value = measure()
     if busy:  # this run goes by it; a later one on a quiet machine measures again
-        print("note: other processes were using the cores during this measurement, so it is not cached",
-              file=sys.stderr, flush=True)  # stderr: `codelm generate` prints its text on stdout
+        print(
+            "note: other processes were using the cores during this measurement, so it is not cached",
+            file=sys.stderr,
+            flush=True,
+        )  # stderr: `codelm generate` prints its text on stdout
         return value, False
     try:
         _store_cache(path, key, value)
@@ -196,9 +201,15 @@ def cached_measurement(kind: str, device: torch.device, shape: str, measure: Cal
     return value, False
 
 
-def choose_precision(requested: str, device: torch.device, kind: str, shape: str,
-                     make_step: Callable[[str], Callable[[], object]], training: bool = False,
-                     log=print) -> PrecisionChoice:
+def choose_precision(
+    requested: str,
+    device: torch.device,
+    kind: str,
+    shape: str,
+    make_step: Callable[[str], Callable[[], object]],
+    training: bool = False,
+    log=print,
+) -> PrecisionChoice:
     """Resolve `requested` ("auto" or a name) for a hot step; make_step(precision) returns that step, ready to time.
 
     fp32 asked for explicitly is never probed: it is the reference every device runs."""
@@ -224,8 +235,12 @@ def choose_precision(requested: str, device: torch.device, kind: str, shape: str
     chosen = best if requested == "auto" else requested
     choice = PrecisionChoice(chosen, requested, timings, cached)
     if timings[chosen] > SLOW_FACTOR * timings[best]:
-        print(f"warning: {chosen} is {timings[chosen] / timings[best]:.0f}x slower than {best} on this machine "
-              f"({device_name(device)}); precision = \"auto\" would pick {best}", file=sys.stderr, flush=True)
+        print(
+            f"warning: {chosen} is {timings[chosen] / timings[best]:.0f}x slower than {best} on this machine "
+            f'({device_name(device)}); precision = "auto" would pick {best}',
+            file=sys.stderr,
+            flush=True,
+        )
     return choice
 
 
@@ -241,8 +256,9 @@ def measure_peak_flops(device: torch.device, precision: str = "fp32", seconds: f
     while True:
         a = torch.randn(size, size, dtype=dtype, device=device)
         b = torch.randn(size, size, dtype=dtype, device=device)
-        per_call = min(time_step(step, device, seconds=min(0.1, seconds / 8))
-                       for step in (lambda: a @ b, lambda: F.linear(a, b)))
+        per_call = min(
+            time_step(step, device, seconds=min(0.1, seconds / 8)) for step in (lambda: a @ b, lambda: F.linear(a, b))
+        )
         best = max(best, 2 * size**3 / per_call)
         predicted = per_call * 8 * 2 * 2  # next size: 8x the work, warm-up plus one timed call, two kernels
         if size >= 4096 or time.perf_counter() + predicted > deadline:
@@ -253,7 +269,7 @@ def measure_peak_flops(device: torch.device, precision: str = "fp32", seconds: f
 def peak_flops(device: torch.device, precision: str) -> float:
     """measure_peak_flops, cached like the precision probe."""
     # the shape names the method, so peaks cached by the matmul-only probe are measured again
-    value, _ = cached_measurement("peak-flops", device, f"{precision} matmul+linear",
-                                  lambda: measure_peak_flops(device, precision))
+    value, _ = cached_measurement(
+        "peak-flops", device, f"{precision} matmul+linear", lambda: measure_peak_flops(device, precision)
+    )
     return float(value)
-

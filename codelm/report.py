@@ -279,7 +279,8 @@ def eval_section(results: EvalResults, image_dir: str = "") -> list[str]:
                   "| item | longest copy (tokens) | share of item | n-grams found | where | excerpt |",
                   "|---|---:|---:|---:|---|---|"]
         lines += [f"| {i.item}{' **flagged**' if i.flagged else ''} | {i.longest} | {i.longest_fraction:.0%} "
-                  f"| {i.ngram_fraction:.0%} | {i.document} | `{excerpt_line(i.excerpt)}` |" for i in c.items[:10]] + [""]
+                  f"| {i.ngram_fraction:.0%} | {i.document} | `{excerpt_line(i.excerpt)}` |"
+                  for i in c.items[:10]] + [""]
     return lines
 
 
@@ -287,22 +288,42 @@ def uncertainty_section(label: str, u: UncertaintyReport, image: str) -> list[st
     """`--uncertainty`: pass@1 of each way to pick an answer, and how well each score predicts failure."""
     lines = [f"### {label}: uncertainty and selection by behaviour", ""]
     if not u.problems:
-        return lines + [f"No problem could be scored ({u.left_out} left out: no shared input could be built, or the "
-                        "prompt did not fit).", ""]
-    lines += [f"{u.problems} problems scored ({u.left_out} left out: no shared input could be built, or the prompt "
-              f"did not fit), {u.n} samples each plus the greedy answer, every program run on {u.inputs:.1f} shared "
-              f"inputs on average, {u.clusters:.1f} behaviour clusters per problem on average. Brackets: 95% "
-              f"bootstrap intervals over problems ({u.bootstrap} resamples)."
-              + (f" The model wrote {u.model_tests:.1f} usable tests per problem on average (CodeT's dual agreement)."
-                 if "codet" in u.pass_at_1 else ""), "",
-              "| answer | pass@1 |", "|---|---:|"]
+        return lines + [
+            f"No problem could be scored ({u.left_out} left out: no shared input could be built, or the "
+            "prompt did not fit).",
+            "",
+        ]
+    lines += [
+        f"{u.problems} problems scored ({u.left_out} left out: no shared input could be built, or the prompt "
+        f"did not fit), {u.n} samples each plus the greedy answer, every program run on {u.inputs:.1f} shared "
+        f"inputs on average, {u.clusters:.1f} behaviour clusters per problem on average. Brackets: 95% "
+        f"bootstrap intervals over problems ({u.bootstrap} resamples)."
+        + (
+            f" The model wrote {u.model_tests:.1f} usable tests per problem on average (CodeT's dual agreement)."
+            if "codet" in u.pass_at_1
+            else ""
+        ),
+        "",
+        "| answer | pass@1 |",
+        "|---|---:|",
+    ]
     lines += [f"| {ANSWERS[name]} | {estimate.text(percent=True)} |" for name, estimate in u.pass_at_1.items()]
-    lines += ["", "| uncertainty score | AUROC: greedy answer fails | AUROC: majority answer fails | AURAC (greedy) |",
-              "|---|---:|---:|---:|"]
-    lines += [f"| {SCORE_NAMES[score]} | {u.auroc['greedy'][score].text()} | {u.auroc['majority'][score].text()} | "
-              f"{u.aurac[score].text()} |" for score in u.auroc["greedy"]]
-    lines += [f"| oracle (failures refused first) | | | {u.aurac['oracle'].text()} |", "",
-              f"![accuracy of the greedy answers kept against the share refused]({image})", ""]
+    lines += [
+        "",
+        "| uncertainty score | AUROC: greedy answer fails | AUROC: majority answer fails | AURAC (greedy) |",
+        "|---|---:|---:|---:|",
+    ]
+    lines += [
+        f"| {SCORE_NAMES[score]} | {u.auroc['greedy'][score].text()} | {u.auroc['majority'][score].text()} | "
+        f"{u.aurac[score].text()} |"
+        for score in u.auroc["greedy"]
+    ]
+    lines += [
+        f"| oracle (failures refused first) | | | {u.aurac['oracle'].text()} |",
+        "",
+        f"![accuracy of the greedy answers kept against the share refused]({image})",
+        "",
+    ]
     return lines
 
 

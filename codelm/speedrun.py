@@ -37,7 +37,8 @@ from codelm.train.sizing import LADDER, plan_shape, plan_text
 DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "tiny.toml"
 
 COMPLETION_PROMPTS = [
-    "import os\n\n\ndef list_python_files(directory):\n    \"\"\"Return the paths of all .py files under directory.\"\"\"\n",
+    "import os\n\n\ndef list_python_files(directory):\n    \"\"\"Return the paths of all .py files under "
+    "directory.\"\"\"\n",
     "class Stack:\n    \"\"\"A last-in, first-out stack.\"\"\"\n\n    def __init__(self):\n",
     "def is_prime(n):\n",
 ]
@@ -125,8 +126,7 @@ def chat_behaviour(run_dir: Path, curated_dir: Path, checkpoint: Path, seq_len: 
     return evaluations
 
 
-def speedrun(data=None, out=None, minutes=None, max_steps=None, config=None, overrides=(), vocab_size=None,
-             shape="auto") -> Path:
+def speedrun(data=None, out=None, config=None, overrides=(), shape="auto") -> Path:
     start = time.time()
     run_dir = Path(out or time.strftime("runs/speedrun-%Y%m%d-%H%M%S"))
     data_dir = run_dir / "data"
@@ -136,13 +136,8 @@ def speedrun(data=None, out=None, minutes=None, max_steps=None, config=None, ove
     config = Path(config) if config else DEFAULT_CONFIG
     if not config.is_file():
         raise UserError(f"config not found: {config}")
-    # the tokenizer's vocabulary: --vocab-size, else the config's; the model's embedding and head as wide
-    vocab_size = vocab_size or load_config(config, overrides).model.vocab_size
-    settings = [*overrides, f"model.vocab_size={vocab_size}", f'data.tokens="{tokens_dir}"', f'train.out_dir="{run_dir}"']
-    if max_steps is not None:
-        settings += [f"train.max_steps={max_steps}"]
-    if minutes is not None:
-        settings += [f"train.max_minutes={minutes}"]
+    # the tokenizer's vocabulary is model.vocab_size (--vocab-size); the model's embedding and head are as wide
+    settings = [*overrides, f'data.tokens="{tokens_dir}"', f'train.out_dir="{run_dir}"']
     cfg = load_config(config, settings)  # fail on a bad key before any work
 
     _banner(f"1/8 curate ({'stdlib' if not data else ', '.join(data)})")
@@ -155,7 +150,7 @@ def speedrun(data=None, out=None, minutes=None, max_steps=None, config=None, ove
     if tokenizer_path.is_file():
         print(f"reusing {tokenizer_path}")
     else:
-        train_tokenizer_on_corpus([str(curated_dir)], tokenizer_path, vocab_size)
+        train_tokenizer_on_corpus([str(curated_dir)], tokenizer_path, cfg.model.vocab_size)
     _banner("3/8 tokenize")
     if (tokens_dir / "stats.json").is_file():
         print(f"reusing {tokens_dir}")

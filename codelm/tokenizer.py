@@ -105,7 +105,9 @@ class Tokenizer:
 def train_tokenizer(texts: Iterable[str], vocab_size: int = 8192, min_frequency: int = 2) -> Tokenizer:
     """Train byte-level BPE on an iterable of documents; special tokens take the first ids."""
     if vocab_size < 256 + len(SPECIAL_TOKENS):
-        raise UserError(f"vocab_size={vocab_size} is too small: byte-level BPE needs at least {256 + len(SPECIAL_TOKENS)}")
+        raise UserError(
+            f"vocab_size={vocab_size} is too small: byte-level BPE needs at least {256 + len(SPECIAL_TOKENS)}"
+        )
     hf = HFTokenizer(models.BPE())
     hf.pre_tokenizer = pre_tokenizers.Sequence(
         [

@@ -120,7 +120,8 @@ def run_codelm(*args, check=True, cwd=REPO, **kwargs) -> subprocess.CompletedPro
     proc = subprocess.run([sys.executable, "-m", "codelm", *map(str, args)], capture_output=True, text=True,
                           env=env, cwd=cwd, **kwargs)
     if check and proc.returncode != 0:
-        raise AssertionError(f"codelm {' '.join(map(str, args))} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+        raise AssertionError(f"codelm {' '.join(map(str, args))} failed "
+                             f"({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
     return proc
 
 

@@ -86,7 +86,7 @@ def test_benchmark_files_that_are_missing_or_malformed_are_named(tmp_path):
     with pytest.raises(UserError, match="bad.jsonl row 1: an EvalPlus task needs .* missing entry_point"):
         evalplus.load(tmp_path / "bad.jsonl")
     with pytest.raises(UserError, match="task mbpp\\+ needs --mbpp-plus FILE"):
-        EvalConfig(checkpoint="ckpt", tasks=["mbpp+"])
+        EvalConfig(checkpoint="ckpt", tasks=["mbpp+"]).check()
 
 
 def test_decontamination_and_the_contamination_report_read_the_benchmark_files(tmp_path):

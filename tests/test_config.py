@@ -26,7 +26,7 @@ def test_overrides_are_typed_and_nested(tmp_path):
     ("train.max_steps=true", "'train.max_steps' expects int, got bool"),
     ("train.compile=1", "'train.compile' expects bool"),
     ("model=3", "'model' is a section"),
-    ("optim.schedule='linear'", "optim.schedule must be"),
+    ("optim.schedule='linear'", "'optim.schedule' must be one of cosine, wsd"),
     ("model.n_kv_heads=4", "not divisible"),
     ("no-equals-sign", "--set expects section.key=value"),
 ])

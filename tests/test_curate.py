@@ -268,7 +268,8 @@ def test_curation_is_deterministic(curated, hostile_corpus, tmp_path):
 def _assert_same_files(a, b, except_names=()):
     """Same corpus, stats and data card, byte for byte; logs/ (timestamps, timings) only has to exist in both."""
     def corpus_files(root):
-        return sorted(p.relative_to(root) for p in root.rglob("*") if p.is_file() and p.relative_to(root).parts[0] != "logs")
+        return sorted(p.relative_to(root) for p in root.rglob("*")
+                      if p.is_file() and p.relative_to(root).parts[0] != "logs")
 
     files = corpus_files(a)
     assert files == corpus_files(b)
@@ -287,12 +288,27 @@ def test_ray_executor_reproduces_the_local_run(curated, hostile_corpus, tmp_path
     records the config, so it differs in `executor.kind` and nothing else."""
     pytest.importorskip("ray", reason="the ray extra is not installed: pip install -e '.[ray]'")
     repo, stack = hostile_corpus
-    args = ["curate", "--out", tmp_path / "ray", "--set", 'executor.kind="ray"', "--set", "executor.tasks=2",
-            "--set", "executor.workers=1", "--set",
-            f'sources=[{{name="repo", kind="dir", path="{repo}"}}, {{name="stack", kind="jsonl", path="{stack}", '
-            f'weight=0.5}}]']
-    proc = subprocess.Popen([sys.executable, "-m", "codelm", *map(str, args)], stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    args = [
+        "curate",
+        "--out",
+        tmp_path / "ray",
+        "--set",
+        'executor.kind="ray"',
+        "--set",
+        "executor.tasks=2",
+        "--set",
+        "executor.workers=1",
+        "--set",
+        f'sources=[{{name="repo", kind="dir", path="{repo}"}}, {{name="stack", kind="jsonl", path="{stack}", '
+        f"weight=0.5}}]",
+    ]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "codelm", *map(str, args)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
     try:
         output, _ = proc.communicate(timeout=400)
     except subprocess.TimeoutExpired:
@@ -330,8 +346,7 @@ print(os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGTERM)
 @pytest.mark.parametrize("hook, killed", [("hook", "True"), ("none", "False")])
 def test_ray_workers_forked_children_die_on_sigterm(hook, killed):
     """datatrove's Ray actor ends its forked task pool with SIGTERM; the hook gives forks the default action."""
-    out = subprocess.run([sys.executable, "-c", FORK_UNDER_A_HANDLER, hook], capture_output=True, text=True,
-                         timeout=60)
+    out = subprocess.run([sys.executable, "-c", FORK_UNDER_A_HANDLER, hook], capture_output=True, text=True, timeout=60)
     assert out.stdout.strip() == killed, out.stderr
 
 
@@ -348,8 +363,17 @@ def test_cli_curate_stats_and_tokenize(curated, tokens_dir, tmp_path):
     table = run_codelm("data", "stats", curated).stdout
     assert "| repo |" in table and "removed because" in table
     out = tmp_path / "tokens"
-    run_codelm("tokenize", "--data", curated, "--tokenizer", tokens_dir / "tokenizer.json", "--out", out,
-               "--val-fraction", "0.1")
+    run_codelm(
+        "tokenize",
+        "--data",
+        curated,
+        "--tokenizer",
+        tokens_dir / "tokenizer.json",
+        "--out",
+        out,
+        "--val-fraction",
+        "0.1",
+    )
     stats = json.loads((out / "stats.json").read_text())
     mix = stats["mix"]
     assert set(mix) == {"repo", "stack"}

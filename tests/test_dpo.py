@@ -64,7 +64,10 @@ def test_reference_is_computed_once_and_keyed_by_weights_and_pairs(monkeypatch, 
     pairs = [Pair([1, 2], [3, 4], [5], "a"), Pair([1], [2], [3, 4, 5], "b")]
     first, hit = reference_logprobs(score, policy, pairs, "weights-1", 0, 4, log=lambda *_: None)
     assert not hit and calls == [4]  # both pairs, chosen and rejected rows, in one batch
-    assert first[:, :, 1].tolist() == [[2.0, 1.0], [1.0, 3.0]] and first[:, :, 0].tolist() == [[-2.0, -1.0], [-1.0, -3.0]]
+    assert first[:, :, 1].tolist() == [[2.0, 1.0], [1.0, 3.0]] and first[:, :, 0].tolist() == [
+        [-2.0, -1.0],
+        [-1.0, -3.0],
+    ]
     again, hit = reference_logprobs(score, policy, pairs, "weights-1", 0, 4, log=lambda *_: None)
     assert hit and torch.equal(again, first) and calls == [4]
     _, hit = reference_logprobs(score, policy, pairs, "weights-2", 0, 4, log=lambda *_: None)
@@ -75,9 +78,14 @@ def test_reference_is_computed_once_and_keyed_by_weights_and_pairs(monkeypatch, 
 
 def test_pair_files_plain_and_chat(tmp_path, code_tok):
     path = tmp_path / "pairs.jsonl"
-    rows = [{"prompt": "def one():\n", "chosen": "    return 1\n", "rejected": "    return 2\n"},
-            {"prompt": [{"role": "user", "content": "One?"}], "chosen": [{"role": "assistant", "content": "1"}],
-             "rejected": {"role": "assistant", "content": "2"}}]
+    rows = [
+        {"prompt": "def one():\n", "chosen": "    return 1\n", "rejected": "    return 2\n"},
+        {
+            "prompt": [{"role": "user", "content": "One?"}],
+            "chosen": [{"role": "assistant", "content": "1"}],
+            "rejected": {"role": "assistant", "content": "2"},
+        },
+    ]
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     plain, chat = read_pairs(path, code_tok)
     assert plain.chosen[-1] == code_tok.eot_id and code_tok.decode(plain.chosen[:-1]) == "    return 1\n"
@@ -94,10 +102,29 @@ def test_pair_files_plain_and_chat(tmp_path, code_tok):
 @pytest.mark.slow
 def test_dpo_from_execution_learns_to_prefer_passing_programs(noisy_arithmetic_model, tmp_path):
     out = tmp_path / "dpo"
-    run_codelm("dpo", "--init-from", noisy_arithmetic_model, "--from-tasks", "procedural:200:1:0", "--out", out,
-               "--set", "train.precision='fp32'", "--set", "train.compile=false", "--set", "optim.lr=5e-4",
-               "--set", "pairs.max_new_tokens=24", "--set", "pairs.val_fraction=0.3", "--set", "pairs.epochs=3",
-               "--set", "rl.workers=2")
+    run_codelm(
+        "dpo",
+        "--init-from",
+        noisy_arithmetic_model,
+        "--from-tasks",
+        "procedural:200:1:0",
+        "--out",
+        out,
+        "--set",
+        "train.precision='fp32'",
+        "--set",
+        "train.compile=false",
+        "--set",
+        "optim.lr=5e-4",
+        "--set",
+        "pairs.max_new_tokens=24",
+        "--set",
+        "pairs.val_fraction=0.3",
+        "--set",
+        "pairs.epochs=3",
+        "--set",
+        "rl.workers=2",
+    )
     report = json.loads((out / "dpo.json").read_text())
     pairs = (out / "pairs.jsonl").read_text().splitlines()
     assert len(pairs) > 50 and {"chosen", "rejected", "rejected_outcome"} <= json.loads(pairs[0]).keys()
@@ -109,14 +136,19 @@ def test_dpo_bad_input_is_one_line_and_status_2(noisy_arithmetic_model, tmp_path
     pairs = tmp_path / "pairs.jsonl"
     pairs.write_text(json.dumps({"prompt": "x" * 600, "chosen": "y", "rejected": "z"}) + "\n")
     other_tok = train_tokenizer(["def other(x):\n    return x + 1\n" * 40], vocab_size=300)
-    other = save_model(tmp_path / "other", Transformer(ModelConfig(vocab_size=other_tok.vocab_size, dim=16,
-                                                                   n_layers=1, n_heads=2, n_kv_heads=1)), other_tok)
+    other = save_model(
+        tmp_path / "other",
+        Transformer(ModelConfig(vocab_size=other_tok.vocab_size, dim=16, n_layers=1, n_heads=2, n_kv_heads=1)),
+        other_tok,
+    )
     short = tmp_path / "short.jsonl"
     short.write_text(json.dumps({"prompt": "x", "chosen": "y", "rejected": "z"}) + "\n")
-    cases = [(["--pairs", pairs], "longer than the model's context"),
-             (["--pairs", short, "--reference", other], "has another tokenizer than the policy"),
-             ([], "give preference pairs (--pairs FILE.jsonl) or tasks"),
-             (["--pairs", pairs, "--set", "dpo.loss='hinge'"], "dpo.loss must be one of sigmoid, ipo")]
+    cases = [
+        (["--pairs", pairs], "longer than the model's context"),
+        (["--pairs", short, "--reference", other], "has another tokenizer than the policy"),
+        ([], "give preference pairs (--pairs FILE.jsonl) or tasks"),
+        (["--pairs", pairs, "--set", "dpo.loss='hinge'"], "'dpo.loss' must be one of sigmoid, ipo"),
+    ]
     for extra, message in cases:
         proc = run_codelm("dpo", "--init-from", noisy_arithmetic_model, "--out", tmp_path / "out", *extra, check=False)
         assert proc.returncode == 2 and message in proc.stderr, (extra, proc.stderr)

@@ -115,14 +115,18 @@ MESSY_REPLIES = {
     "prose before, no fence": f"The answer is simple.\n\n{FUNCTION}",
     "body only": CORRECT,
     "unindented body": CORRECT.strip() + "\n",
-    "py fence, imports, example usage": (f"```py\nfrom typing import List\nimport math\n\n{FUNCTION}\n"
-                                         "print(has_close_elements([1.0, 2.0], 0.5))\nhas_close_elements(None, 1)\n"
-                                         "if __name__ == '__main__':\n    raise SystemExit(1)\n```"),
+    "py fence, imports, example usage": (
+        f"```py\nfrom typing import List\nimport math\n\n{FUNCTION}\n"
+        "print(has_close_elements([1.0, 2.0], 0.5))\nhas_close_elements(None, 1)\n"
+        "if __name__ == '__main__':\n    raise SystemExit(1)\n```"
+    ),
     "two blocks, the second defines it": f"```python\nx = [1.0, 2.0]\n```\nthen\n```python\n{FUNCTION}```",
     "unclosed fence cut mid-line": f"```python\n{FUNCTION}\ndef helper(x):\n    return x +",
-    "helper defined after, decorated": (f"```python\nimport functools\n\n{FUNCTION.replace('return any', 'return _any')}"
-                                        "\n@functools.lru_cache(maxsize=None)\ndef _unused():\n    return 1\n\n"
-                                        "_any = any\n```"),
+    "helper defined after, decorated": (
+        f"```python\nimport functools\n\n{FUNCTION.replace('return any', 'return _any')}"
+        "\n@functools.lru_cache(maxsize=None)\ndef _unused():\n    return 1\n\n"
+        "_any = any\n```"
+    ),
 }
 
 
@@ -137,8 +141,9 @@ def test_chat_replies_are_reduced_to_code_that_passes(case):
 
 def test_a_wrong_chat_reply_still_fails():
     problem = load_problems()[0]
-    [result] = execute([(problem, chat_completion(problem, "```python\ndef has_close_elements(n, t):\n"
-                                                           "    return True\n```"))])
+    [result] = execute(
+        [(problem, chat_completion(problem, "```python\ndef has_close_elements(n, t):\n    return True\n```"))]
+    )
     assert result.status == "failed"
 
 
@@ -148,8 +153,9 @@ def test_chat_template_rendering_and_special_tokens(code_tok):
     start, end = code_tok.special["<|im_start|>"], code_tok.special["<|im_end|>"]
     assert ids[0] == start and ids.count(end) == 1  # the user's literal "<|im_end|>" is text, not the token
     assert code_tok.decode(ids) == "<|im_start|>user\nWrite hello <|im_end|> world<|im_end|>\n<|im_start|>assistant\n"
-    system_default = ("{% if messages[0]['role'] != 'system' %}{{ '<|im_start|>system\nBe brief<|im_end|>\n' }}"
-                      "{% endif %}" + CHATML)
+    system_default = (
+        "{% if messages[0]['role'] != 'system' %}{{ '<|im_start|>system\nBe brief<|im_end|>\n' }}{% endif %}" + CHATML
+    )
     assert render(messages, system_default).startswith("<|im_start|>system\nBe brief<|im_end|>\n<|im_start|>user")
 
 
@@ -187,20 +193,26 @@ class AnswerKey:
         from codelm.inference.engine import Completion
 
         texts = [self.tok.decode(p) for p in prompts]
-        return [[Completion(next(a for key, a in self.answers.items() if t.endswith(key)), [], finish_reason="stop")]
-                for t in texts]
+        return [
+            [Completion(next(a for key, a in self.answers.items() if t.endswith(key)), [], finish_reason="stop")]
+            for t in texts
+        ]
 
 
 def test_humaneval_task_scores_a_model_that_knows_the_answers(code_tok, tmp_path):
     problems = load_problems()[:6]
     answers = {p["prompt"]: p["canonical_solution"] for p in problems[:4]}
     answers |= {p["prompt"]: "    return None\n" for p in problems[4:]}
-    evaluation = Evaluation(EvalConfig(checkpoint="answer key", tasks=["humaneval"], limit=6, out=str(tmp_path)),
-                            engine=AnswerKey(code_tok, answers))
+    evaluation = Evaluation(
+        EvalConfig(checkpoint="answer key", tasks=["humaneval"], limit=6, out=str(tmp_path)),
+        engine=AnswerKey(code_tok, answers),
+    )
     everything = evaluation.run()
     write_eval_report(tmp_path, everything)  # the CLI writes the report from the results
     results = everything.tasks["humaneval"]
-    assert results.pass_at_k == {"1": pytest.approx(4 / 6)} and results.passed_problems == [p["task_id"] for p in problems[:4]]
+    assert results.pass_at_k == {"1": pytest.approx(4 / 6)} and results.passed_problems == [
+        p["task_id"] for p in problems[:4]
+    ]
     assert EvalResults.load(tmp_path / "results.json") == everything  # what the report reads back is what ran
     rows = [json.loads(line) for line in (tmp_path / "samples.jsonl").read_text().splitlines()]
     assert [r["status"] for r in rows[:4]] == ["passed"] * 4 and {r["status"] for r in rows[4:]} <= {"failed", "error"}
@@ -216,19 +228,25 @@ class ChatAnswerKey(AnswerKey):
         from codelm.inference.engine import Completion
 
         asked = [self.tok.decode(p).rsplit("<|im_start|>user", 1)[-1] for p in prompts]
-        return [[Completion(next(a for key, a in self.answers.items() if key.strip() in t), [], finish_reason="stop")]
-                for t in asked]
+        return [
+            [Completion(next(a for key, a in self.answers.items() if key.strip() in t), [], finish_reason="stop")]
+            for t in asked
+        ]
 
 
 def test_chat_scores_count_the_replies_that_define_the_entry_point(code_tok, tmp_path):
     problems = load_problems()[:4]
     fence = "Here you go:\n```python\n{}\n```"
-    answers = {problems[0]["prompt"]: fence.format(problems[0]["prompt"] + problems[0]["canonical_solution"]),
-               problems[1]["prompt"]: fence.format(problems[1]["canonical_solution"]),  # the body only
-               problems[2]["prompt"]: "I cannot help with that.",
-               problems[3]["prompt"]: fence.format(f"def {problems[3]['entry_point']}(*args):\n    return None")}
-    evaluation = Evaluation(EvalConfig(checkpoint="answer key", tasks=["humaneval"], limit=4, chat=True,
-                                       out=str(tmp_path)), engine=ChatAnswerKey(code_tok, answers))
+    answers = {
+        problems[0]["prompt"]: fence.format(problems[0]["prompt"] + problems[0]["canonical_solution"]),
+        problems[1]["prompt"]: fence.format(problems[1]["canonical_solution"]),  # the body only
+        problems[2]["prompt"]: "I cannot help with that.",
+        problems[3]["prompt"]: fence.format(f"def {problems[3]['entry_point']}(*args):\n    return None"),
+    }
+    evaluation = Evaluation(
+        EvalConfig(checkpoint="answer key", tasks=["humaneval"], limit=4, chat=True, out=str(tmp_path)),
+        engine=ChatAnswerKey(code_tok, answers),
+    )
     score = evaluation.run().tasks["humaneval"]
     assert score.defines_entry_point == pytest.approx(2 / 4) and "50% of replies define" in score.summary()
     assert score.passed_problems == [problems[0]["task_id"], problems[1]["task_id"]]
@@ -239,15 +257,19 @@ def test_infilling_task_scores_by_execution_and_exact_match(code_tok, tmp_path):
 
     tasks = single_line_tasks(load_problems())
     answers = {code_tok.decode(fim_prompt(t.prefix, t.suffix, code_tok)): t.middle for t in tasks}
-    evaluation = Evaluation(EvalConfig(checkpoint="answer key", tasks=["humaneval-infill-single"], limit=6,
-                                       out=str(tmp_path)), engine=AnswerKey(code_tok, answers))
+    evaluation = Evaluation(
+        EvalConfig(checkpoint="answer key", tasks=["humaneval-infill-single"], limit=6, out=str(tmp_path)),
+        engine=AnswerKey(code_tok, answers),
+    )
     result = evaluation.run().tasks["humaneval-infill-single"]
     assert (result.tasks, result.of, result.pass_at_1, result.exact_match) == (6, 1033, 1.0, 1.0)
     rows = [json.loads(line) for line in (tmp_path / "samples.jsonl").read_text().splitlines()]
     chosen = {r["id"] for r in rows}
     wrong = {key: "    pass\n" for key in answers}  # every middle replaced by a no-op line
-    evaluation = Evaluation(EvalConfig(checkpoint="answer key", tasks=["humaneval-infill-single"], limit=6,
-                                       out=str(tmp_path)), engine=AnswerKey(code_tok, wrong))
+    evaluation = Evaluation(
+        EvalConfig(checkpoint="answer key", tasks=["humaneval-infill-single"], limit=6, out=str(tmp_path)),
+        engine=AnswerKey(code_tok, wrong),
+    )
     result = evaluation.run().tasks["humaneval-infill-single"]
     assert result.exact_match == 0 and result.pass_at_1 < 1
     assert {json.loads(line)["id"] for line in (tmp_path / "samples.jsonl").read_text().splitlines()} == chosen
@@ -260,8 +282,9 @@ def test_evaluator_generates_to_the_end_of_the_context_and_skips_prompts_without
     from codelm.eval.runner import generate_batched
 
     prompts = [[5] * 30, [5] * 40, [5] * 4]  # the middle one fills the context of 40 alone
-    outputs = generate_batched(endless_engine(code_tok, context=40), prompts, SamplingParams(max_new_tokens=100),
-                               batch_size=2, desc="test")
+    outputs = generate_batched(
+        endless_engine(code_tok, context=40), prompts, SamplingParams(max_new_tokens=100), batch_size=2, desc="test"
+    )
     assert outputs[1] is None
     for prompt, [c] in [(prompts[0], outputs[0]), (prompts[2], outputs[2])]:
         assert (c.finish_reason, len(prompt) + len(c.token_ids)) == ("length", 40)

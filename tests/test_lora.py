@@ -11,10 +11,10 @@ import torch
 from conftest import run_codelm
 
 from codelm.checkpoint import load_model, load_weights, save_checkpoint, save_model
+from codelm.checkpoint.adapter import load_adapter, read_adapter, save_adapter
 from codelm.config import Config, LoraConfig, ModelConfig, load_config, to_toml
 from codelm.errors import UserError
 from codelm.interop.hf import export_hf
-from codelm.interop.peft import load_adapter, read_adapter, save_adapter
 from codelm.model.llama import Transformer
 from codelm.model.lora import (
     LoraLinear,
@@ -348,11 +348,12 @@ def test_cli_export_merge_lora_and_generate_from_an_adapter(exported, tok, tmp_p
 
 @pytest.mark.parametrize("command", ["sft", "distill", "rl", "dpo"])
 def test_lora_flags_reach_every_recipes_config(command):
-    from codelm.cli import CONFIGS, build_parser, recipe_config
+    from codelm.cli import build_parser
+    from codelm.cli.options import resolve
 
     args = build_parser().parse_args([command, "--init-from", "ckpt", "--lora-r", "16", "--lora-alpha", "32",
                                       "--lora-targets", "q_proj,v_proj", "--rslora"])
-    cfg = recipe_config(args, CONFIGS / "sft.toml")
+    cfg = resolve(args)
     assert (cfg.lora.r, cfg.lora.alpha, cfg.lora.targets, cfg.lora.rslora) == (16, 32.0, "q_proj,v_proj", True)
-    plain = recipe_config(build_parser().parse_args([command, "--init-from", "ckpt"]), CONFIGS / "sft.toml")
+    plain = resolve(build_parser().parse_args([command, "--init-from", "ckpt"]))
     assert plain.lora == LoraConfig()  # flags left out keep the config's values

@@ -62,7 +62,10 @@ def reference_forward(model: Transformer, ids: list[int]) -> torch.Tensor:
         x = x + torch.cat(heads, -1) @ sd[p + "self_attn.o_proj.weight"].T
         h = rms(x, sd[p + "post_attention_layernorm.weight"])
         gate = h @ sd[p + "mlp.gate_proj.weight"].T
-        x = x + (torch.nn.functional.silu(gate) * (h @ sd[p + "mlp.up_proj.weight"].T)) @ sd[p + "mlp.down_proj.weight"].T
+        x = (
+            x
+            + (torch.nn.functional.silu(gate) * (h @ sd[p + "mlp.up_proj.weight"].T)) @ sd[p + "mlp.down_proj.weight"].T
+        )
     return rms(x, sd["model.norm.weight"]) @ sd["lm_head.weight"].T
 
 
@@ -116,14 +119,22 @@ def test_positions_restart_per_document():
 
 def test_hf_tensor_names_and_tied_embeddings():
     names = set(Transformer(CFG).state_dict())
-    for n in ["model.embed_tokens.weight", "model.norm.weight", "lm_head.weight",
-              "model.layers.1.self_attn.q_proj.weight", "model.layers.1.self_attn.k_proj.weight",
-              "model.layers.1.mlp.gate_proj.weight", "model.layers.1.post_attention_layernorm.weight"]:
+    for n in [
+        "model.embed_tokens.weight",
+        "model.norm.weight",
+        "lm_head.weight",
+        "model.layers.1.self_attn.q_proj.weight",
+        "model.layers.1.self_attn.k_proj.weight",
+        "model.layers.1.mlp.gate_proj.weight",
+        "model.layers.1.post_attention_layernorm.weight",
+    ]:
         assert n in names
     tied = Transformer(ModelConfig(vocab_size=97, dim=32, n_layers=1, n_heads=4, n_kv_heads=4, tie_embeddings=True))
     assert tied.lm_head.weight is tied.model.embed_tokens.weight
-    assert tied.num_params() == Transformer(
-        ModelConfig(vocab_size=97, dim=32, n_layers=1, n_heads=4, n_kv_heads=4)).num_params() - 97 * 32
+    assert (
+        tied.num_params()
+        == Transformer(ModelConfig(vocab_size=97, dim=32, n_layers=1, n_heads=4, n_kv_heads=4)).num_params() - 97 * 32
+    )
 
 
 def test_qk_norm_is_a_per_head_rms_norm_before_rope():
@@ -143,7 +154,7 @@ def test_decode_step_through_the_cache_equals_forward():
     cache = KVCache(CFG, batch=2, max_len=12, dtype=torch.float64)
     prefill = model.decode_step(ids[:, :9], cache)
     assert cache.length == 9  # the step advanced the cache past its tokens
-    steps = [model.decode_step(ids[:, t:t + 1], cache, last_only=True) for t in range(9, 12)]
+    steps = [model.decode_step(ids[:, t : t + 1], cache, last_only=True) for t in range(9, 12)]
     assert cache.length == 12
     full = model(ids)
     assert torch.allclose(prefill, full[:, :9], atol=1e-10)
@@ -176,7 +187,9 @@ def test_fused_loss_matches_logits_cross_entropy_in_value_and_gradients(precisio
     targets[2, 30:] = -100
     autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16")
     with autocast:
-        reference = torch.nn.functional.cross_entropy(model(ids).float().flatten(0, 1), targets.flatten(), ignore_index=-100)
+        reference = torch.nn.functional.cross_entropy(
+            model(ids).float().flatten(0, 1), targets.flatten(), ignore_index=-100
+        )
     reference.backward()
     expected = {n: p.grad.clone() for n, p in model.named_parameters()}
     model.zero_grad()

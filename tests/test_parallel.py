@@ -50,7 +50,9 @@ def test_a_by_name_state_loads_into_a_fresh_unsharded_optimizer():
     fresh = build_optimizer(model, OptimConfig(lr=1e-3, embed_lr=0.1), torch.device("cpu"))
     fresh.load_state_dict(keyed_by_position(named, model, fresh))
     for group, reference in zip(fresh.param_groups, optimizer.param_groups):
-        assert {k: v for k, v in group.items() if k != "params"} == {k: v for k, v in reference.items() if k != "params"}
+        assert {k: v for k, v in group.items() if k != "params"} == {
+            k: v for k, v in reference.items() if k != "params"
+        }
     for p in model.parameters():
         for name, value in optimizer.state[p].items():
             assert torch.equal(fresh.state[p][name], value), name

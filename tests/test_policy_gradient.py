@@ -10,11 +10,17 @@ from codelm.train import policy_gradient as pg
 REWARDS = torch.tensor([[1.0, 0.0, 0.0, 1.0], [1.0, 1.0, 1.0, 1.0]])
 
 
-@pytest.mark.parametrize("kind,first_group", [
-    ("group_mean", [0.5, -0.5, -0.5, 0.5]),
-    ("group_zscore", [0.5 / math.sqrt(1 / 3), -0.5 / math.sqrt(1 / 3), -0.5 / math.sqrt(1 / 3), 0.5 / math.sqrt(1 / 3)]),
-    ("rloo", [1 - 1 / 3, 0 - 2 / 3, 0 - 2 / 3, 1 - 1 / 3]),  # each reward minus the mean of the three others
-])
+@pytest.mark.parametrize(
+    "kind,first_group",
+    [
+        ("group_mean", [0.5, -0.5, -0.5, 0.5]),
+        (
+            "group_zscore",
+            [0.5 / math.sqrt(1 / 3), -0.5 / math.sqrt(1 / 3), -0.5 / math.sqrt(1 / 3), 0.5 / math.sqrt(1 / 3)],
+        ),
+        ("rloo", [1 - 1 / 3, 0 - 2 / 3, 0 - 2 / 3, 1 - 1 / 3]),  # each reward minus the mean of the three others
+    ],
+)
 def test_group_advantages_by_hand(kind, first_group):
     a = pg.advantages(REWARDS, kind)
     assert a[0].tolist() == pytest.approx(first_group, abs=1e-5)
@@ -42,12 +48,15 @@ def test_zero_spread_groups_are_found():
     assert pg.zero_spread(torch.zeros(2, 3)).tolist() == [True, True]
 
 
-@pytest.mark.parametrize("ratio,advantage,loss,clipped", [
-    (1.5, 1.0, -1.2, True),   # good sample already made likelier: capped at 1 + eps_high
-    (0.5, 1.0, -0.5, False),  # good sample made less likely: the unclipped term, so the gradient pulls it back
-    (0.5, -1.0, 0.8, True),   # bad sample already made less likely: capped at 1 - eps_low
-    (1.5, -1.0, 1.5, False),  # bad sample made likelier: unclipped, pushed back down
-])
+@pytest.mark.parametrize(
+    "ratio,advantage,loss,clipped",
+    [
+        (1.5, 1.0, -1.2, True),  # good sample already made likelier: capped at 1 + eps_high
+        (0.5, 1.0, -0.5, False),  # good sample made less likely: the unclipped term, so the gradient pulls it back
+        (0.5, -1.0, 0.8, True),  # bad sample already made less likely: capped at 1 - eps_low
+        (1.5, -1.0, 1.5, False),  # bad sample made likelier: unclipped, pushed back down
+    ],
+)
 def test_clipped_surrogate_by_hand(ratio, advantage, loss, clipped):
     old = torch.tensor([[math.log(0.4)]])
     logp = old + math.log(ratio)

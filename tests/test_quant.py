@@ -93,7 +93,8 @@ def test_int8_smollm2_logits_and_greedy_tokens_stay_close_to_fp32(smollm2, capsy
     prefix_agreement = shared / (len(PROMPTS) * params.max_new_tokens)
     with capsys.disabled():
         print(f"\nint8 vs fp32 on SmolLM2: loss {loss_a:.4f} -> {loss_b:.4f}, argmax agreement {argmax_agreement:.3f}, "
-              f"greedy tokens before divergence {prefix_agreement:.2f}, identical generations {identical}/{len(PROMPTS)}")
+              f"greedy tokens before divergence {prefix_agreement:.2f}, identical generations "
+              f"{identical}/{len(PROMPTS)}")
     assert prefix_agreement > 0.4
 
 

@@ -67,7 +67,7 @@ def test_bad_rl_input_is_one_line_and_status_2(noisy_arithmetic_model, tmp_path)
     cases = [(["--tasks", str(bad)], "its tests do not pass against its own reference solution"),
              (["--set", "rl.max_new_tokens=200"], "exceeds the model's context of 128"),
              (["--chat", "--set", "rl.samples=1"], "rl.samples: at least 2"),  # --chat: a bool option parses
-             (["--set", "rl.advantage='ppo'"], "rl.advantage: one of")]
+             (["--set", "rl.advantage='ppo'"], "'rl.advantage' must be one of")]
     for extra, message in cases:
         proc = run_codelm("rl", "--init-from", noisy_arithmetic_model, "--tasks", "procedural:20", "--out",
                           tmp_path / "out", *extra, check=False, cwd=REPO)

@@ -18,7 +18,7 @@ SETTINGS = ["data.seq_len=64", "train.micro_batch=8", "train.batch_tokens=512", 
 def sweep_args(tokens_dir, out, budgets="3e9,6e9", *extra) -> list[str]:
     args = ["scaling", "sweep", "--tokens", str(tokens_dir), "--out", str(out), "--budgets", budgets,
             "--depths", "1,2,3", "--aspect", "16", "--min-steps", "5", *extra]
-    return args + [a for s in SETTINGS for a in ("--set", s)]
+    return args + [a for s in SETTINGS for a in ("--train-set", s)]
 
 
 def test_a_grid_that_cannot_fit_the_budget_is_named(tokens_dir, tmp_path, capsys):
@@ -53,7 +53,7 @@ def test_sweep_trains_to_budget_skips_finished_runs_and_resumes(tokens_dir, tmp_
 
     main(sweep_args(tokens_dir, out))  # all done: nothing trains
     assert "6 runs, 6 already done" in capsys.readouterr().err
-    line = cli_error(capsys, *sweep_args(tokens_dir, out, "3e9,6e9", "--set", "optim.lr=0.001"))
+    line = cli_error(capsys, *sweep_args(tokens_dir, out, "3e9,6e9", "--train-set", "optim.lr=0.001"))
     assert "trained with other settings" in line  # a changed plan never reuses a run of another
 
 

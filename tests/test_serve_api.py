@@ -96,13 +96,18 @@ def test_samples_are_reproducible_by_seed(client):
 def test_stop_strings_cut_across_token_boundaries(live, client):
     free = client.completions.create(model="tiny", prompt="for i in range(", max_tokens=12, temperature=0, logprobs=0)
     pieces = free.choices[0].logprobs.tokens
-    k = next(i for i in range(3, len(pieces) - 1) if pieces[i] and pieces[i + 1] and "\ufffd" not in pieces[i] + pieces[i + 1])
+    k = next(
+        i
+        for i in range(3, len(pieces) - 1)
+        if pieces[i] and pieces[i + 1] and "\ufffd" not in pieces[i] + pieces[i + 1]
+    )
     stop = pieces[k][-1] + pieces[k + 1][0]  # spans the boundary between tokens k and k + 1
-    expected = free.choices[0].text[:free.choices[0].text.index(stop)]
+    expected = free.choices[0].text[: free.choices[0].text.index(stop)]
     cut = client.completions.create(model="tiny", prompt="for i in range(", max_tokens=12, temperature=0, stop=stop)
     assert (cut.choices[0].text, cut.choices[0].finish_reason) == (expected, "stop")
-    streamed = client.completions.create(model="tiny", prompt="for i in range(", max_tokens=12, temperature=0,
-                                         stop=[stop], stream=True)
+    streamed = client.completions.create(
+        model="tiny", prompt="for i in range(", max_tokens=12, temperature=0, stop=[stop], stream=True
+    )
     assert "".join(c.choices[0].text for c in streamed) == expected
 
 
@@ -114,16 +119,23 @@ def test_logprobs_and_echo(live, client):
     for chosen, value, top in zip(lp.tokens, lp.token_logprobs, lp.top_logprobs):
         assert len(top) == 2 and top[chosen] == pytest.approx(value) == max(top.values())  # greedy took the best
     assert lp.text_offset == [sum(map(len, lp.tokens[:i])) for i in range(len(lp.tokens))]
-    echoed = client.completions.create(model="tiny", prompt="x = [1, 2", max_tokens=6, temperature=0, logprobs=1,
-                                       echo=True)
+    echoed = client.completions.create(
+        model="tiny", prompt="x = [1, 2", max_tokens=6, temperature=0, logprobs=1, echo=True
+    )
     choice = echoed.choices[0]
     prompt_tokens = len(live.engine.tok.encode("x = [1, 2"))
     assert choice.text == "x = [1, 2" + reply.choices[0].text
     assert len(choice.logprobs.tokens) == prompt_tokens + 6  # the prompt's first token is scored given the
     assert all(lp < 0 for lp in choice.logprobs.token_logprobs)  # document start that codelm puts before text
     assert choice.logprobs.token_logprobs[prompt_tokens:] == pytest.approx(lp.token_logprobs)
-    chat = client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "hi"}], max_tokens=4,
-                                          temperature=0, logprobs=True, top_logprobs=3)
+    chat = client.chat.completions.create(
+        model="tiny",
+        messages=[{"role": "user", "content": "hi"}],
+        max_tokens=4,
+        temperature=0,
+        logprobs=True,
+        top_logprobs=3,
+    )
     content = chat.choices[0].logprobs.content
     assert len(content) == chat.usage.completion_tokens and all(len(t.top_logprobs) == 3 for t in content)
 
@@ -182,8 +194,13 @@ def test_bad_inputs_get_a_4xx_naming_the_field_while_good_requests_complete(live
     good, bad = [], []
 
     def send_good(i):
-        body = {"model": "tiny", "prompt": f"value_{i} = ", "max_tokens": 5, "temperature": 0,
-                "no_such_field": {"ignored": True}}  # unknown fields are ignored, as OpenAI does
+        body = {
+            "model": "tiny",
+            "prompt": f"value_{i} = ",
+            "max_tokens": 5,
+            "temperature": 0,
+            "no_such_field": {"ignored": True},
+        }  # unknown fields are ignored, as OpenAI does
         good.append(httpx.post(f"{live.url}/v1/completions", json=body, timeout=60))
 
     threads = [threading.Thread(target=send_good, args=(i,)) for i in range(6)]
@@ -266,9 +283,26 @@ def test_cli_serves_and_warns_when_exposed_without_key(checkpoint):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "codelm", "serve", "--checkpoint", str(checkpoint), "--host",
-                             "0.0.0.0", "--port", str(port), "--dtype", "fp32"], cwd=REPO, env=env,
-                            stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "codelm",
+            "serve",
+            "--checkpoint",
+            str(checkpoint),
+            "--host",
+            "0.0.0.0",
+            "--port",
+            str(port),
+            "--dtype",
+            "fp32",
+        ],
+        cwd=REPO,
+        env=env,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         deadline = time.monotonic() + 60
         while True:

@@ -208,9 +208,15 @@ def test_full_sft_keeps_an_imported_models_chat_template_and_stop_tokens(tiny_ch
 def test_sft_cli_trains_then_asks_humaneval_as_chats(tiny_chat_model, tmp_path):
     ckpt, data = tiny_chat_model
     out = tmp_path / "run"
-    proc = run_codelm("sft", "--init-from", ckpt, "--data", data, "--out", out, "--set", "data.seq_len=128",
+    proc = run_codelm("sft", "--init-from", ckpt, "--data", data, "--out", out,  # rows: the model's 128 tokens
                       "--set", "train.max_steps=2", "--set", "train.micro_batch=2", "--set", "train.batch_tokens=256",
                       "--humaneval", "3")
     assert "sft: 60 examples" in proc.stdout and "defines" not in proc.stderr
+    assert "data.seq_len = 128: the checkpoint's context (128 tokens)" in proc.stdout
+    written = (out / "config.toml").read_text()  # the sections sft read, replayable with --config
+    assert "seq_len = 128" in written and "[sft]" in written and "[model]" not in written and "[rl]" not in written
+    too_long = run_codelm("sft", "--init-from", ckpt, "--data", data, "--out", tmp_path / "long",
+                          "--set", "data.seq_len=512", check=False)
+    assert too_long.returncode == 2 and "data.seq_len=512 is longer than the model's context (128" in too_long.stderr
     results = json.loads((out / "eval" / "results.json").read_text())["tasks"]["humaneval"]
     assert results["problems"] == 3 and results["prompting"] == "chat" and results["defines_entry_point"] is not None

@@ -14,9 +14,14 @@ CPU = torch.device("cpu")
 
 
 def plan_with(monkeypatch, tokens_per_second: dict[str, float], minutes: float = 10.0):
-    monkeypatch.setattr(sizing, "step_tokens_per_second",
-                        lambda model_cfg, cfg, device, precision: tokens_per_second[f"{model_cfg.n_layers}x{model_cfg.dim}"])
-    return sizing.plan_shape(load_config(DEFAULT_CONFIG), CPU, "fp32", budget_seconds=minutes * 60, log=lambda *a, **k: None)
+    monkeypatch.setattr(
+        sizing,
+        "step_tokens_per_second",
+        lambda model_cfg, cfg, device, precision: tokens_per_second[f"{model_cfg.n_layers}x{model_cfg.dim}"],
+    )
+    return sizing.plan_shape(
+        load_config(DEFAULT_CONFIG), CPU, "fp32", budget_seconds=minutes * 60, log=lambda *a, **k: None
+    )
 
 
 def test_a_faster_machine_gets_a_bigger_model(monkeypatch):
@@ -30,7 +35,7 @@ def test_a_faster_machine_gets_a_bigger_model(monkeypatch):
         _, candidates = plan_with(monkeypatch, table)
         fits = [c.budget_tokens >= sizing.TOKENS_PER_PARAM * c.params for c in candidates]
         assert fits[sizing.LADDER.index(shape)]
-        assert not any(fits[sizing.LADDER.index(shape) + 1:])
+        assert not any(fits[sizing.LADDER.index(shape) + 1 :])
 
 
 def test_too_slow_for_any_shape_still_trains_the_smallest(monkeypatch):
@@ -51,8 +56,19 @@ def test_a_step_budget_needs_no_timing(monkeypatch):
 @pytest.mark.slow
 def test_speedrun_on_a_small_corpus_sizes_its_model_and_reports_compressors(tmp_path, corpus_paths):
     out = tmp_path / "run"
-    proc = run_codelm("speedrun", "--data", corpus_paths[1], "--max-steps", "5", "--out", out, "--vocab-size", "1024",
-                      "--set", "train.eval_every=0")
+    proc = run_codelm(
+        "speedrun",
+        "--data",
+        corpus_paths[1],
+        "--max-steps",
+        "5",
+        "--out",
+        out,
+        "--vocab-size",
+        "1024",
+        "--set",
+        "train.eval_every=0",
+    )
     plan = json.loads((out / "plan.json").read_text())
     assert plan["shape"] == "4x96"  # 5 steps of 4096 tokens fit only the smallest shape
     assert "n_layers = 4" in (out / "config.toml").read_text() and "dim = 96" in (out / "config.toml").read_text()

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from codelm.cli import build_parser, main
-from codelm.config import from_args
+from codelm.cli.options import resolve
 from codelm.data.pipeline import curate, load_curate_config
 from codelm.data.sources import stdlib_root
 from codelm.errors import UserError
@@ -224,9 +224,9 @@ def test_limit(tmp_path):
 
 def test_cli_defaults_come_from_the_config_and_bad_input_is_one_line(tmp_path, capsys):
     args = build_parser().parse_args(["synth", "mine", "--corpus", "c", "--out", "o.jsonl"])
-    assert from_args(MineConfig, args) == MineConfig(corpus="c", out="o.jsonl")
-    assert from_args(MineConfig, build_parser().parse_args(["synth", "mine", "--corpus", "c", "--out", "o",
-                                                            "--no-tests"])).tests is False
+    assert resolve(args).mine == MineConfig(corpus="c", out="o.jsonl")
+    assert resolve(build_parser().parse_args(["synth", "mine", "--corpus", "c", "--out", "o",
+                                              "--no-tests"])).mine.tests is False
     empty = write(tmp_path / "empty", {"m.py": "def f(x):\n    return x\n"})
     for corpus, message in ((tmp_path / "nope", "corpus path not found"), (empty, "no rows mined from")):
         with pytest.raises(SystemExit) as exit:
@@ -235,7 +235,7 @@ def test_cli_defaults_come_from_the_config_and_bad_input_is_one_line(tmp_path, c
         assert exit.value.code == 2 and message in err[-1] and err[-1].startswith("codelm: error:")
     assert not (tmp_path / "rows.jsonl").exists()
     with pytest.raises(UserError, match="max-lines"):
-        MineConfig(corpus="c", out="o", max_lines=0)
+        MineConfig(corpus="c", out="o", max_lines=0).check()
 
 
 STDLIB_SLICE = ["json", "textwrap.py", "difflib.py", "statistics.py", "fractions.py", "bisect.py", "heapq.py",

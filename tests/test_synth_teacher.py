@@ -14,7 +14,8 @@ import torch
 
 from codelm.checkpoint import save_model
 from codelm.cli import build_parser, main
-from codelm.config import ModelConfig, from_args
+from codelm.cli.options import resolve
+from codelm.config import EngineConfig, ModelConfig
 from codelm.errors import UserError
 from codelm.model.llama import Transformer
 from codelm.sandbox.supervisor import run
@@ -321,18 +322,12 @@ def test_an_endpoint_answering_junk_is_one_line_and_nothing_is_written(endpoint,
 
 def test_cli_builds_the_configs_from_their_defaults():
     args = build_parser().parse_args(["synth", "oss-instruct", "--corpus", "c", "--teacher", "ckpt", "--out", "o"])
-    teacher = from_args(TeacherConfig, args)
-    assert teacher == TeacherConfig(checkpoint="ckpt")
-    assert from_args(OssInstructConfig, args, teacher=teacher) == OssInstructConfig("c", "o", teacher)
+    assert resolve(args).oss_instruct == OssInstructConfig("c", "o", TeacherConfig(checkpoint="ckpt"))
     args = build_parser().parse_args(["synth", "magpie", "--teacher-url", "http://h/v1", "--out", "o", "--code-only"])
-    assert from_args(MagpieConfig, args, teacher=from_args(TeacherConfig, args)) == MagpieConfig(
-        "o", TeacherConfig(url="http://h/v1"), code_only=True)
-    with pytest.raises(SystemExit):  # a teacher is required, and only one
-        build_parser().parse_args(["synth", "magpie", "--out", "o"])
-    with pytest.raises(SystemExit):
-        build_parser().parse_args(["synth", "magpie", "--out", "o", "--teacher", "a", "--teacher-url", "b"])
-    with pytest.raises(UserError, match="exactly one"):
-        TeacherConfig()
+    assert resolve(args).magpie == MagpieConfig("o", TeacherConfig(url="http://h/v1"), code_only=True)
+    for given in ([], ["--teacher", "a", "--teacher-url", "b"]):  # a teacher is required, and only one
+        with pytest.raises(UserError, match="exactly one"):
+            resolve(build_parser().parse_args(["synth", "magpie", "--out", "o", *given]))
 
 
 @pytest.fixture
@@ -346,7 +341,7 @@ def tiny_teacher(tmp_path, code_tok) -> Path:
 
 def test_a_local_checkpoint_teaches_end_to_end(tiny_teacher, corpus, tmp_path):
     """A random model writes nothing usable: every request is made through the engine and every reply counted."""
-    teacher = TeacherConfig(checkpoint=str(tiny_teacher), dtype="fp32", batch_size=4)
+    teacher = TeacherConfig(checkpoint=str(tiny_teacher), engine=EngineConfig(dtype="fp32"), batch_size=4)
     with pytest.raises(UserError, match=rf"synth magpie: no rows kept from 6 requests to checkpoint:{tiny_teacher} "
                                         r"\(dropped: instruction_too_long 6\)"):
         magpie(MagpieConfig(out=str(tmp_path / "m.jsonl"), teacher=teacher, n=6, max_instruction_tokens=8))

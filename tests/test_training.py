@@ -217,7 +217,7 @@ def test_a_run_resumes_from_a_checkpoint_of_either_mode(tiny_config, first, then
 
 
 @pytest.mark.parametrize("overrides, message", [
-    (("train.parallel='zero'",), "choose one of ddp, fsdp"),
+    (("train.parallel='zero'",), "'train.parallel' must be one of ddp, fsdp"),
     (("train.parallel='fsdp'",), "run under torchrun"),
 ])
 def test_parallel_settings_are_checked(tiny_config, overrides, message):

@@ -175,7 +175,7 @@ def test_chain_of_thought_asks_for_reasoning_and_the_code_is_still_found():
     program, tests = humaneval.job(problem, humaneval.chat_completion(problem, reply))
     assert run(program, tests).status == "passed"
     with pytest.raises(UserError, match="--cot .* add --chat"):
-        EvalConfig(checkpoint="ckpt", tasks=["humaneval"], cot=True)
+        EvalConfig(checkpoint="ckpt", tasks=["humaneval"], cot=True).check()
 
 
 def test_uncertainty_with_one_sample_is_one_line_and_exit_status_2(tiny_chat_model):
@@ -263,4 +263,4 @@ def test_codet_picks_the_answer_the_model_tests_agree_with(tmp_path):
     report = (tmp_path / "report.md").read_text()
     assert "| dual agreement with the model's own tests (CodeT) | 100.0%" in report and "wrote 2.0 usable" in report
     with pytest.raises(UserError, match="--codet .* add --uncertainty"):
-        EvalConfig(checkpoint="ckpt", tasks=["humaneval"], n=2, codet=True)
+        EvalConfig(checkpoint="ckpt", tasks=["humaneval"], n=2, codet=True).check()

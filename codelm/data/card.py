@@ -92,7 +92,9 @@ def write_card(final: Path, work: Path, titles: list[str], config: dict):
     stats = {
         "stages": titles,
         "removed": removals(counts),
-        "redacted": {k[len("redacted_"):]: v for m in counts.values() for k, v in m.items() if k.startswith("redacted_")},
+        "redacted": {
+            k[len("redacted_") :]: v for m in counts.values() for k, v in m.items() if k.startswith("redacted_")
+        },
         "output": output_summary(final / "data"),
         "contamination": matches,
         "step_counts": counts,
@@ -120,10 +122,16 @@ def stats_table(stats: dict) -> str:
     total_bytes = sum(v["bytes"] for v in out["sources"].values())
     lines = ["| source | documents | MB |", "|---|---:|---:|"]
     lines += [f"| {name} | {v['docs']} | {_mb(v['bytes'])} |" for name, v in out["sources"].items()]
-    lines += [f"| **total** | **{total_docs}** | **{_mb(total_bytes)}** |", "",
-              "| language | documents | MB | share of bytes |", "|---|---:|---:|---:|"]
-    lines += [f"| {lang} | {v['docs']} | {_mb(v['bytes'])} | {v['bytes'] / max(total_bytes, 1):.1%} |"
-              for lang, v in out["languages"].items()]
+    lines += [
+        f"| **total** | **{total_docs}** | **{_mb(total_bytes)}** |",
+        "",
+        "| language | documents | MB | share of bytes |",
+        "|---|---:|---:|---:|",
+    ]
+    lines += [
+        f"| {lang} | {v['docs']} | {_mb(v['bytes'])} | {v['bytes'] / max(total_bytes, 1):.1%} |"
+        for lang, v in out["languages"].items()
+    ]
     lines += ["", "| removed because | documents |", "|---|---:|"]
     lines += [f"| {WHY.get(reason, reason)} (`{reason}`) | {n} |" for reason, n in stats["removed"].items()]
     if stats.get("redacted"):
@@ -136,12 +144,16 @@ def data_card(stats: dict) -> str:
     cfg = stats["config"]
     sources = "\n".join(
         f"- **{s['name']}**: {s['kind']}{' ' + s['path'] if s['path'] else ''} (mix weight {s['weight']}, "
-        f"at most {s['max_epochs']} epochs)" for s in cfg["sources"])
+        f"at most {s['max_epochs']} epochs)"
+        for s in cfg["sources"]
+    )
     stages = "\n".join(f"{i + 1}. {title}" for i, title in enumerate(stats["stages"]))
     matches = stats["contamination"]
     if matches:
         contamination = "| benchmark item | part | file | how | n-gram overlap |\n|---|---|---|---|---:|\n" + "\n".join(
-            f"| {m['item']} | {m['part']} | {m['repo']}/{m['path']} | {m['how']} | {m['overlap']:.2f} |" for m in matches)
+            f"| {m['item']} | {m['part']} | {m['repo']}/{m['path']} | {m['how']} | {m['overlap']:.2f} |"
+            for m in matches
+        )
     else:
         contamination = "No file matched a benchmark item."
     d = cfg["decontam"]
@@ -151,19 +163,22 @@ def data_card(stats: dict) -> str:
 ## Sources
 {sources}
 
-Layout: **{cfg['layout']}** ({'one document per file' if cfg['layout'] == 'file' else
-'dependency-ordered repository documents with <repo_name>/<file_sep> markers'}).
+Layout: **{cfg["layout"]}** ({
+        "one document per file"
+        if cfg["layout"] == "file"
+        else "dependency-ordered repository documents with <repo_name>/<file_sep> markers"
+    }).
 
 ## Pipeline
 {stages}
 
-Near-dedup: {describe_lsh(DedupConfig(**cfg['dedup']))}.
+Near-dedup: {describe_lsh(DedupConfig(**cfg["dedup"]))}.
 
 ## Contents and removals
 {stats_table(stats)}
 ## Contamination
-Benchmarks checked: {benchmarks}; normalized substring match and {d['ngram']}-gram overlap
->= {d['min_overlap']:.0%} of a benchmark part. Matched files were removed.
+Benchmarks checked: {benchmarks}; normalized substring match and {d["ngram"]}-gram overlap
+>= {d["min_overlap"]:.0%} of a benchmark part. Matched files were removed.
 
 {contamination}
 """

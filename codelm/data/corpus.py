@@ -103,8 +103,12 @@ def encode_document(tok: Tokenizer, doc: CorpusDoc) -> list[int]:
     return ids + tok.encode(doc.text[pos:])
 
 
-def train_tokenizer_on_corpus(paths: list[str] | None, out: str | Path, vocab_size: int = field_default(ModelConfig, "vocab_size"),
-                              val_fraction: float = DEFAULT_VAL_FRACTION) -> tuple[Tokenizer, int]:
+def train_tokenizer_on_corpus(
+    paths: list[str] | None,
+    out: str | Path,
+    vocab_size: int = field_default(ModelConfig, "vocab_size"),
+    val_fraction: float = DEFAULT_VAL_FRACTION,
+) -> tuple[Tokenizer, int]:
     """Train BPE on the training split only, so validation text stays unseen; returns (tokenizer, documents)."""
     count = 0
     corpus = Corpus(paths)
@@ -141,6 +145,7 @@ class SplitStats:
 @dataclass
 class SourceShare:
     """One source's part of the training split: the configured weight and what the mix realized."""
+
     weight: float
     max_epochs: float
     source_tokens: int
@@ -153,6 +158,7 @@ class SourceShare:
 @dataclass
 class TokenizedStats:
     """OUT/stats.json of `codelm tokenize`: what the report and later stages read about the token shards."""
+
     sources: list[str]
     val_fraction: float
     skipped: dict[str, int]
@@ -165,12 +171,18 @@ class TokenizedStats:
         if not path.is_file():
             raise UserError(f"{tokens_dir} is not a `codelm tokenize` output (no stats.json)")
         d = json.loads(path.read_text())
-        return cls(d["sources"], d["val_fraction"], d["skipped"],
-                   {k: SplitStats(**v) for k, v in d["splits"].items()}, {k: SourceShare(**v) for k, v in d["mix"].items()})
+        return cls(
+            d["sources"],
+            d["val_fraction"],
+            d["skipped"],
+            {k: SplitStats(**v) for k, v in d["splits"].items()},
+            {k: SourceShare(**v) for k, v in d["mix"].items()},
+        )
 
 
-def tokenize_corpus(paths: list[str] | None, tokenizer_path: str | Path, out_dir: str | Path,
-                    val_fraction: float = DEFAULT_VAL_FRACTION) -> TokenizedStats:
+def tokenize_corpus(
+    paths: list[str] | None, tokenizer_path: str | Path, out_dir: str | Path, val_fraction: float = DEFAULT_VAL_FRACTION
+) -> TokenizedStats:
     tok = Tokenizer.load(tokenizer_path)
     corpus = Corpus(paths)
     with atomic_directory(out_dir) as tmp:
@@ -216,12 +228,26 @@ def _write_splits(tok: Tokenizer, corpus: Corpus, tokenizer_path, tmp: Path, val
     train.close({"split": "train"})
     shutil.rmtree(tmp / "sources")
     total = sum(realized.values())
-    mix = {name: SourceShare(weight=weights[name], max_epochs=max_epochs[name], source_tokens=tokens[name],
-                             epochs=round(epochs[name], 4), tokens=realized[name], share=round(realized[name] / total, 4),
-                             target_share=round(weights[name] / sum(weights.values()), 4)) for name in weights}
+    mix = {
+        name: SourceShare(
+            weight=weights[name],
+            max_epochs=max_epochs[name],
+            source_tokens=tokens[name],
+            epochs=round(epochs[name], 4),
+            tokens=realized[name],
+            share=round(realized[name] / total, 4),
+            target_share=round(weights[name] / sum(weights.values()), 4),
+        )
+        for name in weights
+    }
     split_stats["train"].tokens = total  # after mixing: what training will see
     shutil.copyfile(tokenizer_path, tmp / "tokenizer.json")
-    result = TokenizedStats(sources=corpus.describe(), val_fraction=val_fraction,
-                            skipped=dict(sorted(corpus.skipped.items())), splits=split_stats, mix=mix)
+    result = TokenizedStats(
+        sources=corpus.describe(),
+        val_fraction=val_fraction,
+        skipped=dict(sorted(corpus.skipped.items())),
+        splits=split_stats,
+        mix=mix,
+    )
     atomic_write_json(tmp / "stats.json", asdict(result))
     return result

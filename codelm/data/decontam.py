@@ -17,7 +17,7 @@ written to `<matches_dir>/<rank>.jsonl` for the data card.
 
 import json
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +25,7 @@ from datatrove.data import Document
 from datatrove.io import get_datafolder
 from datatrove.pipeline.filters.base_filter import BaseFilter
 
+from codelm.config import knob
 from codelm.data.ngrams import CODE_TOKENS, TokenHasher, ngram_hashes
 from codelm.errors import UserError
 from codelm.tasks.humaneval import load_problems
@@ -35,10 +36,10 @@ JSONL_PART_FIELDS = ("prompt", "docstring", "canonical_solution", "solution", "c
 
 @dataclass
 class DecontamConfig:
-    humaneval: bool = True
-    extra: list[str] = field(default_factory=list)  # benchmark files: .jsonl(.gz) rows or plain text files
-    ngram: int = 10
-    min_overlap: float = 0.5  # fraction of a part's n-grams found in a file that marks it contaminated
+    humaneval: bool = knob(True, "drop files that contain HumanEval's prompts or solutions")
+    extra: list[str] = knob(help="benchmark files: .jsonl(.gz) rows or plain text files", factory=list)
+    ngram: int = knob(10, "words per n-gram when matching benchmark text")
+    min_overlap: float = knob(0.5, "fraction of a part's n-grams found in a file that marks it contaminated")
 
 
 @dataclass

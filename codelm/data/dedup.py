@@ -25,6 +25,7 @@ import hashlib
 import json
 import struct
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 from datatrove.io import get_datafolder
@@ -34,6 +35,7 @@ from datatrove.utils.binaryio import read_tuples_from_file
 from datatrove.utils.hashing import HashConfig
 from datatrove.utils.word_tokenizers import WordTokenizer
 
+from codelm.config import knob
 from codelm.data.ngrams import WORDS, TokenHasher, ngram_hashes
 
 MERSENNE_61 = np.uint64((1 << 61) - 1)
@@ -41,13 +43,14 @@ MERSENNE_61 = np.uint64((1 << 61) - 1)
 
 @dataclass
 class DedupConfig:
-    exact: bool = True
-    near: bool = True
-    level: str = "file"  # "file", or "repo": near-dedup whole repository documents (repo layout only)
-    ngram: int = 5
-    num_perm: int = 256  # permutations = bands x rows; the banding is derived from threshold
-    threshold: float = 0.7  # estimated Jaccard at which two documents are near-duplicates
-    seed: int = 1
+    exact: bool = knob(True, "drop exact duplicates (by content hash)")
+    near: bool = knob(True, "drop near-duplicates (MinHash LSH, verified)")
+    level: Literal["file", "repo"] = knob("file", "file, or repo: near-dedup whole repository documents (repo "
+                                                  "layout only)")
+    ngram: int = knob(5, "words per shingle of the MinHash signatures")
+    num_perm: int = knob(256, "permutations = bands x rows; the banding is derived from threshold")
+    threshold: float = knob(0.7, "estimated Jaccard at which two documents are near-duplicates")
+    seed: int = knob(1, "seeds the MinHash permutations")
 
 
 def lsh_bands(num_perm: int, threshold: float, recall_at_threshold: float = 0.95) -> tuple[int, int]:

@@ -35,6 +35,8 @@ from detect_secrets.plugins import (
     twilio,
 )
 
+from codelm.config import knob
+
 TOKEN_DETECTORS = [
     aws.AWSKeyDetector, azure_storage_key.AzureStorageKeyDetector,
     basic_auth.BasicAuthDetector, discord.DiscordBotTokenDetector, github_token.GitHubTokenDetector,
@@ -49,20 +51,26 @@ PRIVATE_KEY = re.compile(
     r"|-----BEGIN ((?:RSA |DSA |EC |OPENSSH |ENCRYPTED |PGP )?PRIVATE KEY(?: BLOCK)?)-----[\s\S]*\Z",
     re.S,
 )
-EMAIL = re.compile(r"(?<![\w.+-])[A-Za-z0-9][\w.+-]*@(?:[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?\.)+[A-Za-z]{2,}\b(?![(:/])")  # not f@x.call(), not git@host:repo
+EMAIL = re.compile(
+    r"(?<![\w.+-])[A-Za-z0-9][\w.+-]*@(?:[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?\.)+[A-Za-z]{2,}\b(?![(:/])"
+)  # not f@x.call(), not git@host:repo
 IPV4 = re.compile(r"(?<![\w.:])(?:(?:25[0-5]|2[0-4]\d|1?\d?\d)\.){3}(?:25[0-5]|2[0-4]\d|1?\d?\d)(?![\w.]|::)")
 VERSION_CONTEXT = re.compile(r"(?i)version|release|\bv$|[=<>~!]=")  # on the same line, just before
 # Anchored on the keyword, not the name's start: scanning every word start for a name is 10x slower.
-ASSIGNMENT = re.compile(r"(?i)(pass(?:word|wd)?|pwd|secret|token|api_?key|apikey|auth_?key|access_?key|private_?key)"
-                        r"[\w-]*['\"]?\s*(?::=|=>|==|=|:)\s*[rbuf]?(['\"])([^'\"\s]{8,200})\2")
-PLACEHOLDER = re.compile(r"(?i)^(?:x+|\*+|\.+|<[^>]*>|\$\{?\w+\}?|%\(?\w*\)?s|\{\w*\}|your[\w-]*|change_?me\w*|"
-                         r"example\w*|dummy\w*|test\w*|fake\w*|none|null|true|false|password\w*|secret\w*)$")
+ASSIGNMENT = re.compile(
+    r"(?i)(pass(?:word|wd)?|pwd|secret|token|api_?key|apikey|auth_?key|access_?key|private_?key)"
+    r"[\w-]*['\"]?\s*(?::=|=>|==|=|:)\s*[rbuf]?(['\"])([^'\"\s]{8,200})\2"
+)
+PLACEHOLDER = re.compile(
+    r"(?i)^(?:x+|\*+|\.+|<[^>]*>|\$\{?\w+\}?|%\(?\w*\)?s|\{\w*\}|your[\w-]*|change_?me\w*|"
+    r"example\w*|dummy\w*|test\w*|fake\w*|none|null|true|false|password\w*|secret\w*)$"
+)
 
 
 @dataclass
 class PIIConfig:
-    enabled: bool = True
-    min_entropy: float = 3.0  # bits per character of a value assigned to a secret-looking name
+    enabled: bool = knob(True, "redact emails, IP addresses, keys and secrets")
+    min_entropy: float = knob(3.0, "bits per character of a value assigned to a secret-looking name")
 
 
 def shannon_entropy(text: str) -> float:
@@ -73,7 +81,7 @@ def shannon_entropy(text: str) -> float:
 def _keep_ip(text: str, start: int, value: str) -> bool:
     """Private, loopback, documentation and other reserved addresses, and version numbers, are not PII."""
     line_start = text.rfind("\n", 0, start) + 1
-    if VERSION_CONTEXT.search(text[max(line_start, start - 30):start]):
+    if VERSION_CONTEXT.search(text[max(line_start, start - 30) : start]):
         return True
     try:
         ip = ipaddress.IPv4Address(value)
@@ -146,4 +154,3 @@ class RedactPII(PipelineStep):
                     self.stat_update("docs_redacted")
                     doc.metadata["size"] = len(doc.text.encode())
             yield doc
-

@@ -24,6 +24,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 from zlib import crc32
 
 from datatrove.pipeline.base import PipelineStep
@@ -31,7 +32,7 @@ from datatrove.pipeline.dedup.minhash import MinhashDedupBuckets, MinhashDedupFi
 from datatrove.pipeline.readers import ParquetReader
 from datatrove.pipeline.writers import ParquetWriter
 
-from codelm.config import fill, to_dict
+from codelm.config import check, fill, knob, to_dict
 from codelm.data.card import write_card
 from codelm.data.decontam import DecontamConfig, Decontaminate
 from codelm.data.dedup import (
@@ -55,37 +56,48 @@ from codelm.errors import UserError
 
 @dataclass
 class SourceConfig:
-    name: str = "stdlib"
-    kind: str = "stdlib"  # "stdlib", "dir" (a directory or git work tree), "jsonl", "parquet"
-    path: str = ""
-    repo: str = ""  # dir only: the repository name (default: the directory's name)
-    weight: float = 1.0  # share of the training mix (normalised over sources)
-    max_epochs: float = 1.0  # at most this many passes over the source in the mix
+    name: str = knob("stdlib", "the source's name (its output folder and its mix entry)")
+    kind: Literal["stdlib", "dir", "jsonl", "parquet"] = knob("stdlib", "stdlib, dir (a directory or git work "
+                                                                        "tree), jsonl or parquet (Stack-shaped rows)")
+    path: str = knob("", "the directory or file to read (not for stdlib)")
+    repo: str = knob("", "dir only: the repository name (default: the directory's name)")
+    weight: float = knob(1.0, "share of the training mix (normalised over sources)")
+    max_epochs: float = knob(1.0, "at most this many passes over the source in the mix")
     fields: StackFields = field(default_factory=StackFields)
+
+    def check(self):
+        if self.kind != "stdlib" and not Path(self.path).exists():
+            raise UserError(f"source '{self.name}': path not found: {self.path!r}")
+        if self.weight <= 0 or self.max_epochs <= 0:
+            raise UserError(f"source '{self.name}': weight and max_epochs must be positive")
 
 
 @dataclass
 class ExecutorConfig:
-    kind: str = "local"  # "local", "slurm" or "ray"
-    tasks: int = 0  # shards of the per-document stages; 0: one per CPU core
-    workers: int = 0  # tasks run at once (local/ray); 0: one per CPU core
-    slurm_partition: str = ""
-    slurm_time: str = "04:00:00"
-    slurm_cpus_per_task: int = 1
-    slurm_mem_per_cpu_gb: int = 2
-    venv_path: str = ""  # slurm: activated in each job (default: this interpreter's venv)
+    kind: Literal["local", "slurm", "ray"] = knob("local", "where the stages run: here, as Slurm jobs, or on Ray")
+    tasks: int = knob(0, "shards of the per-document stages; 0: one per CPU core")
+    workers: int = knob(0, "tasks run at once (local/ray); 0: one per CPU core")
+    slurm_partition: str = knob("", "slurm: the partition to submit to (required for slurm)")
+    slurm_time: str = knob("04:00:00", "slurm: each job's time limit")
+    slurm_cpus_per_task: int = knob(1, "slurm: CPUs per task")
+    slurm_mem_per_cpu_gb: int = knob(2, "slurm: memory per CPU in GB")
+    venv_path: str = knob("", "slurm: activated in each job (default: this interpreter's venv)")
 
 
 @dataclass
 class MixConfig:
-    seed: int = 0
-    tokens: int = 0  # training tokens to draw; 0: as many as the sources' epoch caps allow
+    seed: int = knob(0, "seeds which documents the mix draws")
+    tokens: int = knob(0, "training tokens to draw; 0: as many as the sources' epoch caps allow")
 
 
 @dataclass
 class CurateConfig:
-    sources: list[SourceConfig] = field(default_factory=lambda: [SourceConfig()])
-    layout: str = "file"  # "file": one document per file; "repo": dependency-ordered repository documents
+    sources: list[SourceConfig] = knob(
+        help="the sources to read ([[sources]] tables; --data replaces them)", factory=lambda: [SourceConfig()]
+    )
+    layout: Literal["file", "repo"] = knob(
+        "file", "file: one document per file; repo: dependency-ordered repository documents"
+    )
     filters: FilterConfig = field(default_factory=FilterConfig)
     pii: PIIConfig = field(default_factory=PIIConfig)
     decontam: DecontamConfig = field(default_factory=DecontamConfig)
@@ -93,30 +105,26 @@ class CurateConfig:
     mix: MixConfig = field(default_factory=MixConfig)
     executor: ExecutorConfig = field(default_factory=ExecutorConfig)
 
+    def check(self):
+        names = [s.name for s in self.sources]
+        if not self.sources or len(set(names)) != len(names):
+            raise UserError(f"sources need distinct names, got {names}")
+        if self.dedup.level == "repo" and self.layout != "repo":
+            raise UserError("dedup.level = 'repo' needs layout = 'repo'")
+        if self.executor.kind == "slurm" and not self.executor.slurm_partition:
+            raise UserError("executor.slurm_partition is required for the slurm executor")
 
-def load_curate_config(path: str | None, data_paths: list[str] = (), overrides: list[str] = ()) -> CurateConfig:
+
+def load_curate_config(path: str | None = None, data_paths: list[str] = (), overrides: list[str] = ()) -> CurateConfig:
     """A config file, or the stdlib default; `--data` paths replace the configured sources."""
-    cfg = fill(CurateConfig(), path, overrides)
+    return with_data(fill(CurateConfig(), path, overrides), data_paths)
+
+
+def with_data(cfg: CurateConfig, data_paths: list[str]) -> CurateConfig:
+    """`--data` paths replace the configured sources, each read as its kind (by extension)."""
     if data_paths:
         cfg.sources = [SourceConfig(name=Path(p).name or "data", kind=_kind_of(p), path=p) for p in data_paths]
-    names = [s.name for s in cfg.sources]
-    if not cfg.sources or len(set(names)) != len(names):
-        raise UserError(f"sources need distinct names, got {names}")
-    for s in cfg.sources:
-        if s.kind not in ("stdlib", "dir", "jsonl", "parquet"):
-            raise UserError(f"source '{s.name}': kind must be stdlib, dir, jsonl or parquet, got {s.kind!r}")
-        if s.kind != "stdlib" and not Path(s.path).exists():
-            raise UserError(f"source '{s.name}': path not found: {s.path!r}")
-        if s.weight <= 0 or s.max_epochs <= 0:
-            raise UserError(f"source '{s.name}': weight and max_epochs must be positive")
-    if cfg.layout not in ("file", "repo"):
-        raise UserError(f"layout must be 'file' or 'repo', got {cfg.layout!r}")
-    if cfg.dedup.level not in ("file", "repo") or cfg.dedup.level == "repo" and cfg.layout != "repo":
-        raise UserError("dedup.level must be 'file', or 'repo' together with layout = 'repo'")
-    if cfg.executor.kind not in ("local", "slurm", "ray"):
-        raise UserError(f"executor.kind must be local, slurm or ray, got {cfg.executor.kind!r}")
-    if cfg.executor.kind == "slurm" and not cfg.executor.slurm_partition:
-        raise UserError("executor.slurm_partition is required for the slurm executor")
+        check(cfg)
     return cfg
 
 
@@ -133,8 +141,15 @@ def source_readers(cfg: CurateConfig) -> list[PipelineStep]:
     readers = []
     for s in cfg.sources:
         if s.kind == "stdlib":
-            readers.append(CodeTreeReader(str(stdlib_root()), repo="python-stdlib", source=s.name, only_python=True,
-                                          max_bytes=cfg.filters.max_bytes))
+            readers.append(
+                CodeTreeReader(
+                    str(stdlib_root()),
+                    repo="python-stdlib",
+                    source=s.name,
+                    only_python=True,
+                    max_bytes=cfg.filters.max_bytes,
+                )
+            )
         elif s.kind == "dir":
             readers.append(CodeTreeReader(s.path, repo=s.repo, source=s.name, max_bytes=cfg.filters.max_bytes))
         else:
@@ -193,24 +208,55 @@ def build_stages(cfg: CurateConfig, work: Path, final: Path) -> list[tuple[str, 
     sign = [_writer(work / "signed", "${rank}.parquet"), CodeMinhashSignature(str(sigs), mh)]
     stages = []
     if cfg.layout == "repo" and cfg.dedup.level == "repo":
-        stages.append(("read, filter, redact, decontaminate", [*front, AssignRepoBucket(),
-                                                               _writer(work / "byrepo", "${repo_bucket}/${rank}.parquet")], tasks))
-        stages.append(("repository documents, signatures",
-                       [RankReader(str(work / "byrepo"), "{rank:05d}/*.parquet"), RepoDocuments(), *sign], tasks))
+        stages.append(
+            (
+                "read, filter, redact, decontaminate",
+                [*front, AssignRepoBucket(), _writer(work / "byrepo", "${repo_bucket}/${rank}.parquet")],
+                tasks,
+            )
+        )
+        stages.append(
+            (
+                "repository documents, signatures",
+                [RankReader(str(work / "byrepo"), "{rank:05d}/*.parquet"), RepoDocuments(), *sign],
+                tasks,
+            )
+        )
     else:
         stages.append(("read, filter, redact, decontaminate, sign", [*front, *sign], tasks))
     if dedup_on:
-        stages.append(("near-duplicate candidates (LSH buckets)", [MinhashDedupBuckets(str(sigs), str(dups), config=mh)],
-                       mh.num_buckets))
-        stages.append(("exact + near duplicate clusters", [DedupClusters(str(sigs), str(dups), str(removes), cfg.dedup)], 1))
+        stages.append(
+            (
+                "near-duplicate candidates (LSH buckets)",
+                [MinhashDedupBuckets(str(sigs), str(dups), config=mh)],
+                mh.num_buckets,
+            )
+        )
+        stages.append(
+            ("exact + near duplicate clusters", [DedupClusters(str(sigs), str(dups), str(removes), cfg.dedup)], 1)
+        )
     keep = [RankReader(str(work / "signed"), "{rank:05d}.parquet")]
     if dedup_on:
         keep.append(MinhashDedupFilter(str(removes)))
     if cfg.layout == "repo" and cfg.dedup.level == "file":
-        stages.append(("drop duplicates", [*keep, AssignRepoBucket(),
-                                           _writer(work / "byrepo", "${repo_bucket}/${rank}.parquet")], tasks))
-        stages.append(("repository documents", [RankReader(str(work / "byrepo"), "{rank:05d}/*.parquet"),
-                                                RepoDocuments(), _writer(final / "data", final_name)], tasks))
+        stages.append(
+            (
+                "drop duplicates",
+                [*keep, AssignRepoBucket(), _writer(work / "byrepo", "${repo_bucket}/${rank}.parquet")],
+                tasks,
+            )
+        )
+        stages.append(
+            (
+                "repository documents",
+                [
+                    RankReader(str(work / "byrepo"), "{rank:05d}/*.parquet"),
+                    RepoDocuments(),
+                    _writer(final / "data", final_name),
+                ],
+                tasks,
+            )
+        )
     else:
         stages.append(("drop duplicates, write shards", [*keep, _writer(final / "data", final_name)], tasks))
     return stages
@@ -250,16 +296,23 @@ def _executor(cfg: ExecutorConfig, pipeline: list, tasks: int, logs: Path, depen
         from datatrove.executor.ray import RayPipelineExecutor
 
         if not ray.is_initialized():  # joins the cluster `ray start` made (or RAY_ADDRESS); else starts a local one
-            ray.init(include_dashboard=False,
-                     runtime_env={"worker_process_setup_hook": forked_children_die_on_sigterm})
+            ray.init(include_dashboard=False, runtime_env={"worker_process_setup_hook": forked_children_die_on_sigterm})
         return RayPipelineExecutor(pipeline, tasks=tasks, workers=workers, logging_dir=str(logs), depends=depends)
     from datatrove.executor import SlurmPipelineExecutor
 
     venv = cfg.venv_path or os.environ.get("VIRTUAL_ENV", "")
-    return SlurmPipelineExecutor(pipeline, tasks=tasks, time=cfg.slurm_time, partition=cfg.slurm_partition,
-                                 cpus_per_task=cfg.slurm_cpus_per_task, mem_per_cpu_gb=cfg.slurm_mem_per_cpu_gb,
-                                 job_name=f"codelm-curate-{title.split()[0]}", logging_dir=str(logs),
-                                 venv_path=f"{venv}/bin/activate" if venv else None, depends=depends)
+    return SlurmPipelineExecutor(
+        pipeline,
+        tasks=tasks,
+        time=cfg.slurm_time,
+        partition=cfg.slurm_partition,
+        cpus_per_task=cfg.slurm_cpus_per_task,
+        mem_per_cpu_gb=cfg.slurm_mem_per_cpu_gb,
+        job_name=f"codelm-curate-{title.split()[0]}",
+        logging_dir=str(logs),
+        venv_path=f"{venv}/bin/activate" if venv else None,
+        depends=depends,
+    )
 
 
 def forked_children_die_on_sigterm():
@@ -314,7 +367,9 @@ def curate(cfg: CurateConfig, out: str | Path) -> Path:
     stages.append(("data card", [FinishCuration(cfg, str(out), titles)], 1))
     previous = None
     for i, (title, pipeline, tasks) in enumerate(stages):
-        print(f"[curate] stage {i + 1}/{len(stages)}: {title} ({tasks} task{'s' * (tasks > 1)}) ...", end="", flush=True)
+        print(
+            f"[curate] stage {i + 1}/{len(stages)}: {title} ({tasks} task{'s' * (tasks > 1)}) ...", end="", flush=True
+        )
         logs = tmp / "work" / "logs" / f"{i + 1:02d}"
         executor = _executor(cfg.executor, pipeline, tasks, logs, previous, title)
         start = time.perf_counter()
@@ -323,8 +378,10 @@ def curate(cfg: CurateConfig, out: str | Path) -> Path:
         print(f" {time.perf_counter() - start:.1f}s", flush=True)
         previous = executor
     if cfg.executor.kind == "slurm":
-        print(f"[curate] submitted {len(stages)} chained Slurm jobs; {out} appears when the last one finishes "
-              f"(logs and intermediate files stay in {tmp})")
+        print(
+            f"[curate] submitted {len(stages)} chained Slurm jobs; {out} appears when the last one finishes "
+            f"(logs and intermediate files stay in {tmp})"
+        )
     else:
         shutil.rmtree(out / "logs", ignore_errors=True)
         (tmp / "work" / "logs").rename(out / "logs")  # datatrove's per-task logs and stats, one folder per stage

@@ -26,6 +26,7 @@ from datatrove.data import Document
 from datatrove.pipeline.base import PipelineStep
 from datatrove.pipeline.readers import JsonlReader, ParquetReader
 
+from codelm.config import knob
 from codelm.data.languages import language_of
 from codelm.errors import UserError
 
@@ -145,12 +146,12 @@ class CodeTreeReader(PipelineStep):
 class StackFields:
     """Column names of a Stack-shaped dataset (configurable for look-alikes)."""
 
-    content: str = "content"
-    repo: str = "max_stars_repo_name"
-    path: str = "max_stars_repo_path"
-    lang: str = "lang"
-    stars: str = "max_stars_count"
-    license: str = "max_stars_repo_licenses"
+    content: str = knob("content", "column holding the file's text")
+    repo: str = knob("max_stars_repo_name", "column holding the repository name")
+    path: str = knob("max_stars_repo_path", "column holding the file's path")
+    lang: str = knob("lang", "column holding the language")
+    stars: str = knob("max_stars_count", "column holding the repository's stars")
+    license: str = knob("max_stars_repo_licenses", "column holding the licenses")
 
 
 class StackAdapter:
@@ -199,9 +200,15 @@ def stack_reader(path: str, kind: str, fields: StackFields, source: str) -> Pipe
     if not p.exists():
         raise UserError(f"source path not found: {path}")
     folder, glob = (str(p.parent), p.name) if p.is_file() else (str(p), None)
-    reader_cls, default_glob = {"jsonl": (StackJsonlReader, "**/*.jsonl*"), "parquet": (StackParquetReader, "**/*.parquet")}[kind]
-    return reader_cls(folder, glob_pattern=glob or default_glob, adapter=StackAdapter(fields, source),
-                      text_key=fields.content, file_progress=False)
+    readers = {"jsonl": (StackJsonlReader, "**/*.jsonl*"), "parquet": (StackParquetReader, "**/*.parquet")}
+    reader_cls, default_glob = readers[kind]
+    return reader_cls(
+        folder,
+        glob_pattern=glob or default_glob,
+        adapter=StackAdapter(fields, source),
+        text_key=fields.content,
+        file_progress=False,
+    )
 
 
 def is_validation(key: str, val_fraction: float) -> bool:

@@ -8,7 +8,7 @@ import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from codelm.config import CODE_TASKS, EvalConfig
+from codelm.config import CODE_TASKS, EvalConfig, apply_settings
 from codelm.eval.bpb import BpbScore
 from codelm.eval.contamination import ContaminationReport
 from codelm.eval.uncertainty import UncertaintyReport
@@ -84,4 +84,4 @@ class EvalResults:
     def load(cls, path: Path) -> "EvalResults":
         d = json.loads(Path(path).read_text())
         tasks = {name: RECORDS[name].from_json(task) for name, task in d["tasks"].items()}
-        return cls(**{**d, "settings": EvalConfig(**d["settings"]), "tasks": tasks})
+        return cls(**{**d, "settings": apply_settings(EvalConfig(), d["settings"]), "tasks": tasks})

@@ -89,13 +89,13 @@ class Evaluation:
     """The tasks of one `codelm eval`; `engine` (default: loaded from cfg.checkpoint) is what generates."""
 
     def __init__(self, cfg: EvalConfig, engine=None):
+        cfg.check()
         self.cfg = cfg
         if "contamination" in cfg.tasks and not cfg.corpus:  # resolved before any work
             cfg.corpus = default_corpus(cfg.checkpoint)
         self.engine = engine
         if engine is None and any(t in MODEL_TASKS for t in cfg.tasks):
-            self.engine = Engine.from_checkpoint(cfg.checkpoint, cfg.dtype, quantize=cfg.quantize,
-                                                 compile=cfg.compile)
+            self.engine = Engine.from_checkpoint(cfg.checkpoint, **cfg.engine.options())
         self.out = Path(cfg.out) if cfg.out else default_out(cfg.checkpoint)
         self.samples: list[dict] = []
         self.uncertainty_rows: list[dict] = []

@@ -8,7 +8,7 @@ the cache rows are copied after it. Rows that finish leave the batch, so a long
 sample never makes short ones pay for its steps. Beam search runs one prompt at
 a time with its beams as the batch.
 
-Two speed options for decoding (see README for measured figures):
+Two speed options for decoding (docs/results/serving.md has the measured figures):
 `quantize="int8"` (weight-only int8, codelm.inference.quant) and `compile=True`
 (the one-token step runs through torch.compile on a fixed-shape view of the cache,
 cache.SlotView; CUDA graphs on GPU). `from_checkpoint(dtype="auto")` times a
@@ -107,7 +107,8 @@ def decode_precision(requested: str, model: Transformer, quantize: str | None = 
 
 class Engine:
     def __init__(self, model: Transformer, tokenizer: Tokenizer, quantize: str | None = None, compile: bool = False):
-        """quantize "int8": weight-only int8 Linear layers (in place); compile: the decode step through torch.compile."""
+        """quantize "int8": weight-only int8 Linear layers (in place); compile: the decode step through
+        torch.compile."""
         if quantize not in QUANTIZE:
             raise UserError(f"quantize must be one of {QUANTIZE}, got {quantize!r}")
         if quantize:
@@ -118,12 +119,17 @@ class Engine:
         self.device, self.dtype = param.device, param.dtype
         self._step = None
         if compile:  # CUDA graphs replay the whole step on GPU; inductor's C++ kernels on CPU
-            self._step = torch.compile(slot_step,
-                                       mode="reduce-overhead" if self.device.type == "cuda" else None)
+            self._step = torch.compile(slot_step, mode="reduce-overhead" if self.device.type == "cuda" else None)
 
     @classmethod
-    def from_checkpoint(cls, path: str | Path, dtype: torch.dtype | str = "auto", device: str = "cpu",
-                        quantize: str | None = None, compile: bool = False) -> "Engine":
+    def from_checkpoint(
+        cls,
+        path: str | Path,
+        dtype: torch.dtype | str = "auto",
+        device: str = "cpu",
+        quantize: str | None = None,
+        compile: bool = False,
+    ) -> "Engine":
         """dtype: "auto" (the fastest decode step here, probed once per machine and cached), a name, or a torch.dtype.
 
         A LoRA adapter checkpoint is merged into its base (in fp32) first: one matmul per layer instead of three,
@@ -133,7 +139,10 @@ class Engine:
             merge_and_unload(model)
         if isinstance(dtype, str):
             choice = decode_precision(dtype, model, quantize)
-            log(f"{choice.describe()}{', int8 weights' if quantize else ''}{', compiled decode step' if compile else ''}")
+            log(
+                f"{choice.describe()}{', int8 weights' if quantize else ''}"
+                f"{', compiled decode step' if compile else ''}"
+            )
             dtype = DTYPES[choice.precision]
         return cls(model.to(dtype), tok, quantize, compile)
 
@@ -141,8 +150,9 @@ class Engine:
         """A text prompt as the start of a document."""
         return [*self.tok.prefix_ids, *self.tok.encode(prompt)]
 
-    def generate(self, prompts: list[str | list[int]], params: SamplingParams,
-                 on_text: TextCallback | None = None) -> list[list[Completion]]:
+    def generate(
+        self, prompts: list[str | list[int]], params: SamplingParams, on_text: TextCallback | None = None
+    ) -> list[list[Completion]]:
         """params.n completions for each prompt (text, or token ids used as they are).
 
         A prompt gets max_new_tokens, or fewer when the context fills first (see `budget`)."""
@@ -165,15 +175,22 @@ class Engine:
             raise UserError("empty prompt: give at least one token")
         room = context - len(prompt)
         if room < 1:
-            raise UserError(f"the prompt is {len(prompt)} tokens: the model's context of {context} has no room "
-                            "for a new one")
+            raise UserError(
+                f"the prompt is {len(prompt)} tokens: the model's context of {context} has no room for a new one"
+            )
         if max_new_tokens <= room:
             return max_new_tokens, None
         return room, f"max_new_tokens {max_new_tokens} cut to {room}: the context holds {context} tokens"
 
     @torch.no_grad()
-    def forward(self, tokens: torch.Tensor, cache: KVCache, positions: torch.Tensor | None = None,
-                valid: torch.Tensor | None = None, last_only: bool = True) -> torch.Tensor:
+    def forward(
+        self,
+        tokens: torch.Tensor,
+        cache: KVCache,
+        positions: torch.Tensor | None = None,
+        valid: torch.Tensor | None = None,
+        last_only: bool = True,
+    ) -> torch.Tensor:
         """fp32 logits of the new tokens (B, V) for the last position, else (B, T, V); the cache advances past them."""
         return self.model.decode_step(tokens, cache, positions, valid, last_only).float()
 
@@ -203,14 +220,19 @@ class Engine:
         tokens = torch.zeros(len(prompts), length, dtype=torch.long, device=self.device)
         valid = torch.zeros(len(prompts), length, dtype=torch.bool, device=self.device)
         for i, p in enumerate(prompts):
-            tokens[i, length - len(p):] = torch.tensor(p)
-            valid[i, length - len(p):] = True
+            tokens[i, length - len(p) :] = torch.tensor(p)
+            valid[i, length - len(p) :] = True
         positions = (valid.long().cumsum(1) - 1).clamp(min=0)
         logits = self.forward(tokens, cache, positions, valid)
         return cache, logits, positions[:, -1] + 1
 
-    def _decode(self, prompts: list[list[int]], params: SamplingParams, budgets: list[tuple[int, str | None]],
-                on_text: TextCallback | None):
+    def _decode(
+        self,
+        prompts: list[list[int]],
+        params: SamplingParams,
+        budgets: list[tuple[int, str | None]],
+        on_text: TextCallback | None,
+    ):
         cache, logits, next_pos = self.prefill(prompts, max(limit for limit, _ in budgets))
         n = params.n
         if n > 1:  # the samples of a prompt share its prefill
@@ -218,8 +240,9 @@ class Engine:
             cache.select(copies)
             logits, next_pos = logits[copies], next_pos[copies]
         rows = [(i, j) for i in range(len(prompts)) for j in range(n)]  # (prompt, sample) of each batch row
-        generators = [torch.Generator(device=self.device).manual_seed(sample_seed(params.seed, prompts[i], j))
-                      for i, j in rows]
+        generators = [
+            torch.Generator(device=self.device).manual_seed(sample_seed(params.seed, prompts[i], j)) for i, j in rows
+        ]
         trackers = [StopTracker(self.tok, params.stop) for _ in rows]
         limits = [budgets[i][0] for i, _ in rows]
         results = [Completion("", [], cut=budgets[i][1]) for i, _ in rows]
@@ -256,7 +279,7 @@ class Engine:
             next_pos = next_pos + 1
         for result, tracker in zip(results, trackers):
             result.text = tracker.text
-        return [results[i * n:(i + 1) * n] for i in range(len(prompts))]
+        return [results[i * n : (i + 1) * n] for i in range(len(prompts))]
 
     def _choose(self, logits, params, history: list[list[int]] | None, generators) -> torch.Tensor:
         """Next token per row; history (prompt + generated ids per row) only for the repetition penalty."""
@@ -265,7 +288,7 @@ class Engine:
             ids = torch.zeros(len(history), width, dtype=torch.long, device=self.device)
             mask = torch.zeros(len(history), width, dtype=torch.bool, device=self.device)
             for b, h in enumerate(history):
-                ids[b, :len(h)], mask[b, :len(h)] = torch.tensor(h), True
+                ids[b, : len(h)], mask[b, : len(h)] = torch.tensor(h), True
             chain = processors(params, ids, mask)
         else:
             chain = processors(params)
@@ -309,13 +332,17 @@ class Engine:
             if not survivors:
                 break
             best_running = max(s[2] for s in survivors)
-            if len(finished) == width and (params.early_stopping or
-                                           finished[-1].score >= normalized(best_running, step + 1)):
+            if len(finished) == width and (
+                params.early_stopping or finished[-1].score >= normalized(best_running, step + 1)
+            ):
                 break
             if step == limit - 1:
                 for _, _, score, ids, lps in survivors:
-                    finished.append(Completion(self._beam_text(ids, [])[0], ids, lps, "length",
-                                               normalized(score, len(ids)), cut=cut))
+                    finished.append(
+                        Completion(
+                            self._beam_text(ids, [])[0], ids, lps, "length", normalized(score, len(ids)), cut=cut
+                        )
+                    )
                 break
             cache.select(torch.tensor([s[0] for s in survivors], device=self.device))
             scores = torch.tensor([s[2] for s in survivors], device=self.device)
@@ -323,7 +350,7 @@ class Engine:
             tokens = torch.tensor([s[1] for s in survivors], device=self.device)
             logits = self.step(tokens, next_pos, cache)
             next_pos = next_pos + 1
-        return sorted(finished, key=lambda c: -c.score)[:params.n]
+        return sorted(finished, key=lambda c: -c.score)[: params.n]
 
     def _beam_text(self, ids: list[int], stops: list[str]) -> tuple[str, bool]:
         """Decoded text of a hypothesis, cut at a stop string; whether it has ended."""

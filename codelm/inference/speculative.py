@@ -110,7 +110,9 @@ class DraftModel:
         drafts, qs = [], []
         for i in range(k):
             q = distribution(logits, params)[0]
-            token = int(q.argmax()) if params.strategy == "greedy" else int(torch.multinomial(q, 1, generator=generator))
+            token = (
+                int(q.argmax()) if params.strategy == "greedy" else int(torch.multinomial(q, 1, generator=generator))
+            )
             drafts.append(token)
             qs.append(q)
             if i < k - 1:
@@ -121,8 +123,9 @@ class DraftModel:
         self.cache.truncate(min(length, self.cache.length))
 
 
-def speculative_generate(engine: Engine, prompt: list[int], params: SamplingParams, drafter, k: int = 4
-                         ) -> tuple[Completion, SpeculativeStats]:
+def speculative_generate(
+    engine: Engine, prompt: list[int], params: SamplingParams, drafter, k: int = 4
+) -> tuple[Completion, SpeculativeStats]:
     """One completion of `prompt` (token ids) with drafts from `drafter`; greedy or sample."""
     if k < 1:
         raise UserError("the number of draft tokens per round must be at least 1")
@@ -133,8 +136,10 @@ def speculative_generate(engine: Engine, prompt: list[int], params: SamplingPara
         if draft.vocab_size != target.vocab_size:
             raise UserError("the draft model must share the target's tokenizer (its vocabulary size differs)")
         if draft.max_seq_len < target.max_seq_len:
-            raise UserError(f"the draft model's context ({draft.max_seq_len} tokens) is shorter than the target's "
-                            f"({target.max_seq_len})")
+            raise UserError(
+                f"the draft model's context ({draft.max_seq_len} tokens) is shorter than the target's "
+                f"({target.max_seq_len})"
+            )
     limit, cut = engine.budget(prompt, params.max_new_tokens)
     max_len = len(prompt) + limit + k + 1
     cache = engine.new_cache(1, max_len)
@@ -151,7 +156,7 @@ def speculative_generate(engine: Engine, prompt: list[int], params: SamplingPara
         logits = engine.forward(fed, cache, last_only=False)[0]
         stats.target_forwards += 1
         p = distribution(logits, params)
-        accepted = verify(drafts, q[:len(drafts)] if q is not None else None, p, generator)
+        accepted = verify(drafts, q[: len(drafts)] if q is not None else None, p, generator)
         stats.proposed += len(drafts)
         stats.accepted += len(accepted) - 1
         logprobs = logits.log_softmax(-1)

@@ -27,8 +27,8 @@ from codelm.checkpoint import (
     token_id_list,
     write_model_files,
 )
+from codelm.checkpoint.adapter import save_adapter
 from codelm.errors import UserError
-from codelm.interop.peft import save_adapter
 from codelm.io import atomic_directory, atomic_write_json
 from codelm.model.llama import Transformer
 from codelm.model.lora import lora_spec, merge_and_unload, unload_lora
@@ -37,7 +37,9 @@ from codelm.tokenizer import Tokenizer
 
 def _read_safetensors(src: Path) -> dict[str, torch.Tensor]:
     index = src / "model.safetensors.index.json"
-    files = sorted(set(json.loads(index.read_text())["weight_map"].values())) if index.is_file() else ["model.safetensors"]
+    files = (
+        sorted(set(json.loads(index.read_text())["weight_map"].values())) if index.is_file() else ["model.safetensors"]
+    )
     weights = {}
     for name in files:
         if not (src / name).is_file():
@@ -61,8 +63,9 @@ def import_hf(src: str | Path, out: str | Path) -> Path:
     src = Path(src)
     for name in ("config.json", "tokenizer.json"):
         if not (src / name).is_file():
-            raise UserError(f"{src / name} not found: an HF model folder needs config.json, tokenizer.json "
-                            "and safetensors weights")
+            raise UserError(
+                f"{src / name} not found: an HF model folder needs config.json, tokenizer.json and safetensors weights"
+            )
     config = json.loads((src / "config.json").read_text())
     model = Transformer(model_config_from_hf(config))
     weights = {k: v for k, v in _read_safetensors(src).items() if not k.endswith("rotary_emb.inv_freq")}
@@ -93,17 +96,20 @@ def export_hf(checkpoint: str | Path, out: str | Path, merge_lora: bool = False)
     if tok.prefix_ids:  # HF's tokenizer(text) then adds what codelm puts before a document
         prefix = [(hf.id_to_token(i), i) for i in tok.prefix_ids]
         template = " ".join(name for name, _ in prefix)
-        hf.post_processor = processors.TemplateProcessing(single=f"{template} $A", pair=f"{template} $A $B",
-                                                          special_tokens=prefix)
+        hf.post_processor = processors.TemplateProcessing(
+            single=f"{template} $A", pair=f"{template} $A $B", special_tokens=prefix
+        )
     tok_config_path = source / "tokenizer_config.json"  # an imported model's, with its chat template
     tok_config = json.loads(tok_config_path.read_text()) if tok_config_path.is_file() else {}
-    tok_config.update({
-        "tokenizer_class": "PreTrainedTokenizerFast",
-        "model_max_length": model.config.max_seq_len,
-        "eos_token": hf.id_to_token(eos_ids[0]) if eos_ids else None,
-        "bos_token": hf.id_to_token(bos) if bos is not None else None,
-        "add_bos_token": False,  # the post-processor above already adds the prefix
-    })
+    tok_config.update(
+        {
+            "tokenizer_class": "PreTrainedTokenizerFast",
+            "model_max_length": model.config.max_seq_len,
+            "eos_token": hf.id_to_token(eos_ids[0]) if eos_ids else None,
+            "bos_token": hf.id_to_token(bos) if bos is not None else None,
+            "add_bos_token": False,  # the post-processor above already adds the prefix
+        }
+    )
     if merge_lora:
         merge_and_unload(model)  # before writing anything: a broken adapter is refused here
     with atomic_directory(out) as tmp:

@@ -8,7 +8,7 @@ own key (`...q_proj.weight`) and adds `...q_proj.lora_A.weight` (r, in) and
 
 A starts Kaiming-uniform (a=sqrt(5), nn.Linear's and PEFT's init) and B at zero,
 so a fresh adapter leaves the model's outputs exactly unchanged. The names match
-PEFT's once its adapter name is dropped, which is what codelm.interop.peft relies on.
+PEFT's once its adapter name is dropped, which is what codelm.checkpoint.adapter relies on.
 """
 
 import contextlib

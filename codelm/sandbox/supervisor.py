@@ -39,6 +39,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from codelm.config import knob
 from codelm.errors import UserError
 
 HARNESS = Path(__file__).with_name("harness.py")
@@ -46,13 +47,13 @@ HARNESS = Path(__file__).with_name("harness.py")
 
 @dataclass
 class Limits:
-    cpu_seconds: int = 10
-    wall_seconds: float = 15.0
-    memory_mb: int = 1024  # address space
-    file_size_mb: int = 16  # any one file, stdout and stderr included
-    open_files: int = 64
-    processes: int = 64  # per slot user; the PID namespace confines them too
-    output_chars: int = 4096  # captured stdout/stderr kept in the result
+    cpu_seconds: int = knob(10, "CPU time limit in seconds")
+    wall_seconds: float = knob(15.0, "wall-clock limit in seconds")
+    memory_mb: int = knob(1024, "address space")
+    file_size_mb: int = knob(16, "any one file, stdout and stderr included")
+    open_files: int = knob(64, "open files at most")
+    processes: int = knob(64, "per slot user; the PID namespace confines them too")
+    output_chars: int = knob(4096, "captured stdout/stderr kept in the result")
 
 
 @dataclass

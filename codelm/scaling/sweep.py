@@ -13,7 +13,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from codelm import checkpoint as ckpt
-from codelm.config import Config, ModelConfig, load_config, to_toml
+from codelm.config import RECIPE_SECTIONS, Config, ModelConfig, load_config, to_toml
 from codelm.errors import UserError
 from codelm.io import atomic_write_text
 from codelm.scaling.config import SweepConfig
@@ -82,7 +82,7 @@ def finished(run: Run, run_cfg: Config) -> Run | None:
     """The run with its final validation, if OUT/runs/NAME holds a finished run of exactly this plan."""
     run_dir = Path(run_cfg.train.out_dir)
     recorded = run_dir / "config.toml"
-    if recorded.is_file() and recorded.read_text() != to_toml(run_cfg):
+    if recorded.is_file() and recorded.read_text() != to_toml(run_cfg, RECIPE_SECTIONS["pretrain"]):
         raise UserError(f"{run_dir} was trained with other settings than this sweep plans: use another --out, "
                         "or remove that run")
     if not (run_dir / "metrics.jsonl").is_file():
@@ -127,7 +127,7 @@ def run_sweep(cfg: SweepConfig, log=print) -> list[Run]:
         resume = ckpt.latest_checkpoint(run_dir / "checkpoints") is not None
         if cfg.emit_commands:
             run_dir.mkdir(parents=True, exist_ok=True)
-            atomic_write_text(run_dir / "config.toml", to_toml(run_cfg))
+            atomic_write_text(run_dir / "config.toml", to_toml(run_cfg, RECIPE_SECTIONS["pretrain"]))
             log(f"codelm pretrain --config {run_dir / 'config.toml'}{' --resume' if resume else ''}")
             continue
         run = runs[i]

@@ -392,7 +392,8 @@ async def completions(body: CompletionBody, http: Request):
         async def chunks():
             choices = [Choice() for _ in range(len(ids) * n)]
             if body.echo:
-                yield {**head, "choices": [choice_json(i, prompts[i // n][1], [], 0, None) for i in range(len(choices))]}
+                empty = [choice_json(i, prompts[i // n][1], [], 0, None) for i in range(len(choices))]
+                yield {**head, "choices": empty}
             async for i, event in flight.events():
                 index, choice = i * n + event.sample, choices[i * n + event.sample]
                 absorb(choice, event)
@@ -405,6 +406,7 @@ async def completions(body: CompletionBody, http: Request):
             if body.stream_options and body.stream_options.include_usage:
                 yield {**head, "choices": [], "usage": usage(ids, choices)}
             yield "[DONE]"
+
         return sse(chunks())
 
     choices = await collect(flight, http, n)
@@ -423,8 +425,10 @@ async def chat_completions(body: ChatBody, http: Request):
     ids = encode_chat(server.tok, messages, server.tok.chat_template)
     logprobs = (body.top_logprobs or 0) if body.logprobs else None
     stops = [server.reply_end] if server.reply_end else []
-    flight = Flight(server, jobs_for(server, [ids], body, body.max_completion_tokens or body.max_tokens, logprobs,
-                                     extra_stops=stops))
+    flight = Flight(
+        server,
+        jobs_for(server, [ids], body, body.max_completion_tokens or body.max_tokens, logprobs, extra_stops=stops),
+    )
     head = header("chat.completion", server)
 
     if body.stream:
@@ -432,8 +436,13 @@ async def chat_completions(body: ChatBody, http: Request):
 
         async def chunks():
             choices = [Choice() for _ in range(body.n)]
-            yield {**head, "choices": [{"index": i, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
-                                        "finish_reason": None} for i in range(body.n)]}
+            yield {
+                **head,
+                "choices": [
+                    {"index": i, "delta": {"role": "assistant", "content": ""}, "logprobs": None, "finish_reason": None}
+                    for i in range(body.n)
+                ],
+            }
             async for _, event in flight.events():
                 absorb(choices[event.sample], event)
                 if event.error:
@@ -442,35 +451,67 @@ async def chat_completions(body: ChatBody, http: Request):
                 if event.text or event.finish_reason or event.token:
                     lp = chat_logprobs(server, [event.token]) if event.token else None
                     delta = {"content": event.text} if event.text else {}
-                    yield {**head, "choices": [{"index": event.sample, "delta": delta, "logprobs": lp,
-                                                "finish_reason": event.finish_reason}]}
+                    yield {
+                        **head,
+                        "choices": [
+                            {
+                                "index": event.sample,
+                                "delta": delta,
+                                "logprobs": lp,
+                                "finish_reason": event.finish_reason,
+                            }
+                        ],
+                    }
             if body.stream_options and body.stream_options.include_usage:
                 yield {**head, "choices": [], "usage": usage([ids], choices)}
             yield "[DONE]"
+
         return sse(chunks())
 
     choices = await collect(flight, http, body.n)
-    return {**head, "choices": [{"index": i, "message": {"role": "assistant", "content": c.text},
-                                 "logprobs": chat_logprobs(server, c.tokens) if logprobs is not None else None,
-                                 "finish_reason": c.finish_reason} for i, c in enumerate(choices)],
-            "usage": usage([ids], choices)}
+    return {
+        **head,
+        "choices": [
+            {
+                "index": i,
+                "message": {"role": "assistant", "content": c.text},
+                "logprobs": chat_logprobs(server, c.tokens) if logprobs is not None else None,
+                "finish_reason": c.finish_reason,
+            }
+            for i, c in enumerate(choices)
+        ],
+        "usage": usage([ids], choices),
+    }
 
 
 @router.post("/infill")
 async def infill(body: InfillBody, http: Request):
     server = server_of(http)
     ids = infill_ids(server, body)
-    openai_style = SamplingBody(temperature=body.temperature, top_k=body.top_k, top_p=body.top_p, min_p=body.min_p,
-                                repetition_penalty=body.repeat_penalty,
-                                stop=body.stop, seed=None if body.seed == -1 else body.seed)
+    openai_style = SamplingBody(
+        temperature=body.temperature,
+        top_k=body.top_k,
+        top_p=body.top_p,
+        min_p=body.min_p,
+        repetition_penalty=body.repeat_penalty,
+        stop=body.stop,
+        seed=None if body.seed == -1 else body.seed,
+    )
     [job] = jobs_for(server, [ids], openai_style, None if body.n_predict == -1 else max(body.n_predict, 1))
     flight = Flight(server, [job])
 
     def final(choice: Choice) -> dict:
-        return {"content": "", "stop": True, "model": server.name, "tokens_predicted": choice.generated,
-                "tokens_evaluated": len(ids), "stopped_limit": choice.finish_reason == "length"}
+        return {
+            "content": "",
+            "stop": True,
+            "model": server.name,
+            "tokens_predicted": choice.generated,
+            "tokens_evaluated": len(ids),
+            "stopped_limit": choice.finish_reason == "length",
+        }
 
     if body.stream:
+
         async def chunks():
             choice = Choice()
             async for _, event in flight.events():
@@ -481,6 +522,7 @@ async def infill(body: InfillBody, http: Request):
                 if event.text:
                     yield {"content": event.text, "stop": False}
             yield final(choice)
+
         return sse(chunks())
 
     [choice] = await collect(flight, http, 1)
@@ -488,6 +530,7 @@ async def infill(body: InfillBody, http: Request):
 
 
 # ---- the app ----
+
 
 def create_app(engine: Engine, cfg: ServeConfig) -> FastAPI:
     """The app with its scheduler thread running (stopped when the app shuts down)."""
@@ -543,7 +586,7 @@ def serve(cfg: ServeConfig):
     """Load the checkpoint and serve it until interrupted."""
     if cfg.exposed_without_key():
         log(f"warning: serving on {cfg.host} without --api-key: anyone who can reach this port can use the model")
-    engine = Engine.from_checkpoint(cfg.checkpoint, dtype=cfg.dtype, quantize=cfg.quantize)
+    engine = Engine.from_checkpoint(cfg.checkpoint, **cfg.engine.options())
     app = create_app(engine, cfg)
     log(f"codelm serve: {cfg.checkpoint} on http://{cfg.host}:{cfg.port} (playground at /, API at /v1)")
     uvicorn.run(app, host=cfg.host, port=cfg.port, log_level="warning")

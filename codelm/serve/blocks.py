@@ -105,8 +105,8 @@ class BlockPool:
         """Keys and values (B, kv_heads, length, head_dim) at token slots (B, length), copied into `out`
         ((B * length, kv_heads, head_dim) each).
 
-        index_select into a buffer the caller reuses for every layer: on CPU it copies whole rows and
-        ran 7x faster than advanced indexing (pool[slots]), which allocates and copies per element."""
+        index_select into a buffer the caller reuses for every layer: on CPU it copies whole rows, where
+        advanced indexing (pool[slots]) allocates and copies per element."""
         B, length = slots.shape
         gathered = []
         for pool, buffer in zip((self.k[layer], self.v[layer]), out):

@@ -33,7 +33,12 @@ class Histogram:
         for bound, n in zip(self.buckets, self.counts):
             cumulative += n
             out.append(f'{name}_bucket{{le="{bound}"}} {cumulative}')
-        return [*out, f'{name}_bucket{{le="+Inf"}} {self.count}', f"{name}_sum {self.total}", f"{name}_count {self.count}"]
+        return [
+            *out,
+            f'{name}_bucket{{le="+Inf"}} {self.count}',
+            f"{name}_sum {self.total}",
+            f"{name}_count {self.count}",
+        ]
 
 
 @dataclass
@@ -52,8 +57,10 @@ class Metrics:
     def render(self, waiting: int, running: int, max_seqs: int, hit_tokens: int, queried_tokens: int) -> str:
         """The exposition text; the gauges are read from the scheduler and block pool at scrape time."""
         lines = ["# TYPE codelm_requests_total counter"]
-        lines += [f'codelm_requests_total{{route="{route}",status="{status}"}} {n}'
-                  for (route, status), n in sorted(self.requests.items())]
+        lines += [
+            f'codelm_requests_total{{route="{route}",status="{status}"}} {n}'
+            for (route, status), n in sorted(self.requests.items())
+        ]
         scalars = [
             ("prompt_tokens_total", "counter", self.prompt_tokens),
             ("prompt_tokens_cached_total", "counter", self.cached_prompt_tokens),
@@ -68,6 +75,9 @@ class Metrics:
         ]
         for name, kind, value in scalars:
             lines += [f"# TYPE codelm_{name} {kind}", f"codelm_{name} {value}"]
-        lines += ["# TYPE codelm_time_to_first_token_seconds histogram", *self.ttft.lines("codelm_time_to_first_token_seconds")]
+        lines += [
+            "# TYPE codelm_time_to_first_token_seconds histogram",
+            *self.ttft.lines("codelm_time_to_first_token_seconds"),
+        ]
         lines += ["# TYPE codelm_decode_batch_size histogram", *self.batch_sizes.lines("codelm_decode_batch_size")]
         return "\n".join(lines) + "\n"

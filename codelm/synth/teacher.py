@@ -116,7 +116,7 @@ class LocalTeacher(Teacher):
     """A checkpoint through the engine, prompts in batches of cfg.batch_size rows."""
 
     def __init__(self, cfg: TeacherConfig):
-        self.engine = Engine.from_checkpoint(cfg.checkpoint, dtype=cfg.dtype)
+        self.engine = Engine.from_checkpoint(cfg.checkpoint, **cfg.engine.options())
         self.template = load_template(cfg.template) if cfg.template else self.engine.tok.chat_template
         self.id = f"checkpoint:{cfg.checkpoint}"
         self.batch_size = cfg.batch_size

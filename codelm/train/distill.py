@@ -94,4 +94,4 @@ def distill(cfg: Config, resume: bool = False) -> dict:
         params = SamplingParams(strategy="sample", temperature=d.sample_temperature, max_new_tokens=d.max_new_tokens)
         stream = OnPolicy(run, d.on_policy, params, cfg.data.seq_len, cfg.train.micro_batch, cfg.train.seed, env)
     return train(cfg, env, run.model, stream, Distill(teacher, d.beta, d.temperature),
-                 held_out_validation(cfg, run, env), run.source / "tokenizer.json", resume)
+                 held_out_validation(cfg, run, env), run.source / "tokenizer.json", resume, recipe="distill")

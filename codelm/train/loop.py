@@ -24,7 +24,7 @@ import torch.distributed as dist
 import torch.nn as nn
 
 from codelm import checkpoint as ckpt
-from codelm.config import Config, OptimConfig, to_dict, to_toml
+from codelm.config import AUTO_SEQ_LEN_CAP, RECIPE_SECTIONS, Config, ModelConfig, OptimConfig, to_dict, to_toml
 from codelm.errors import UserError
 from codelm.io import atomic_write_text
 from codelm.model.llama import Transformer
@@ -91,6 +91,16 @@ def setup_distributed(device: str = "auto") -> DistEnv:
     return DistEnv(rank, world, dev)
 
 
+def adopt_model_config(cfg: Config, model: ModelConfig):
+    """The checkpoint's shape replaces [model]; data.seq_len = 0 becomes the context it allows (said once)."""
+    cfg.model = model
+    if not cfg.data.seq_len:
+        cfg.data.seq_len = min(model.max_seq_len, AUTO_SEQ_LEN_CAP)
+        if int(os.environ.get("RANK", 0)) == 0:
+            print(f"data.seq_len = {cfg.data.seq_len}: the checkpoint's context ({model.max_seq_len} tokens), at most "
+                  f"{AUTO_SEQ_LEN_CAP}; set data.seq_len to choose", flush=True)
+
+
 def start_from(cfg: Config, recipe: str, run_dir: bool = True):
     """(model in train mode, tokenizer, checkpoint) of train.init_from for a recipe that adapts a trained model,
     seeded by train.seed; cfg.model becomes the checkpoint's shape and the run directory exists."""
@@ -99,7 +109,7 @@ def start_from(cfg: Config, recipe: str, run_dir: bool = True):
         raise UserError(f"{recipe} starts from a trained model: give --init-from CHECKPOINT (train.init_from)")
     torch.manual_seed(t.seed)
     model, tok, source = ckpt.load_model(t.init_from)
-    cfg.model = model.config
+    adopt_model_config(cfg, model.config)
     if run_dir:
         Path(t.out_dir).mkdir(parents=True, exist_ok=True)
     return model.train(), tok, source
@@ -137,7 +147,8 @@ def accumulation_steps(cfg: Config, world: int) -> int:
     batch_tokens = cfg.train.batch_tokens or tokens_per_micro
     if batch_tokens % tokens_per_micro:
         raise UserError(
-            f"train.batch_tokens={batch_tokens} is not a multiple of micro_batch * seq_len * processes = {tokens_per_micro}"
+            f"train.batch_tokens={batch_tokens} is not a multiple of micro_batch * seq_len * processes = "
+            f"{tokens_per_micro}"
         )
     return batch_tokens // tokens_per_micro
 
@@ -298,9 +309,11 @@ def train(
     tokenizer_path: Path,
     resume: bool = False,
     shardable: bool = False,
+    recipe: str = "pretrain",
 ) -> dict:
     """Train until max_steps (or the time budget), then validate and checkpoint. Returns the final metrics.
 
+    recipe: names the config sections written to config.toml (RECIPE_SECTIONS).
     shardable: the recipe uses the model only in the loop's steps and validation, so FSDP may shard it (a
     recipe that samples from it between steps, or evaluates it afterwards, needs whole weights there)."""
     t = cfg.train
@@ -344,7 +357,7 @@ def train(
 
     if env.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(run_dir / "config.toml", to_toml(cfg))
+        atomic_write_text(run_dir / "config.toml", to_toml(cfg, RECIPE_SECTIONS[recipe]))
 
     log_main = print if env.is_main else (lambda *a, **k: None)
     choice = resolve_precision(t.precision, raw_model, cfg.data.seq_len, device, log_main)

@@ -134,8 +134,8 @@ def gather_pairs(cfg: Config, model: Transformer, tok: Tokenizer, env: DistEnv, 
     if p.file:
         pairs = read_pairs(p.file, tok)
     else:
-        tasks, data.held_tasks = load_tasks(p.from_tasks, p.val_fraction, cfg.rl.workers, env)
-        with Sandbox(cfg.rl.workers) as sandbox:
+        tasks, data.held_tasks = load_tasks(p.from_tasks, p.val_fraction, cfg.pairs.workers, env)
+        with Sandbox(cfg.pairs.workers) as sandbox:
             pairs = pairs_from_execution(model, tok, tasks + data.held_tasks, p, sandbox, t.seed,
                                          run_dir / "pairs.jsonl")
             if data.held_tasks:
@@ -160,7 +160,7 @@ def gather_pairs(cfg: Config, model: Transformer, tok: Tokenizer, env: DistEnv, 
 
 def held_out_pass_rate(cfg: Config, model: Transformer, tok: Tokenizer, data: PreferenceData, env: DistEnv):
     """After training: the held-out tasks' greedy pass@1 beside its value before, in data.report."""
-    with Sandbox(cfg.rl.workers) as sandbox:
+    with Sandbox(cfg.pairs.workers) as sandbox:
         data.report["pass_after"] = pass_rate(model, tok, data.held_tasks, cfg.pairs.chat, cfg.pairs.max_new_tokens,
                                               sandbox)
     if env.is_main:

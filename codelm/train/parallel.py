@@ -15,8 +15,6 @@ from torch.distributed.tensor import DTensor
 
 from codelm.errors import UserError
 
-PARALLEL_MODES = ("ddp", "fsdp")
-
 
 class Replicated:
     """One process, or DDP: gradients all-reduced on each step's last micro batch."""
@@ -130,8 +128,6 @@ def keyed_by_name(state: dict, model: nn.Module, optimizer: torch.optim.Optimize
 
 def data_parallel(mode: str, world: int, refusals: dict[str, bool]) -> Replicated:
     """The strategy for train.parallel. refusals: what sharding does not support, by the name to print."""
-    if mode not in PARALLEL_MODES:
-        raise UserError(f"train.parallel={mode!r}: choose one of {', '.join(PARALLEL_MODES)}")
     if mode == "ddp":
         return Replicated(world)
     if not dist.is_initialized():

@@ -16,7 +16,7 @@ from codelm.data.shards import TokenShards
 from codelm.errors import UserError
 from codelm.model.llama import Transformer
 from codelm.tokenizer import Tokenizer
-from codelm.train.loop import accumulation_steps, setup_distributed, train
+from codelm.train.loop import accumulation_steps, adopt_model_config, setup_distributed, train
 from codelm.train.objectives import NextToken
 from codelm.train.validation import HeldOut, held_out_loader, held_out_loss, token_bytes_tensor
 
@@ -34,7 +34,7 @@ def pretrain(cfg: Config, resume: bool = False) -> dict:
         if init_tok.hf.to_str() != tok.hf.to_str():
             raise UserError(f"train.init_from={cfg.train.init_from} has another tokenizer than {tokenizer_path}: "
                             "its token ids would mean other things; tokenize the data with the checkpoint's tokenizer")
-        cfg.model = model.config
+        adopt_model_config(cfg, model.config)
         model.train()
     else:
         model = Transformer(cfg.model)
@@ -51,12 +51,15 @@ def pretrain(cfg: Config, resume: bool = False) -> dict:
         fim_spm_rate=cfg.data.fim_spm_rate,
         rank=env.rank,
         world=env.world,
-        streams=accumulation_steps(cfg, env.world) * cfg.train.micro_batch * env.world,  # every row of a step from its own stream
+        streams=accumulation_steps(cfg, env.world)
+        * cfg.train.micro_batch
+        * env.world,  # every row of a step from its own stream
     )
     token_bytes = token_bytes_tensor(tok)
 
     def validate(model: Transformer, max_tokens: int | None, autocast) -> HeldOut:
-        """The whole validation split, or (max_tokens) every k-th document: a subset spread over it, the same each time."""
+        """The whole validation split, or (max_tokens) every k-th document: a subset spread over it, the same each "
+        "time."""
         docs = val_docs
         if max_tokens:
             stride = max(1, val_docs.n_tokens // max_tokens)

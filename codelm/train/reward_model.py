@@ -125,12 +125,16 @@ def reward_model(cfg: Config, resume: bool = False) -> dict:
         return pair_batch([data.train[i] for i in picks], pad_id)
 
     stream = PairStream(len(data.train), make_batch, t.micro_batch, t.seed, env.rank, env.world)
-    result = train(cfg, env, model, stream, BradleyTerry(), None, source / "tokenizer.json", resume)
+    result = train(cfg, env, model, stream, BradleyTerry(), None, source / "tokenizer.json", resume,
+                   recipe="reward-model")
     if data.held_out and not result.get("stopped"):
         report["after"] = held_out_accuracy(model, data.held_out, pad_id, t.micro_batch)
         if env.is_main:
-            print(f"held-out pairs ranked right: {report['after']['accuracy']:.1%} "
-                  f"(loss {report['after']['loss']:.4f}; log 2 = {math.log(2):.4f} at the start)", flush=True)
+            print(
+                f"held-out pairs ranked right: {report['after']['accuracy']:.1%} "
+                f"(loss {report['after']['loss']:.4f}; log 2 = {math.log(2):.4f} at the start)",
+                flush=True,
+            )
     if env.is_main:
         atomic_write_json(run_dir / "reward_model.json", report)
     return {**result, **report}

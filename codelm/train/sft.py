@@ -77,4 +77,4 @@ def sft(cfg: Config, resume: bool = False) -> dict:
     env = setup_distributed(cfg.train.device)
     run = start_chat_run(cfg, env, "sft")
     return train(cfg, env, run.model, run.stream, NextToken(), held_out_validation(cfg, run, env),
-                 run.source / "tokenizer.json", resume, shardable=True)
+                 run.source / "tokenizer.json", resume, shardable=True, recipe="sft")

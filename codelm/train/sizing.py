@@ -7,7 +7,7 @@ improving early. So the speedrun times one training micro-step of each shape on
 a ladder in the precision that will run, predicts the tokens each would see in
 the budget, and takes the largest shape that still gets at least
 TOKENS_PER_PARAM tokens per non-embedding parameter: the ratio at which the
-budget sweeps (README, "Quality at fixed compute") found the best bits per byte.
+budget sweeps (docs/results/speedrun.md, "Quality at fixed compute") found the best bits per byte.
 Throughputs are cached per machine like the precision probe.
 """
 
@@ -20,9 +20,8 @@ from codelm.model.llama import Transformer
 from codelm.precision import cached_measurement, time_step
 from codelm.train.loop import probe_step
 
-# Fitted on the AVX2 fp32 sweeps (README): Muon at a fixed budget gave 1.82 bpb at 4x256, 1.70 at 4x192, 1.63 at
-# 4x128 and 1.62 at 4x96, i.e. a broad optimum from ~2.5 to ~6 of these tokens per parameter (counted as this
-# module predicts them: the probe's tokens/s x budget x BUDGET_USE).
+# The low end of the broad optimum the AVX2 fp32 budget sweeps found (docs/results/speedrun.md), in tokens per
+# parameter counted as this module predicts them: the probe's tokens/s x budget x BUDGET_USE.
 TOKENS_PER_PARAM = 2.5
 PROBE_ROWS = 4  # rows of the timed step: wide enough for full-speed kernels, short enough for a slow machine
 BUDGET_USE = 0.85  # share of the budget spent on steady steps (the rest: compilation, warm-up)
@@ -52,7 +51,8 @@ def step_tokens_per_second(model_cfg: ModelConfig, cfg: Config, device: torch.de
 
 
 def non_embedding_params(c: ModelConfig) -> int:
-    """Weights of the layers and final norm: what the tokens-per-parameter rule counts (embeddings and head excluded)."""
+    """Weights of the layers and final norm: what the tokens-per-parameter rule counts (embeddings and head "
+      "excluded)."""
     attention = c.dim * c.head_dim * (2 * c.n_heads + 2 * c.n_kv_heads) + 2 * c.head_dim * c.qk_norm
     return c.n_layers * (attention + 3 * c.dim * c.hidden_dim + 2 * c.dim) + c.dim
 

@@ -8,7 +8,7 @@
         optimizer.pt        optimizer state (training checkpoints only)
     run/checkpoints/latest  name of the newest complete checkpoint
 
-A LoRA run's checkpoint holds its adapters in PEFT's format (codelm.interop.peft:
+A LoRA run's checkpoint holds its adapters in PEFT's format (codelm.checkpoint.adapter:
 adapter_config.json, whose base_model_name_or_path is the base checkpoint, and
 adapter_model.safetensors) in place of model.safetensors and config.json; loading
 one loads the base and applies the adapters.
@@ -29,9 +29,9 @@ import numpy as np
 import safetensors.torch
 import torch
 
+from codelm.checkpoint.adapter import is_adapter, load_adapter, read_adapter, save_adapter
 from codelm.config import ModelConfig
 from codelm.errors import UserError
-from codelm.interop.peft import is_adapter, load_adapter, read_adapter, save_adapter
 from codelm.io import atomic_directory, atomic_write_json, atomic_write_text
 from codelm.model.llama import Transformer
 from codelm.model.lora import lora_spec
@@ -95,13 +95,21 @@ def model_config_from_hf(config: dict) -> ModelConfig:
                         f"{[k for k, bad in unsupported.items() if bad]}")
     dim, heads = config["hidden_size"], config["num_attention_heads"]
     if config.get("head_dim", dim // heads) != dim // heads:
-        raise UserError(f"head_dim {config['head_dim']} differs from hidden_size / num_attention_heads = {dim // heads}")
+        raise UserError(
+            f"head_dim {config['head_dim']} differs from hidden_size / num_attention_heads = {dim // heads}"
+        )
     return ModelConfig(
-        vocab_size=config["vocab_size"], dim=dim, n_layers=config["num_hidden_layers"], n_heads=heads,
-        n_kv_heads=config.get("num_key_value_heads", heads), ffn_dim=config["intermediate_size"],
-        max_seq_len=config["max_position_embeddings"], norm_eps=config.get("rms_norm_eps", 1e-6),
+        vocab_size=config["vocab_size"],
+        dim=dim,
+        n_layers=config["num_hidden_layers"],
+        n_heads=heads,
+        n_kv_heads=config.get("num_key_value_heads", heads),
+        ffn_dim=config["intermediate_size"],
+        max_seq_len=config["max_position_embeddings"],
+        norm_eps=config.get("rms_norm_eps", 1e-6),
         rope_theta=rope.get("rope_theta", config.get("rope_theta", 10000.0)),
-        tie_embeddings=bool(config.get("tie_word_embeddings", False)), qk_norm=kind == "qwen3",
+        tie_embeddings=bool(config.get("tie_word_embeddings", False)),
+        qk_norm=kind == "qwen3",
     )
 
 
@@ -123,14 +131,20 @@ def set_rng_state(state: dict):
     torch.set_rng_state(torch.frombuffer(bytearray(base64.b64decode(state["torch"])), dtype=torch.uint8))
 
 
-def write_model_files(directory: Path, model: Transformer, extra_config: dict | None = None,
-                      weights: dict[str, torch.Tensor] | None = None):
+def write_model_files(
+    directory: Path,
+    model: Transformer,
+    extra_config: dict | None = None,
+    weights: dict[str, torch.Tensor] | None = None,
+):
     """model.safetensors and config.json, the part of a checkpoint that HF tools read. weights: the model's
     whole state_dict when the model itself holds only shards of it (FSDP)."""
     weights = model.state_dict() if weights is None else weights
     if any(t.dtype == torch.int8 for t in weights.values()):
-        raise UserError("refusing to save int8-quantized weights: they are an inference-only copy "
-                        "(save the model before quantize_int8)")
+        raise UserError(
+            "refusing to save int8-quantized weights: they are an inference-only copy "
+            "(save the model before quantize_int8)"
+        )
     weights = {k: v.detach().contiguous().cpu() for k, v in weights.items()}
     if model.config.tie_embeddings:
         weights.pop("lm_head.weight")
@@ -143,8 +157,13 @@ def write_model_files(directory: Path, model: Transformer, extra_config: dict | 
     atomic_write_json(directory / "config.json", config | (extra_config or {}))
 
 
-def save_model(out: str | Path, model: Transformer, tokenizer: Tokenizer, extra_config: dict | None = None,
-               tokenizer_config: dict | None = None) -> Path:
+def save_model(
+    out: str | Path,
+    model: Transformer,
+    tokenizer: Tokenizer,
+    extra_config: dict | None = None,
+    tokenizer_config: dict | None = None,
+) -> Path:
     """A checkpoint with no training state (an imported model), written whole or not at all.
 
     tokenizer_config: HF's tokenizer_config.json (special-token names, chat template), kept for export."""
@@ -231,12 +250,14 @@ def resolve_checkpoint(path: str | Path) -> Path:
         found = latest_checkpoint(root)
         if found is not None:
             return found
-    raise UserError(f"no checkpoint at {path} (expected model.safetensors, adapter_config.json, "
-                    "or a run with checkpoints/latest)")
+    raise UserError(
+        f"no checkpoint at {path} (expected model.safetensors, adapter_config.json, or a run with checkpoints/latest)"
+    )
 
 
-def load_model(path: str | Path, device="cpu", model_class: type[Transformer] = Transformer
-               ) -> tuple[Transformer, Tokenizer, Path]:
+def load_model(
+    path: str | Path, device="cpu", model_class: type[Transformer] = Transformer
+) -> tuple[Transformer, Tokenizer, Path]:
     """Model (eval mode, fp32) and tokenizer from a checkpoint directory.
 
     An imported model's config.json sets where documents start (`codelm_prefix_ids`)
@@ -251,9 +272,14 @@ def load_model(path: str | Path, device="cpu", model_class: type[Transformer] = 
     config = json.loads((ckpt / "config.json").read_text())
     held = config.get(MODEL_CLASS_KEY, Transformer.__name__)
     if held != model_class.__name__:
-        raise UserError(f"{ckpt} holds a {held}, not a {model_class.__name__}: "
-                        + ("a reward model scores sequences (rl.reward_model), it does not generate"
-                           if model_class is Transformer else "train one with its own command first"))
+        raise UserError(
+            f"{ckpt} holds a {held}, not a {model_class.__name__}: "
+            + (
+                "a reward model scores sequences (rl.reward_model), it does not generate"
+                if model_class is Transformer
+                else "train one with its own command first"
+            )
+        )
     model = model_class(ModelConfig(**config["codelm"]))
     load_weights(model, ckpt)
     tok = Tokenizer.load(ckpt / "tokenizer.json", required=())
@@ -269,11 +295,15 @@ def adapter_base(ckpt: Path) -> Path:
     name = read_adapter(ckpt).base_model
     base = ckpt / name if name else None
     if base is not None and is_adapter(base):
-        raise UserError(f"the base of the adapter in {ckpt}, {base}, is itself a LoRA adapter: merge it into a "
-                        "plain checkpoint first (codelm export hf --merge-lora, then codelm import hf)")
+        raise UserError(
+            f"the base of the adapter in {ckpt}, {base}, is itself a LoRA adapter: merge it into a "
+            "plain checkpoint first (codelm export hf --merge-lora, then codelm import hf)"
+        )
     if base is None or not ((base / "model.safetensors").is_file() and (base / "config.json").is_file()):
-        raise UserError(f"the adapter in {ckpt} names base_model_name_or_path {name!r}, which is not a codelm "
-                        "checkpoint directory here (import the base model and set it there)")
+        raise UserError(
+            f"the adapter in {ckpt} names base_model_name_or_path {name!r}, which is not a codelm "
+            "checkpoint directory here (import the base model and set it there)"
+        )
     return base
 
 

@@ -1,0 +1,70 @@
+"""`codelm generate` and `codelm complete`: the KV-cache engine on one prompt, from the terminal."""
+
+import sys
+
+from codelm.cli.options import Settings, add_command, read_input, resolve, sections_root
+from codelm.config import CompleteConfig, EngineConfig, GenerateConfig, SamplingParams
+
+GENERATE = Settings(sections_root("generate", generate=GenerateConfig, sampling=SamplingParams, engine=EngineConfig),
+                    ("generate", "sampling", "engine"), every_field=True)
+COMPLETE = Settings(sections_root("complete", complete=CompleteConfig, sampling=SamplingParams, engine=EngineConfig),
+                    ("complete", "sampling", "engine"), every_field=True)
+
+
+def generate(sub, name, text):
+    add_command(sub, name, text, "Continue a prompt with the KV-cache engine. A single completion streams to the "
+                "terminal; stop strings are matched on the decoded text.", run_generate, GENERATE)
+
+
+def complete(sub, name, text):
+    add_command(sub, name, text, "Fill-in-the-middle completion: the PSM prompt <fim_prefix>A<fim_suffix>B"
+                "<fim_middle>, generated until <|endoftext|>; prints prefix + middle + suffix.", run_complete, COMPLETE)
+
+
+def note_if_cut(completion):
+    """Generation ran into the end of the context: say so on stderr, leaving stdout the text alone."""
+    if completion.cut:
+        print(f"[note] {completion.cut}", file=sys.stderr)
+
+
+def run_generate(args):
+    from codelm.inference.engine import Engine
+
+    cfg = resolve(args)
+    g, params = cfg.generate, cfg.sampling
+    engine = Engine.from_checkpoint(g.checkpoint, **cfg.engine.options())
+    prompt = read_input(g.prompt_file) if g.prompt_file else g.prompt
+    if g.draft_checkpoint or g.prompt_lookup:
+        from codelm.inference.speculative import DraftModel, PromptLookup, speculative_generate
+
+        drafter = (PromptLookup() if g.prompt_lookup else
+                   DraftModel(Engine.from_checkpoint(g.draft_checkpoint, **cfg.engine.options())))
+        completion, stats = speculative_generate(engine, engine.encode(prompt), params, drafter, k=g.num_draft)
+        print(prompt + completion.text)
+        note_if_cut(completion)
+        print(f"[speculative] acceptance {stats.acceptance_rate:.2f}, {stats.tokens_per_forward:.2f} tokens per "
+              f"target forward ({stats.tokens} tokens, {stats.target_forwards} forwards)", file=sys.stderr)
+        return
+    if params.n == 1 and params.strategy != "beam":  # stream to the terminal
+        print(prompt, end="", flush=True)
+        [[completion]] = engine.generate([prompt], params, on_text=lambda i, j, text: print(text, end="", flush=True))
+        print()
+        note_if_cut(completion)
+        return
+    completions = engine.generate([prompt], params)[0]
+    for j, completion in enumerate(completions):
+        score = f", score {completion.score:.3f}" if completion.score is not None else ""
+        print(f"--- completion {j + 1} ({completion.finish_reason}{score})\n{prompt}{completion.text}")
+    note_if_cut(completions[0])
+
+
+def run_complete(args):
+    from codelm.inference.engine import Engine
+
+    cfg = resolve(args)
+    c = cfg.complete
+    prefix, suffix = read_input(c.prefix_file), read_input(c.suffix_file)
+    engine = Engine.from_checkpoint(c.checkpoint, **cfg.engine.options())
+    [middle] = engine.complete_middle(prefix, suffix, cfg.sampling)
+    print(prefix + middle.text + suffix, end="")
+    note_if_cut(middle)
