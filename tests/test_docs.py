@@ -1,8 +1,10 @@
-"""The README's `codelm` commands, run on tiny inputs, so the README cannot drift from the CLI.
+"""The documented `codelm` commands, run on tiny inputs, so the documentation cannot drift from the CLI.
 
-The commands are read from the README's bash blocks (litgpt's test_readme pattern), not copied here. To run
-one, its optional `[...]` groups are dropped unless TINY gives their flag a small value, its placeholders
-(RUN, DIR, ...) become paths in a scratch directory, and paths of this repository are taken from it.
+The commands are read from the bash blocks of README.md and of every docs/**/*.md (litgpt's test_readme
+pattern), not copied here. To run one, its optional `[...]` groups are dropped unless TINY gives their flag a
+small value, its placeholders (RUN, DIR, ...) become paths in a scratch directory, and paths of this repository
+are taken from it. Every command has its page, docs/commands/<command with dashes>.md. Measurements that must
+not run here (long runs on real models) sit in ```text or ```console blocks, which are not read.
 """
 
 import argparse
@@ -19,8 +21,9 @@ from conftest import REPO, run_codelm
 from codelm.cli import build_parser, main
 from codelm.data.sources import stdlib_root
 
-README = REPO / "README.md"
-AS_DOCUMENTED = object()  # keep this optional group as the README writes it
+DOCS = [REPO / "README.md", *sorted((REPO / "docs").rglob("*.md"))]
+COMMAND_PAGES = REPO / "docs" / "commands"
+AS_DOCUMENTED = object()  # keep this optional group as the documentation writes it
 PRETRAIN_SETTINGS = ['data.tokens="tokens"', 'train.out_dir="run"', "train.max_steps=2", "train.compile=false",
                      'train.precision="fp32"', "train.eval_tokens=4096"]
 # per subcommand: optional groups to keep (their first flag -> the text to run) and placeholders to replace
@@ -29,7 +32,8 @@ TINY = {
     "data stats": {"DIR": "corpus"},
     "tokenizer train": {"--data": "--data corpus", "--vocab-size": "--vocab-size 512"},
     "tokenize": {"--data": "--data corpus", "--val-fraction": "--val-fraction 0.2", "DIR": "tokens"},
-    "pretrain": {"--set": " ".join(f"--set '{s}'" for s in PRETRAIN_SETTINGS)},
+    "pretrain": {"--config": "--config codelm/configs/tiny.toml",
+                 "--set": " ".join(f"--set '{s}'" for s in PRETRAIN_SETTINGS)},
     "generate": {"RUN": "run", "SMALL_RUN": "run"},
     "complete": {"RUN": "run"},
     "export": {"RUN": "run"},
@@ -39,7 +43,7 @@ TINY = {
     "eval": {"RUN_OR_CHECKPOINT": "run", "--tasks": AS_DOCUMENTED, "--limit": "--limit 2",
              "--data": "--data program.py", "--corpus": "--corpus corpus", "--out": AS_DOCUMENTED, "DIR": "eval-out"},
 }
-SCRATCH_FILES = {  # the inputs the README's commands name
+SCRATCH_FILES = {  # the inputs the documented commands name
     "f.py": "def parse(line):\n",
     "before.py": "def add(a, b):\n    ",
     "after.py": "\n\n\nprint(add(1, 2))\n",
@@ -48,12 +52,17 @@ SCRATCH_FILES = {  # the inputs the README's commands name
 }
 
 
-def documented_commands() -> list[tuple[str, str | None]]:
-    """(command, standard input) for every `codelm ...` line of the README's bash blocks.
+def page_of(command: str) -> Path:
+    """The command page of a (nested) subcommand: `synth oss-instruct` -> docs/commands/synth-oss-instruct.md."""
+    return COMMAND_PAGES / f"{command.replace(' ', '-')}.md"
+
+
+def documented_commands(paths: list[Path] = DOCS) -> list[tuple[str, str | None]]:
+    """(command, standard input) for every `codelm ...` line of the bash blocks of these files, in order.
 
     An indented line continues the command above it; `echo TEXT | codelm ...` feeds TEXT on standard input."""
     commands = []
-    for block in re.findall(r"```bash\n(.*?)```", README.read_text(), re.DOTALL):
+    for block in [b for path in paths for b in re.findall(r"```bash\n(.*?)```", path.read_text(), re.DOTALL)]:
         continues = False
         for line in block.splitlines():
             line = re.sub(r"\s+#\s.*", "", line)
@@ -115,15 +124,21 @@ def leaf_commands(parser: argparse.ArgumentParser, prefix: str = "") -> list[str
 
 def test_every_command_is_documented_with_flags_it_has():
     documented = {subcommand(shlex.split(c)[1:])[0] for c, _ in COMMANDS}
-    assert set(leaf_commands(build_parser())) <= documented
+    leaves = leaf_commands(build_parser())
+    assert set(leaves) <= documented
+    for leaf in leaves:  # each command has its page, whose bash blocks show the command itself
+        page = page_of(leaf)
+        assert page.is_file(), f"`codelm {leaf}` has no page {page.relative_to(REPO)}"
+        shown = {subcommand(shlex.split(c)[1:])[0] for c, _ in documented_commands([page])}
+        assert leaf in shown, f"{page.relative_to(REPO)} has no bash block with `codelm {leaf}`"
     for command, _ in COMMANDS:
         name, parser = subcommand(shlex.split(command)[1:])
         unknown = set(re.findall(r"(?<![\w-])--[a-z][\w-]*", command)) - set(parser._option_string_actions)
-        assert not unknown, f"README: `{command}` names flags that `codelm {name}` lacks: {sorted(unknown)}"
+        assert not unknown, f"docs: `{command}` names flags that `codelm {name}` lacks: {sorted(unknown)}"
         try:
             build_parser().parse_args(instantiate(command))
         except SystemExit:
-            pytest.fail(f"README: `{command}` does not parse as `codelm {' '.join(instantiate(command))}`")
+            pytest.fail(f"docs: `{command}` does not parse as `codelm {' '.join(instantiate(command))}`")
 
 
 @pytest.mark.parametrize("name", sorted({subcommand(shlex.split(c)[1:])[0] for c, _ in COMMANDS}))
@@ -135,8 +150,8 @@ def test_documented_command_help(name, capsys):
 
 @pytest.fixture(scope="module")
 def scratch(tmp_path_factory) -> Path:
-    """A directory holding the README's input files and a small source tree (`src`: the stdlib's email)."""
-    root = tmp_path_factory.mktemp("readme")
+    """A directory holding the documented commands' input files and a small source tree (`src`: the stdlib's email)."""
+    root = tmp_path_factory.mktemp("docs")
     for name, text in SCRATCH_FILES.items():
         (root / name).write_text(text)
     shutil.copytree(stdlib_root() / "email", root / "src", ignore=shutil.ignore_patterns("__pycache__"))
@@ -156,9 +171,11 @@ def test_synth_commands(scratch):
 
 @pytest.fixture(scope="module")
 def trained(scratch) -> Path:
-    """The README's pipeline up to a checkpoint: curate, data stats, tokenizer, tokenize, pretrain."""
-    for command, stdin in commands_of("curate", "data stats", "tokenizer train", "tokenize", "pretrain"):
-        run_documented(command, stdin, scratch)
+    """The documented pipeline up to a checkpoint: curate, data stats, tokenizer, tokenize, pretrain (in this order,
+    whatever order the pages come in)."""
+    for stage in ("curate", "data stats", "tokenizer train", "tokenize", "pretrain"):
+        for command, stdin in commands_of(stage):
+            run_documented(command, stdin, scratch)
     assert (scratch / "run" / "checkpoints").is_dir()
     return scratch
 
@@ -187,7 +204,7 @@ def test_export_then_import(trained):
 
 @pytest.mark.slow
 def test_eval_command(trained):
-    [(command, stdin)] = commands_of("eval")
+    command, stdin = documented_commands([page_of("eval")])[0]  # the usage, with every task
     run_documented(command, stdin, trained)
     args = instantiate(command)
     results = json.loads((trained / args[args.index("--out") + 1] / "results.json").read_text())
