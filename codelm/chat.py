@@ -11,13 +11,58 @@ content, and the content is encoded as plain text, so a message that contains
 "<|im_end|>" cannot end its turn early (prompt injection through the template).
 """
 
+import json
 import re
 
 from codelm.errors import UserError
 from codelm.tokenizer import IM_END, IM_START, Tokenizer
 
+# Tools are offered and called in the Hermes format (Qwen2.5, Hermes 2 Pro): any ChatML-style template renders
+# them, since they become plain text in the system, assistant and user turns.
+TOOL_OPEN, TOOL_CLOSE = "<tool_call>", "</tool_call>"
+TOOLS_PROMPT = ("# Tools\n\nYou may call one or more functions to assist with the user query.\n\nYou are provided "
+                "with function signatures within <tools></tools> XML tags:\n<tools>\n{tools}\n</tools>\n\nFor "
+                "each function call, return a json object with function name and arguments within "
+                f"{TOOL_OPEN}{TOOL_CLOSE} XML tags:\n{TOOL_OPEN}\n{{{{\"name\": <function-name>, \"arguments\": "
+                f"<args-json-object>}}}}\n{TOOL_CLOSE}")
 CHATML = ("{% for message in messages %}{{ '" + IM_START + "' + message['role'] + '\n' + message['content'] + '"
           + IM_END + "\n' }}{% endfor %}{% if add_generation_prompt %}{{ '" + IM_START + "assistant\n' }}{% endif %}")
+
+
+def with_tools(messages: list[dict], tools: list[dict]) -> list[dict]:
+    """OpenAI-shaped messages (tool definitions, assistant tool_calls, role "tool" results) as plain
+    role/content messages: the tools' signatures join the system message, an assistant's calls follow its
+    text in <tool_call> blocks, and consecutive tool results become one user turn of <tool_response> blocks."""
+    out = []
+    if tools:
+        listing = TOOLS_PROMPT.format(tools="\n".join(json.dumps(t) for t in tools))
+        if messages and messages[0]["role"] in ("system", "developer"):
+            out.append({"role": "system", "content": f"{messages[0]['content']}\n\n{listing}"})
+            messages = messages[1:]
+        else:
+            out.append({"role": "system", "content": listing})
+    for m in messages:
+        if m["role"] == "tool":
+            response = f"<tool_response>\n{m['content']}\n</tool_response>"
+            if out and out[-1].get("tool_results"):
+                out[-1]["content"] += "\n" + response
+            else:
+                out.append({"role": "user", "content": response, "tool_results": True})
+            continue
+        calls = [f"{TOOL_OPEN}\n{json.dumps({'name': c['function']['name'], 'arguments': arguments(c)})}\n"
+                 f"{TOOL_CLOSE}" for c in m.get("tool_calls") or []]
+        content = "\n".join([m["content"], *calls] if m["content"] else calls)
+        out.append({"role": "system" if m["role"] == "developer" else m["role"], "content": content})
+    return [{"role": m["role"], "content": m["content"]} for m in out]
+
+
+def arguments(call: dict):
+    """A call's arguments as a JSON value (OpenAI sends them as a JSON string)."""
+    raw = call["function"].get("arguments") or "{}"
+    try:
+        return json.loads(raw) if isinstance(raw, str) else raw
+    except json.JSONDecodeError:
+        raise UserError(f"tool call {call['function']['name']}: arguments are not JSON: {raw[:80]!r}") from None
 
 
 def render(messages: list[dict], template: str | None, add_generation_prompt: bool = True) -> str:

@@ -20,9 +20,12 @@ from codelm.errors import UserError
 Precision = Literal["auto", "fp32", "bf16", "fp64"]
 
 
-def knob(default=dataclasses.MISSING, help: str = "", *, factory=dataclasses.MISSING, comma: bool = False):
-    """A setting: its default and its one help text. comma: a list option given as `a,b,c` on the command line."""
-    return field(default=default, default_factory=factory, metadata={"help": help, "comma": comma})
+def knob(default=dataclasses.MISSING, help: str = "", *, factory=dataclasses.MISSING, comma: bool = False,
+         metavar: str = ""):
+    """A setting: its default and its one help text. comma: a list option given as `a,b,c` on the command line;
+    metavar: how its flag's value is shown (default: the key's name)."""
+    return field(default=default, default_factory=factory,
+                 metadata={"help": help, "comma": comma, "metavar": metavar})
 
 
 def field_default(cls, name: str):
@@ -370,12 +373,20 @@ class GenerateConfig:
     draft_checkpoint: str = knob("", "speculative decoding with this smaller model (same tokenizer)")
     prompt_lookup: bool = knob(False, "speculative decoding with prompt-lookup drafts")
     num_draft: int = knob(4, "draft tokens per round")
+    json_object: bool = knob(False, "constrain the completion to a JSON object")
+    json_schema: str = knob("", "constrain the completion to JSON valid under this JSON schema file")
+    regex: str = knob("", "constrain the completion to match this regular expression")
+    grammar: str = knob("", "constrain the completion to this Lark grammar file (llguidance's Lark dialect)")
+    choice: list[str] = knob(help="constrain the completion to one of these strings (repeatable)", factory=list)
 
     def check(self):
         if not self.checkpoint:
             raise UserError("--checkpoint is required")
         if bool(self.prompt) == bool(self.prompt_file):
             raise UserError("give exactly one of --prompt TEXT and --prompt-file FILE")
+        given = [name for name in ("json_object", "json_schema", "regex", "grammar", "choice") if getattr(self, name)]
+        if len(given) > 1:
+            raise UserError(f"give at most one constraint, got {', '.join('--' + g.replace('_', '-') for g in given)}")
         if self.draft_checkpoint and self.prompt_lookup:
             raise UserError("give at most one drafter: --draft-checkpoint or --prompt-lookup")
         if self.num_draft < 1:

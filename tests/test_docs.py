@@ -49,6 +49,8 @@ SCRATCH_FILES = {  # the inputs the documented commands name
     "after.py": "\n\n\nprint(add(1, 2))\n",
     "program.py": "def add(a, b):\n    return a + b\n",
     "tests.py": "assert add(1, 2) == 3\n",
+    "schema.json": '{"type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"]}',
+    "sql.lark": 'start: "SELECT " NAME " FROM " NAME\nNAME: /[a-z]{1,8}/\n',
 }
 
 

@@ -187,6 +187,13 @@ BAD_REQUESTS = [  # (route, body or raw bytes, what the 4xx names)
     ("/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}], "top_logprobs": 50}, "top_logprobs"),
     ("/infill", {"input_prefix": 3}, "input_prefix"),
     ("/infill", [1, 2], "body"),
+    # a field the server does not implement is refused, never silently ignored
+    ("/v1/completions", {"prompt": "x", "no_such_field": {"ignored": True}}, "no_such_field: not supported"),
+    ("/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}], "frequency_penalty": 1},
+     "frequency_penalty: not supported"),
+    ("/v1/chat/completions", {"messages": [{"role": "user", "content": "hi", "audio": {"id": "x"}}]},
+     "message field 'audio' is not supported"),
+    ("/infill", {"input_prefix": "x", "cache_prompt": True}, "cache_prompt: not supported"),
 ]
 
 
@@ -199,8 +206,8 @@ def test_bad_inputs_get_a_4xx_naming_the_field_while_good_requests_complete(live
             "prompt": f"value_{i} = ",
             "max_tokens": 5,
             "temperature": 0,
-            "no_such_field": {"ignored": True},
-        }  # unknown fields are ignored, as OpenAI does
+            "user": "someone",  # harmless: no effect on the output, accepted
+        }
         good.append(httpx.post(f"{live.url}/v1/completions", json=body, timeout=60))
 
     threads = [threading.Thread(target=send_good, args=(i,)) for i in range(6)]

@@ -1,9 +1,11 @@
 """`codelm generate` and `codelm complete`: the KV-cache engine on one prompt, from the terminal."""
 
+import json
 import sys
 
 from codelm.cli.options import Settings, add_command, read_input, resolve, sections_root
 from codelm.config import CompleteConfig, EngineConfig, GenerateConfig, SamplingParams
+from codelm.errors import UserError
 
 GENERATE = Settings(sections_root("generate", generate=GenerateConfig, sampling=SamplingParams, engine=EngineConfig),
                     ("generate", "sampling", "engine"), every_field=True)
@@ -13,7 +15,9 @@ COMPLETE = Settings(sections_root("complete", complete=CompleteConfig, sampling=
 
 def generate(sub, name, text):
     add_command(sub, name, text, "Continue a prompt with the KV-cache engine. A single completion streams to the "
-                "terminal; stop strings are matched on the decoded text.", run_generate, GENERATE)
+                "terminal; stop strings are matched on the decoded text. A constraint (a JSON schema, a regex, a "
+                "Lark grammar or a list of choices) masks what the grammar forbids before sampling and ends "
+                "the completion when the grammar is complete.", run_generate, GENERATE)
 
 
 def complete(sub, name, text):
@@ -27,19 +31,38 @@ def note_if_cut(completion):
         print(f"[note] {completion.cut}", file=sys.stderr)
 
 
+def constraint_of(g: GenerateConfig) -> tuple[str, object] | None:
+    """The (kind, spec) of the constraint the options name, reading its file; None without one."""
+    if g.json_object:
+        return "json_object", None
+    if g.json_schema:
+        try:
+            return "json_schema", json.loads(read_input(g.json_schema))
+        except json.JSONDecodeError as e:
+            raise UserError(f"--json-schema {g.json_schema}: not JSON ({e})") from None
+    if g.grammar:
+        return "lark", read_input(g.grammar)
+    if g.regex:
+        return "regex", g.regex
+    return ("choice", g.choice) if g.choice else None
+
+
 def run_generate(args):
     from codelm.inference.engine import Engine
 
     cfg = resolve(args)
     g, params = cfg.generate, cfg.sampling
     engine = Engine.from_checkpoint(g.checkpoint, **cfg.engine.options())
+    constraint = constraint_of(g)
+    grammar = engine.constraint(*constraint) if constraint else None
     prompt = read_input(g.prompt_file) if g.prompt_file else g.prompt
     if g.draft_checkpoint or g.prompt_lookup:
         from codelm.inference.speculative import DraftModel, PromptLookup, speculative_generate
 
         drafter = (PromptLookup() if g.prompt_lookup else
                    DraftModel(Engine.from_checkpoint(g.draft_checkpoint, **cfg.engine.options())))
-        completion, stats = speculative_generate(engine, engine.encode(prompt), params, drafter, k=g.num_draft)
+        completion, stats = speculative_generate(engine, engine.encode(prompt), params, drafter, k=g.num_draft,
+                                                 grammar=grammar)
         print(prompt + completion.text)
         note_if_cut(completion)
         print(f"[speculative] acceptance {stats.acceptance_rate:.2f}, {stats.tokens_per_forward:.2f} tokens per "
@@ -47,11 +70,12 @@ def run_generate(args):
         return
     if params.n == 1 and params.strategy != "beam":  # stream to the terminal
         print(prompt, end="", flush=True)
-        [[completion]] = engine.generate([prompt], params, on_text=lambda i, j, text: print(text, end="", flush=True))
+        [[completion]] = engine.generate([prompt], params, on_text=lambda i, j, text: print(text, end="", flush=True),
+                                         grammar=grammar)
         print()
         note_if_cut(completion)
         return
-    completions = engine.generate([prompt], params)[0]
+    completions = engine.generate([prompt], params, grammar=grammar)[0]
     for j, completion in enumerate(completions):
         score = f", score {completion.score:.3f}" if completion.score is not None else ""
         print(f"--- completion {j + 1} ({completion.finish_reason}{score})\n{prompt}{completion.text}")

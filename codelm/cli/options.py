@@ -124,6 +124,7 @@ def comma_list(item_type):
 def option_kwargs(key: str, f: dataclasses.Field, kind, default) -> dict:
     """argparse keywords for a flag that sets `key`: its type, choices and help from the field."""
     text = f"{help_of(f)} ({key}; default {shown(default)})"
+    metavar = f.metadata.get("metavar") or key.rsplit(".", 1)[-1].upper()
     kw = {"dest": key.replace(".", "__"), "default": None, "help": text.replace("%", "%%")}
     choices = choices_of(kind)
     if kind is bool:
@@ -134,8 +135,8 @@ def option_kwargs(key: str, f: dataclasses.Field, kind, default) -> dict:
         (item,) = typing.get_args(kind)
         if f.metadata.get("comma"):
             return kw | {"type": comma_list(item), "metavar": "A,B,..."}
-        return kw | {"type": item, "action": "append", "metavar": key.rsplit(".", 1)[-1].upper()}
-    return kw | {"type": kind, "metavar": key.rsplit(".", 1)[-1].upper()}
+        return kw | {"type": item, "action": "append", "metavar": metavar}
+    return kw | {"type": kind, "metavar": metavar}
 
 
 def add_settings(parser: argparse.ArgumentParser, settings: Settings):
@@ -162,7 +163,7 @@ def add_settings(parser: argparse.ArgumentParser, settings: Settings):
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="set a config key, e.g. --set " + next(iter(keys)) + "=... (repeatable)",
+        help="set a config key, e.g. --set " + next(k for k in keys if "." in k) + "=... (repeatable)",
     )
     unflagged = [key for key in keys if key not in flags.values() and key not in settings.positional.values()]
     if unflagged:

@@ -71,6 +71,15 @@ class KVCache(DenseAttention):
         self.v[layer][:, :, self.length:end] = v
         return self.k[layer][:, :, :end], self.v[layer][:, :, :end]
 
+    def reserve(self, slots: int):
+        """Room for `slots` more slots past the ones in use, growing the buffers if needed (left-padded chunks of
+        forced tokens use slots faster than the rows' tokens)."""
+        extra = self.length + slots - self.max_len
+        if extra > 0:
+            self.k = [F.pad(k, (0, 0, 0, extra)) for k in self.k]
+            self.v = [F.pad(v, (0, 0, 0, extra)) for v in self.v]
+            self.valid = F.pad(self.valid, (0, extra))
+
     def advance(self, T: int):
         """The T slots written by the step that just ran are now in use (Transformer.decode_step calls this)."""
         self.length += T

@@ -33,6 +33,7 @@ from codelm.checkpoint import load_model
 from codelm.data.fim import fim_prompt
 from codelm.errors import UserError
 from codelm.inference.cache import KVCache, SlotView
+from codelm.inference.constraints import Grammar, Matcher, mask_logits
 from codelm.inference.quant import quantize_int8
 from codelm.inference.sampling import (
     SamplingParams,
@@ -66,6 +67,17 @@ class Completion:
     finish_reason: str = "length"  # "stop": end-of-text token or stop string; "length": max_new_tokens or context full
     score: float | None = None  # beam search: length-normalized log-probability
     cut: str | None = None  # set when the context could not hold max_new_tokens: a one-line note to show
+
+
+def fork_per_row(grammar: Grammar | None, n: int, prompts: int) -> list[Matcher | None]:
+    """A matcher per batch row: the n samples of a prompt fork one (never shared), none without a grammar."""
+    if grammar is None:
+        return [None] * (n * prompts)
+    rows = []
+    for _ in range(prompts):
+        first = grammar.matcher()
+        rows += [first, *(first.fork() for _ in range(n - 1))]
+    return rows
 
 
 def sample_seed(seed: int, prompt: list[int], sample: int) -> int:
@@ -151,16 +163,22 @@ class Engine:
         return [*self.tok.prefix_ids, *self.tok.encode(prompt)]
 
     def generate(
-        self, prompts: list[str | list[int]], params: SamplingParams, on_text: TextCallback | None = None
+        self, prompts: list[str | list[int]], params: SamplingParams, on_text: TextCallback | None = None,
+        grammar: Grammar | None = None,
     ) -> list[list[Completion]]:
-        """params.n completions for each prompt (text, or token ids used as they are).
+        """params.n completions for each prompt (text, or token ids used as they are), each under its own
+        matcher of `grammar` when one is given.
 
         A prompt gets max_new_tokens, or fewer when the context fills first (see `budget`)."""
         ids = [self.encode(p) if isinstance(p, str) else list(p) for p in prompts]
         budgets = [self.budget(p, params.max_new_tokens) for p in ids]
         if params.strategy == "beam":
-            return [self._beam_search(p, params, *b) for p, b in zip(ids, budgets)]
-        return self._decode(ids, params, budgets, on_text)
+            return [self._beam_search(p, params, *b, grammar) for p, b in zip(ids, budgets)]
+        return self._decode(ids, params, budgets, on_text, grammar)
+
+    def constraint(self, kind: str, spec) -> Grammar:
+        """A grammar over this engine's tokenizer, checked once (UserError naming what is wrong)."""
+        return Grammar(kind, spec, self.tok, self.model.config.vocab_size)
 
     def complete_middle(self, prefix: str, suffix: str, params: SamplingParams) -> list[Completion]:
         """Fill-in-the-middle: completions of the PSM prompt, ending at end-of-text."""
@@ -232,6 +250,7 @@ class Engine:
         params: SamplingParams,
         budgets: list[tuple[int, str | None]],
         on_text: TextCallback | None,
+        grammar: Grammar | None = None,
     ):
         cache, logits, next_pos = self.prefill(prompts, max(limit for limit, _ in budgets))
         n = params.n
@@ -246,40 +265,97 @@ class Engine:
         trackers = [StopTracker(self.tok, params.stop) for _ in rows]
         limits = [budgets[i][0] for i, _ in rows]
         results = [Completion("", [], cut=budgets[i][1]) for i, _ in rows]
+        matchers = fork_per_row(grammar, n, len(prompts))
         active = list(range(len(rows)))  # batch row b is rows[active[b]]
         while True:  # until every row has finished
             history = None
             if params.repetition_penalty != 1.0:
                 history = [prompts[rows[r][0]] + results[r].token_ids for r in active]
-            tokens = self._choose(logits, params, history, [generators[r] for r in active])
+            allowed = mask_logits(logits, [matchers[r] for r in active])
+            tokens = self._choose(allowed, params, history, [generators[r] for r in active])
             logprobs = logits.log_softmax(-1).gather(1, tokens[:, None])[:, 0].tolist()
-            keep = []
+            keep, feeds, closing = [], [], set()
             for b, r in enumerate(active):
-                token, result = int(tokens[b]), results[r]
-                result.token_ids.append(token)
-                result.logprobs.append(logprobs[b])
-                delta = "" if token in self.tok.stop_ids else trackers[r].push(token)
-                if token in self.tok.stop_ids or trackers[r].stopped:
-                    result.finish_reason = "stop"
-                    delta += trackers[r].flush()
-                elif len(result.token_ids) == limits[r]:
-                    delta += trackers[r].flush()
-                else:
+                before = len(results[r].token_ids)
+                feed = self._advance(matchers[r], int(tokens[b]), limits[r] - before - 1)
+                finished, delta = self._record(results[r], trackers[r], feed, logprobs[b], limits[r], matchers[r])
+                taken = results[r].token_ids[before:]
+                if not finished or len(taken) > 1:  # a row that ended on forced tokens stays to have them scored
                     keep.append(b)
+                    feeds.append(taken)
+                    closing.update([r] if finished else [])
                 if delta and on_text is not None:
                     on_text(*rows[r], delta)
             if not keep:
                 break
-            if len(keep) < len(active):  # finished rows leave the batch
-                index = torch.tensor(keep, device=self.device)
-                cache.select(index)
-                tokens, next_pos = tokens[index], next_pos[index]
-                active = [active[b] for b in keep]
-            logits = self.step(tokens, next_pos, cache)
-            next_pos = next_pos + 1
+            active, next_pos = self._keep(keep, active, cache, next_pos)
+            logits, next_pos = self._feed(feeds, next_pos, cache, [results[r] for r in active])
+            if closing:
+                still = [b for b, r in enumerate(active) if r not in closing]
+                if not still:
+                    break
+                logits = logits[torch.tensor(still, device=self.device)]
+                active, next_pos = self._keep(still, active, cache, next_pos)
         for result, tracker in zip(results, trackers):
             result.text = tracker.text
         return [results[i * n : (i + 1) * n] for i in range(len(prompts))]
+
+    def _keep(self, keep: list[int], active: list[int], cache: KVCache, next_pos: torch.Tensor):
+        """Only batch rows `keep` go on (finished rows leave the batch): (their row ids, their next positions)."""
+        if len(keep) == len(active):
+            return active, next_pos
+        index = torch.tensor(keep, device=self.device)
+        cache.select(index)
+        return [active[b] for b in keep], next_pos[index]
+
+    def _advance(self, matcher: Matcher | None, token: int, room: int) -> list[int]:
+        """A row's sampled token and the tokens its grammar then forces (at most `room`), the matcher past them."""
+        if matcher is None or token in self.tok.stop_ids:
+            return [token]
+        matcher.accept(token)
+        forced = matcher.forced()[:room]
+        for t in forced:
+            matcher.accept(t)
+        return [token, *forced]
+
+    def _record(self, result: Completion, tracker: StopTracker, feed: list[int], logprob: float, limit: int,
+                matcher: Matcher | None) -> tuple[bool, str]:
+        """Append a row's new tokens (the sampled one, then any forced ones); (finished?, new text)."""
+        delta = ""
+        for i, token in enumerate(feed):
+            result.token_ids.append(token)
+            if i == 0:
+                result.logprobs.append(logprob)  # forced tokens get theirs when _feed scores them
+            delta += "" if token in self.tok.stop_ids else tracker.push(token)
+            if token in self.tok.stop_ids or tracker.stopped:
+                result.finish_reason = "stop"
+                return True, delta + tracker.flush()
+        if matcher is not None and matcher.done:  # the grammar is complete: nothing may follow
+            result.finish_reason = "stop"
+            return True, delta + tracker.flush()
+        if len(result.token_ids) >= limit:
+            return True, delta + tracker.flush()
+        return False, delta
+
+    def _feed(self, feeds: list[list[int]], next_pos: torch.Tensor, cache: KVCache, results: list[Completion]):
+        """Logits after feeding each row its new tokens: one decode step, or, when a grammar forced tokens,
+        one forward of the rows' tokens left-padded to the longest (forced tokens cost no extra step)."""
+        width = max(len(f) for f in feeds)
+        cache.reserve(width)
+        if width == 1:
+            tokens = torch.tensor([f[0] for f in feeds], device=self.device)
+            return self.step(tokens, next_pos, cache), next_pos + 1
+        tokens = torch.zeros(len(feeds), width, dtype=torch.long, device=self.device)
+        valid = torch.zeros(len(feeds), width, dtype=torch.bool, device=self.device)
+        for b, f in enumerate(feeds):
+            tokens[b, width - len(f):], valid[b, width - len(f):] = torch.tensor(f), True
+        positions = (next_pos[:, None] + (valid.long().cumsum(1) - 1).clamp(min=0))
+        logits = self.forward(tokens, cache, positions, valid, last_only=False)
+        logprobs = logits.log_softmax(-1)
+        for b, (f, result) in enumerate(zip(feeds, results)):
+            for i in range(1, len(f)):  # each forced token, scored by the model at the position before it
+                result.logprobs.append(float(logprobs[b, width - len(f) + i - 1, f[i]]))
+        return logits[:, -1], next_pos + valid.sum(1)
 
     def _choose(self, logits, params, history: list[list[int]] | None, generators) -> torch.Tensor:
         """Next token per row; history (prompt + generated ids per row) only for the repetition penalty."""
@@ -297,8 +373,10 @@ class Engine:
             return processed.argmax(-1)
         return sample_rows(processed.softmax(-1), generators)
 
-    def _beam_search(self, prompt: list[int], params: SamplingParams, limit: int, cut: str | None) -> list[Completion]:
-        """Beam search with length penalty, `limit` new tokens at most; the best params.n hypotheses, best first."""
+    def _beam_search(self, prompt: list[int], params: SamplingParams, limit: int, cut: str | None,
+                     grammar: Grammar | None = None) -> list[Completion]:
+        """Beam search with length penalty, `limit` new tokens at most; the best params.n hypotheses, best first.
+        Under a grammar each beam has its own matcher, forked from its parent's; a complete one finishes."""
         width, alpha = params.num_beams, params.length_penalty
         cache, logits, next_pos = self.prefill([prompt], limit)
         cache.select(torch.zeros(width, dtype=torch.long, device=self.device))
@@ -306,26 +384,33 @@ class Engine:
         scores = torch.full((width,), float("-inf"), device=self.device)
         scores[0] = 0.0  # all beams start equal: expand only the first
         beams: list[tuple[list[int], list[float]]] = [([], [])] * width
+        matchers = fork_per_row(grammar, width, 1)
         finished: list[Completion] = []
 
         def normalized(score: float, length: int) -> float:
             return score / length**alpha
 
         for step in range(limit):
-            logprobs = apply_processors(logits, processors(params)).log_softmax(-1)
+            logprobs = apply_processors(mask_logits(logits, matchers), processors(params)).log_softmax(-1)
             candidates = (scores[:, None] + logprobs).flatten()
             top_scores, top_index = candidates.topk(min(2 * width, candidates.numel()))
             survivors = []
             for rank, (score, index) in enumerate(zip(top_scores.tolist(), top_index.tolist())):
+                if score == float("-inf"):  # only forbidden tokens are left
+                    break
                 beam, token = divmod(index, logprobs.shape[1])
                 ids, lps = beams[beam]
                 ids, lps = ids + [token], lps + [float(logprobs[beam, token])]
                 text, stopped = self._beam_text(ids, params.stop)
+                child = None if matchers[beam] is None else matchers[beam].fork()
+                if child is not None and token not in self.tok.stop_ids:
+                    child.accept(token)
+                    stopped = stopped or child.done
                 if stopped:
                     if rank < width:  # as in HF: a hypothesis ends only from the top `width` candidates
                         finished.append(Completion(text, ids, lps, "stop", normalized(score, len(ids)), cut=cut))
                 else:
-                    survivors.append((beam, token, score, ids, lps))
+                    survivors.append((beam, token, score, ids, lps, child))
                 if len(survivors) == width:
                     break
             finished = sorted(finished, key=lambda c: -c.score)[:width]
@@ -337,7 +422,7 @@ class Engine:
             ):
                 break
             if step == limit - 1:
-                for _, _, score, ids, lps in survivors:
+                for _, _, score, ids, lps, _ in survivors:
                     finished.append(
                         Completion(
                             self._beam_text(ids, [])[0], ids, lps, "length", normalized(score, len(ids)), cut=cut
@@ -347,7 +432,9 @@ class Engine:
             cache.select(torch.tensor([s[0] for s in survivors], device=self.device))
             scores = torch.tensor([s[2] for s in survivors], device=self.device)
             beams = [(s[3], s[4]) for s in survivors]
+            matchers = [s[5] for s in survivors]
             tokens = torch.tensor([s[1] for s in survivors], device=self.device)
+            next_pos = next_pos[: len(survivors)]  # a grammar may leave fewer beams than the width
             logits = self.step(tokens, next_pos, cache)
             next_pos = next_pos + 1
         return sorted(finished, key=lambda c: -c.score)[: params.n]

@@ -24,6 +24,7 @@ import torch
 
 from codelm.config import SamplingParams
 from codelm.errors import UserError
+from codelm.inference.constraints import Grammar, Matcher, mask_logits
 from codelm.inference.engine import Completion, Engine
 from codelm.inference.sampling import apply_processors, processors
 from codelm.inference.stops import StopTracker
@@ -123,10 +124,26 @@ class DraftModel:
         self.cache.truncate(min(length, self.cache.length))
 
 
+def draft_masks(matcher: Matcher | None, drafts: list[int]) -> list[Matcher | None]:
+    """The grammar's state before each draft position and after the last valid draft, as matchers for
+    mask_logits; positions past the first draft the grammar refuses are never reached (verify rejects it)."""
+    if matcher is None:
+        return [None] * (len(drafts) + 1)
+    valid = matcher.valid_prefix(drafts)
+    states, walker = [], matcher.fork()
+    for i in range(len(drafts) + 1):
+        states.append(walker.fork() if i <= valid else None)
+        if i < valid:
+            walker.accept(drafts[i])
+    return states
+
+
 def speculative_generate(
-    engine: Engine, prompt: list[int], params: SamplingParams, drafter, k: int = 4
+    engine: Engine, prompt: list[int], params: SamplingParams, drafter, k: int = 4, grammar: Grammar | None = None
 ) -> tuple[Completion, SpeculativeStats]:
-    """One completion of `prompt` (token ids) with drafts from `drafter`; greedy or sample."""
+    """One completion of `prompt` (token ids) with drafts from `drafter`; greedy or sample. Under a grammar the
+    target's distributions are masked by it at every draft position, so drafts it forbids are rejected and
+    the output is exactly the constrained output."""
     if k < 1:
         raise UserError("the number of draft tokens per round must be at least 1")
     if params.strategy not in ("greedy", "sample") or params.n != 1 or params.repetition_penalty != 1.0:
@@ -149,13 +166,14 @@ def speculative_generate(
     generator = torch.Generator(device=engine.device).manual_seed(params.seed)
     stats, tracker = SpeculativeStats(), StopTracker(engine.tok, params.stop)
     context, result = list(prompt), Completion("", [], cut=cut)
+    matcher = grammar.matcher() if grammar is not None else None
     while result.finish_reason != "stop" and len(result.token_ids) < limit:
         left = limit - len(result.token_ids)
         drafts, q = drafter.propose(context, min(k, left - 1), params, generator) if left > 1 else ([], None)
         fed = torch.tensor([[context[-1], *drafts]], device=engine.device)
         logits = engine.forward(fed, cache, last_only=False)[0]
         stats.target_forwards += 1
-        p = distribution(logits, params)
+        p = distribution(mask_logits(logits, draft_masks(matcher, drafts)), params)
         accepted = verify(drafts, q[: len(drafts)] if q is not None else None, p, generator)
         stats.proposed += len(drafts)
         stats.accepted += len(accepted) - 1
@@ -167,6 +185,12 @@ def speculative_generate(
             if token in engine.tok.stop_ids:
                 result.finish_reason = "stop"
                 break
+            if matcher is not None:
+                matcher.accept(token)
+                if matcher.done:
+                    tracker.push(token)
+                    result.finish_reason = "stop"
+                    break
             tracker.push(token)
             if tracker.stopped:
                 result.finish_reason = "stop"

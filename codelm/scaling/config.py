@@ -20,9 +20,10 @@ class SweepConfig:
 
     tokens: str = knob("", "a `codelm tokenize` output directory (its tokenizer sets the vocabulary)")
     out: str = knob("", "the sweep directory")
-    config: str = knob(str(TRAINING_CONFIG), "the training config (TOML) every run starts from; the family "
-                       "replaces its model shape")
-    overrides: list[str] = knob(help="training config settings (KEY=VALUE), after the sweep's own", factory=list)
+    config: str = knob("", "the training config (TOML) every run starts from ('': the speedrun's tiny.toml); the "
+                       "family replaces its model shape")
+    overrides: list[str] = knob(help="training config settings (KEY=VALUE), after the sweep's own", factory=list,
+                                metavar="KEY=VALUE")
     budgets: list[float] = knob(help="training FLOPs per run (docs/results/scaling.md: why these)",
                                 factory=lambda: [2e12, 3e12, 4e12], comma=True)
     depths: list[int] = knob(help="the size knob: layers = heads = depth", factory=lambda: [1, 2, 3, 4], comma=True)

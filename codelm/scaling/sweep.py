@@ -16,7 +16,7 @@ from codelm import checkpoint as ckpt
 from codelm.config import RECIPE_SECTIONS, Config, ModelConfig, load_config, to_toml
 from codelm.errors import UserError
 from codelm.io import atomic_write_text
-from codelm.scaling.config import SweepConfig
+from codelm.scaling.config import TRAINING_CONFIG, SweepConfig
 from codelm.scaling.flops import counts
 from codelm.scaling.results import Run, conventions_text, write_table
 from codelm.tokenizer import Tokenizer
@@ -40,7 +40,7 @@ def base_config(cfg: SweepConfig) -> Config:
     tokens = Path(cfg.tokens)
     if not (tokens / "tokenizer.json").is_file():
         raise UserError(f"--tokens {tokens}: no tokenizer.json there; give a `codelm tokenize` output directory")
-    base = load_config(cfg.config, [*SWEEP_SETTINGS, f"data.tokens={str(tokens)!r}", *cfg.overrides])
+    base = load_config(cfg.config or TRAINING_CONFIG, [*SWEEP_SETTINGS, f"data.tokens={str(tokens)!r}", *cfg.overrides])
     base.model.vocab_size = Tokenizer.load(tokens / "tokenizer.json").vocab_size
     base.model.max_seq_len = base.data.seq_len
     return base
@@ -104,7 +104,8 @@ def card(cfg: SweepConfig, base: Config) -> str:
         f"- family: depth d gives d layers of width {cfg.aspect}·d with d heads of {cfg.aspect} (no grouped "
         f"key/values), vocabulary {base.model.vocab_size}, context {base.data.seq_len}, QK-norm "
         f"{base.model.qk_norm}, tied embeddings {base.model.tie_embeddings}",
-        f"- training: `{cfg.config}` with {', '.join(SWEEP_SETTINGS + cfg.overrides)}; optimizer {base.optim.name}, "
+        f"- training: `{cfg.config or TRAINING_CONFIG.name}` with {', '.join(SWEEP_SETTINGS + cfg.overrides)}; "
+        f"optimizer {base.optim.name}, "
         f"{base.optim.schedule} schedule to each run's own length, warmup min({base.optim.warmup_steps}, "
         f"{WARMUP_SHARE:g} x steps), batches of {base.train.batch_tokens or 'one micro batch of'} tokens",
         f"- a run's steps: budget / (exact FLOPs per token x batch tokens), rounded; runs under {cfg.min_steps} "

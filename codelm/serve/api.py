@@ -19,23 +19,35 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from importlib.resources import files
 from pathlib import Path
+from typing import Literal
 
 import uvicorn
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, StreamingResponse
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from codelm.chat import encode_chat
+from codelm.chat import encode_chat, with_tools
 from codelm.config import SamplingParams
 from codelm.data.fim import fim_prompt
 from codelm.errors import UserError
+from codelm.inference.constraints import Grammar
 from codelm.inference.engine import Engine, log
 from codelm.serve.blocks import BlockPool
 from codelm.serve.config import ServeConfig
 from codelm.serve.metrics import Metrics
 from codelm.serve.scheduler import Event, QueueFull, Scheduler, TokenLogprob
 from codelm.serve.scheduler import Request as Job
+from codelm.serve.structured import (
+    TOOL_OPEN,
+    NamedToolChoice,
+    ResponseFormat,
+    Strict,
+    Tool,
+    constraint_of,
+    parse_calls,
+    tools_grammar,
+)
 from codelm.synth.teacher import turn_around
 from codelm.tokenizer import FILE_SEP
 
@@ -44,6 +56,7 @@ ROUTES = {"/", "/health", "/metrics", "/v1/models", "/v1/completions", "/v1/chat
 OPEN_ROUTES = ("/", "/health")  # no API key needed: the playground page itself and liveness probes
 MAX_COMPLETION_LOGPROBS = 5  # OpenAI's caps
 MAX_TOP_LOGPROBS = 20
+GRAMMAR_CACHE = 64  # compiled grammars kept, oldest dropped first
 
 
 class ApiError(Exception):
@@ -59,14 +72,15 @@ def error_response(status: int, message: str, param: str | None = None, headers:
                         status_code=status, headers=headers)
 
 
-# ---- request bodies (pydantic ignores unknown fields, as OpenAI does) ----
+# ---- request bodies: a field this server does not implement is a 400 naming it, never ignored ----
 
-class StreamOptions(BaseModel):
+class StreamOptions(Strict):
     include_usage: bool = False
 
 
-class SamplingBody(BaseModel):
+class SamplingBody(Strict):
     model: str | None = None
+    user: str | None = None  # an end-user id for the client's own records: no effect on the output
     max_tokens: int | None = Field(None, ge=1)
     temperature: float = Field(1.0, ge=0.0)  # 0: greedy
     top_p: float = Field(1.0, gt=0.0, le=1.0)
@@ -78,6 +92,18 @@ class SamplingBody(BaseModel):
     seed: int | None = None
     stream: bool = False
     stream_options: StreamOptions | None = None
+    response_format: ResponseFormat | None = None
+    guided_json: dict | str | None = None  # vLLM's extras: one constraint per request
+    guided_regex: str | None = None
+    guided_grammar: str | None = None  # Lark, in llguidance's dialect
+    guided_choice: list[str] | None = None
+
+    def constraint(self):
+        try:
+            return constraint_of(self.response_format, self.guided_json, self.guided_regex, self.guided_grammar,
+                                 self.guided_choice)
+        except ValueError as e:
+            raise ApiError(400, str(e), "response_format") from None
 
 
 class CompletionBody(SamplingBody):
@@ -87,19 +113,48 @@ class CompletionBody(SamplingBody):
     echo: bool = False
 
 
-class TextPart(BaseModel):
-    type: str = "text"
+class TextPart(Strict):
+    type: Literal["text"] = "text"
     text: str = ""
 
 
+class CallFunction(BaseModel):
+    name: str
+    arguments: str = "{}"
+
+
+class ToolCall(BaseModel):
+    id: str = ""
+    type: Literal["function"] = "function"
+    function: CallFunction
+
+
 class Message(BaseModel):
-    role: str
+    """A chat message; fields the client echoes back from a reply (refusal, audio, ...) must be empty."""
+
+    model_config = ConfigDict(extra="allow")
+    role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[TextPart] | None = None
+    tool_calls: list[ToolCall] | None = None
+    tool_call_id: str | None = None
+    name: str | None = None
+
+    @model_validator(mode="after")
+    def no_unknown_content(self):
+        unknown = [k for k, v in (self.model_extra or {}).items() if v not in (None, [], {}, "")]
+        if unknown:
+            raise ValueError(f"message field {unknown[0]!r} is not supported by this server")
+        return self
 
     def text(self) -> str:
         if isinstance(self.content, list):
-            return "".join(part.text for part in self.content if part.type == "text")
+            return "".join(part.text for part in self.content)
         return self.content or ""
+
+    def plain(self) -> dict:
+        """As codelm.chat.with_tools reads messages."""
+        calls = [c.model_dump() for c in self.tool_calls or []]
+        return {"role": self.role, "content": self.text(), "tool_calls": calls}
 
 
 class ChatBody(SamplingBody):
@@ -107,14 +162,31 @@ class ChatBody(SamplingBody):
     max_completion_tokens: int | None = Field(None, ge=1)
     logprobs: bool = False
     top_logprobs: int | None = Field(None, ge=0, le=MAX_TOP_LOGPROBS)
+    tools: list[Tool] | None = None
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
+    parallel_tool_calls: bool = True
+
+    def tool_mode(self) -> tuple[list[Tool], str] | None:
+        """(the tools a call may use, "none" | "auto" | "required"), or None without tools."""
+        if not self.tools:
+            if self.tool_choice not in (None, "none"):
+                raise ApiError(400, "tool_choice: give tools to choose from", "tool_choice")
+            return None
+        if isinstance(self.tool_choice, NamedToolChoice):
+            named = [t for t in self.tools if t.function.name == self.tool_choice.function.name]
+            if not named:
+                raise ApiError(400, f"tool_choice: no tool named {self.tool_choice.function.name!r} among "
+                               f"{', '.join(t.function.name for t in self.tools)}", "tool_choice")
+            return named, "required"
+        return self.tools, self.tool_choice or "auto"
 
 
-class ExtraFile(BaseModel):
+class ExtraFile(Strict):
     filename: str = ""
     text: str = ""
 
 
-class InfillBody(BaseModel):
+class InfillBody(Strict):
     """llama.cpp's /infill, with its sampling defaults."""
 
     input_prefix: str = ""
@@ -150,6 +222,17 @@ class Server:
         self.reply_end = turn_around(self.tok.chat_template, [{"role": "user", "content": "Hi"},
                                                               {"role": "assistant", "content": ""}])[1]
         self.token_text: dict[int, str] = {}
+        self.grammars: dict[str, Grammar] = {}
+
+    def grammar(self, kind: str, spec) -> Grammar:
+        """A request's constraint, compiled once per distinct spec (checking it costs milliseconds; a bad one is
+        a UserError, answered 400)."""
+        key = json.dumps([kind, spec], sort_keys=True)
+        if key not in self.grammars:
+            if len(self.grammars) >= GRAMMAR_CACHE:
+                self.grammars.pop(next(iter(self.grammars)))
+            self.grammars[key] = self.engine.constraint(kind, spec)
+        return self.grammars[key]
 
     def piece(self, token: int) -> str:
         """The text of one token, as logprobs name it."""
@@ -238,7 +321,8 @@ def stops_of(stop: str | list[str] | None) -> list[str]:
 
 
 def jobs_for(server: Server, prompts: list[list[int]], body: SamplingBody, max_tokens: int | None,
-             logprobs: int | None = None, prompt_logprobs: bool = False, extra_stops=()) -> list[Job]:
+             logprobs: int | None = None, prompt_logprobs: bool = False, extra_stops=(),
+             grammar: Grammar | None = None) -> list[Job]:
     """One scheduler job per prompt, max_tokens fitted to the context (400 with the numbers if none is left)."""
     if len(prompts) * body.n > server.cfg.max_queue:
         raise ApiError(400, f"prompt: {len(prompts)} prompts x n={body.n} is more than the server queues "
@@ -248,7 +332,7 @@ def jobs_for(server: Server, prompts: list[list[int]], body: SamplingBody, max_t
         limit, _ = server.engine.budget(ids, max_tokens or server.context)
         params = sampling(body, server.cfg, stops_of(body.stop), limit)
         jobs.append(Job(ids, params, limit, emit=None, n=body.n, logprobs=logprobs,
-                        prompt_logprobs=prompt_logprobs, extra_stops=list(extra_stops)))
+                        prompt_logprobs=prompt_logprobs, extra_stops=list(extra_stops), grammar=grammar))
     return jobs
 
 
@@ -379,7 +463,10 @@ async def completions(body: CompletionBody, http: Request):
     prompts = completion_prompts(server, body)
     ids = [p for p, _ in prompts]
     echo_logprobs = body.echo and body.logprobs is not None
-    flight = Flight(server, jobs_for(server, ids, body, body.max_tokens or 16, body.logprobs, echo_logprobs))
+    constraint = body.constraint()
+    grammar = server.grammar(*constraint) if constraint else None
+    flight = Flight(server, jobs_for(server, ids, body, body.max_tokens or 16, body.logprobs, echo_logprobs,
+                                     grammar=grammar))
     n, head = body.n, header("text_completion", server)
     # the document start that encode() puts before a text prompt is no part of what the user sent
     skip = len(server.tok.prefix_ids) if isinstance(body.prompt, str) or isinstance(body.prompt[0], str) else 0
@@ -421,67 +508,82 @@ async def completions(body: CompletionBody, http: Request):
 @router.post("/v1/chat/completions")
 async def chat_completions(body: ChatBody, http: Request):
     server = server_of(http)
-    messages = [{"role": m.role, "content": m.text()} for m in body.messages]
+    tools = body.tool_mode()
+    constraint = body.constraint()
+    if tools and constraint:
+        raise ApiError(400, "tools: give either tools or a response format / guided constraint, not both", "tools")
+    offered = [t.model_dump(exclude_none=True) for t in tools[0]] if tools else []
+    messages = with_tools([m.plain() for m in body.messages], offered)
     ids = encode_chat(server.tok, messages, server.tok.chat_template)
+    if tools:
+        grammar = server.grammar("lark", tools_grammar(tools[0], tools[1], body.parallel_tool_calls))
+    else:
+        grammar = server.grammar(*constraint) if constraint else None
     logprobs = (body.top_logprobs or 0) if body.logprobs else None
     stops = [server.reply_end] if server.reply_end else []
-    flight = Flight(
-        server,
-        jobs_for(server, [ids], body, body.max_completion_tokens or body.max_tokens, logprobs, extra_stops=stops),
-    )
+    limit = body.max_completion_tokens or body.max_tokens
+    flight = Flight(server, jobs_for(server, [ids], body, limit, logprobs, extra_stops=stops, grammar=grammar))
     head = header("chat.completion", server)
-
+    calls = tools is not None and tools[1] != "none"  # replies may hold calls, returned as tool_calls
     if body.stream:
-        head["object"] = "chat.completion.chunk"
-
-        async def chunks():
-            choices = [Choice() for _ in range(body.n)]
-            yield {
-                **head,
-                "choices": [
-                    {"index": i, "delta": {"role": "assistant", "content": ""}, "logprobs": None, "finish_reason": None}
-                    for i in range(body.n)
-                ],
-            }
-            async for _, event in flight.events():
-                absorb(choices[event.sample], event)
-                if event.error:
-                    yield {"error": {"message": event.error, "type": "server_error"}}
-                    return
-                if event.text or event.finish_reason or event.token:
-                    lp = chat_logprobs(server, [event.token]) if event.token else None
-                    delta = {"content": event.text} if event.text else {}
-                    yield {
-                        **head,
-                        "choices": [
-                            {
-                                "index": event.sample,
-                                "delta": delta,
-                                "logprobs": lp,
-                                "finish_reason": event.finish_reason,
-                            }
-                        ],
-                    }
-            if body.stream_options and body.stream_options.include_usage:
-                yield {**head, "choices": [], "usage": usage([ids], choices)}
-            yield "[DONE]"
-
-        return sse(chunks())
-
+        return sse(chat_chunks(server, body, flight, {**head, "object": "chat.completion.chunk"}, ids, calls))
     choices = await collect(flight, http, body.n)
-    return {
-        **head,
-        "choices": [
-            {
-                "index": i,
-                "message": {"role": "assistant", "content": c.text},
-                "logprobs": chat_logprobs(server, c.tokens) if logprobs is not None else None,
-                "finish_reason": c.finish_reason,
-            }
-            for i, c in enumerate(choices)
-        ],
-        "usage": usage([ids], choices),
-    }
+    return {**head, "choices": [{"index": i, **reply(c.text, c.finish_reason, calls),
+                                 "logprobs": chat_logprobs(server, c.tokens) if logprobs is not None else None}
+                                for i, c in enumerate(choices)],
+            "usage": usage([ids], choices)}
+
+
+def reply(text: str, finish: str | None, calls: bool) -> dict:
+    """A chat choice's message and finish reason; the calls a reply made become tool_calls."""
+    content, made = parse_calls(text) if calls else (text, [])
+    if made:
+        return {"message": {"role": "assistant", "content": content or None, "tool_calls": made},
+                "finish_reason": "tool_calls"}
+    return {"message": {"role": "assistant", "content": text}, "finish_reason": finish}
+
+
+async def chat_chunks(server: Server, body: ChatBody, flight: Flight, head: dict, ids: list[int], calls: bool):
+    """Streamed chat: content deltas as they come, except text that may open a tool call, which is held back;
+    the calls go out as tool_calls deltas (one per call, with its whole arguments) when the reply ends."""
+    choices = [Choice() for _ in range(body.n)]
+    shown = [0] * body.n
+    yield {**head, "choices": [{"index": i, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
+                                "finish_reason": None} for i in range(body.n)]}
+    async for _, event in flight.events():
+        j, choice = event.sample, choices[event.sample]
+        absorb(choice, event)
+        if event.error:
+            yield {"error": {"message": event.error, "type": "server_error"}}
+            return
+        safe = len(choice.text) if not calls else held_back(choice.text)
+        delta = {"content": choice.text[shown[j]:safe]} if safe > shown[j] else {}
+        shown[j] = max(shown[j], safe)
+        finish = event.finish_reason
+        if finish and calls:
+            made = reply(choice.text, finish, calls)
+            if "tool_calls" in made["message"]:
+                delta["tool_calls"] = [{"index": k, **call} for k, call in enumerate(made["message"]["tool_calls"])]
+            elif shown[j] < len(choice.text):
+                delta["content"] = delta.get("content", "") + choice.text[shown[j]:]
+            finish = made["finish_reason"]
+        if delta or finish or event.token:
+            lp = chat_logprobs(server, [event.token]) if event.token else None
+            yield {**head, "choices": [{"index": j, "delta": delta, "logprobs": lp, "finish_reason": finish}]}
+    if body.stream_options and body.stream_options.include_usage:
+        yield {**head, "choices": [], "usage": usage([ids], choices)}
+    yield "[DONE]"
+
+
+def held_back(text: str) -> int:
+    """How much of a reply is surely content: up to an opened call, or to an end that may begin one."""
+    opened = text.find(TOOL_OPEN)
+    if opened >= 0:
+        return len(text[:opened].rstrip())
+    for n in range(min(len(TOOL_OPEN) - 1, len(text)), 0, -1):
+        if text.endswith(TOOL_OPEN[:n]):
+            return len(text) - n
+    return len(text)
 
 
 @router.post("/infill")
@@ -565,6 +667,9 @@ def create_app(engine: Engine, cfg: ServeConfig) -> FastAPI:
         if first["type"] == "json_invalid":
             return error_response(400, f"malformed JSON: {first.get('ctx', {}).get('error', first['msg'])}")
         name = ".".join(loc) or "body"
+        if first["type"] == "extra_forbidden":
+            return error_response(400, f"{name}: not supported by this server (refused rather than ignored)",
+                                  loc[0] if loc else None)
         return error_response(400, f"{name}: {first['msg']}", loc[0] if loc else None)
 
     @app.exception_handler(ApiError)

@@ -10,6 +10,10 @@ and (4) runs all of them in one forward, so the weights are read once a step
 (BatchView packs them into one row). A sequence that finishes leaves at once and its
 blocks go back to the pool.
 
+A request may carry a grammar (structured output); each of its samples then has its own matcher, which
+masks that sequence's logits before sampling and ends it when the grammar is complete. Matchers belong to
+sequences, never to cached blocks, so prefix caching shares keys and values but no constraint state.
+
 Each sample of a request is its own sequence with its own generator, seeded as
 Engine.generate seeds it (sample_seed), and its own sampling settings, so its
 tokens do not depend on what else is in flight: greedy output equals the
@@ -29,6 +33,7 @@ import torch
 
 from codelm.config import SamplingParams
 from codelm.errors import UserError
+from codelm.inference.constraints import Grammar, mask_logits
 from codelm.inference.engine import Engine, sample_seed
 from codelm.inference.sampling import apply_processors, processors, sample_rows
 from codelm.inference.stops import StopTracker
@@ -71,6 +76,7 @@ class Request:
     logprobs: int | None = None  # how many top alternatives per token (0: only the chosen token's)
     prompt_logprobs: bool = False  # logprobs of the prompt's tokens too (OpenAI's echo with logprobs)
     extra_stops: list[str] = field(default_factory=list)  # e.g. the chat template's end of turn
+    grammar: Grammar | None = None  # structured output: each sample gets its own matcher (never shared)
     arrival: float = field(default_factory=time.perf_counter)
     cancelled: bool = False  # set by the server when the client goes away
 
@@ -91,6 +97,7 @@ class Sequence:
         self.generator = torch.Generator().manual_seed(sample_seed(request.params.seed, request.prompt, sample))
         self.tracker = StopTracker(tokenizer, [*request.params.stop, *request.extra_stops])
         self.prompt_logprobs: list[TokenLogprob] = [TokenLogprob(request.prompt[0], None)]
+        self.matcher = request.grammar.matcher() if request.grammar is not None else None
         # keys/values are written for every token but the last generated one
         self.blocks_needed = -(-(self.prompt_len + request.max_new_tokens - 1) // block_size)
 
@@ -283,7 +290,7 @@ class Scheduler:
 
     def _choose(self, seq: Sequence, logits: torch.Tensor) -> int:
         """The next token from fp32 logits (V,), as Engine._choose picks it for this sample."""
-        params, row = seq.request.params, logits[None]
+        params, row = seq.request.params, mask_logits(logits[None], [seq.matcher])
         if params.repetition_penalty != 1.0:
             history = torch.tensor([seq.tokens], device=row.device)
             chain = processors(params, history, torch.ones_like(history, dtype=torch.bool))
@@ -310,7 +317,9 @@ class Scheduler:
                 event.prompt_logprobs = seq.prompt_logprobs
         tracker, stop_ids = seq.tracker, self.engine.tok.stop_ids
         event.text = "" if token in stop_ids else tracker.push(token)
-        if token in stop_ids or tracker.stopped:
+        if seq.matcher is not None and token not in stop_ids:
+            seq.matcher.accept(token)
+        if token in stop_ids or tracker.stopped or seq.matcher is not None and seq.matcher.done:
             event.finish_reason = "stop"
         elif seq.generated >= seq.request.max_new_tokens:
             event.finish_reason = "length"

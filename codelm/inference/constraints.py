@@ -1,0 +1,123 @@
+"""Constrained decoding: a grammar decides which tokens may come next (llguidance).
+
+A `Grammar` is a JSON schema, a regex, a Lark grammar or a list of choices, checked once against a
+tokenizer's byte vocabulary (a bad one is a UserError naming the problem). Each sequence gets its own
+`Matcher`, never shared: it masks the logits before sampling (so top-k and top-p see only allowed tokens),
+advances on each accepted token, forks for n > 1 and beams, rolls back rejected speculative drafts, and
+names the tokens the grammar forces (fast-forward: they are fed to the model without sampling).
+Once the grammar is complete (`done`), generation stops without sampling an end-of-text token.
+"""
+
+import functools
+import json
+
+import llguidance
+import llguidance.torch as lltorch
+import numpy as np
+import torch
+from llguidance import LLMatcher, LLParserLimits
+
+from codelm.errors import UserError
+from codelm.tokenizer import Tokenizer
+
+KINDS = ("json_object", "json_schema", "regex", "lark", "choice")
+# JSON is written compactly but readably: ", " and ": ", no free whitespace (a small model given free whitespace
+# can spend its whole budget on newlines); a schema's own "x-guidance" settings override these.
+JSON_STYLE = {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}
+LIMITS = LLParserLimits(verbose_errors=False)
+
+
+@functools.lru_cache(maxsize=8)
+def byte_vocabulary(tokenizer_json: str, stop_ids: tuple[int, ...], rows: int) -> llguidance.LLTokenizer:
+    """The tokenizer as llguidance sees it, sized to the model's rows (extra rows are never allowed)."""
+    return llguidance.LLTokenizer(tokenizer_json, n_vocab=rows, eos_token=list(stop_ids))
+
+
+def grammar_text(kind: str, spec) -> str:
+    """llguidance's grammar for a constraint given as OpenAI and vLLM spell them."""
+    if kind == "json_object":
+        return LLMatcher.grammar_from_json_schema({"type": "object"}, defaults=JSON_STYLE)
+    if kind == "json_schema":
+        schema = spec if isinstance(spec, str) else json.dumps(spec)
+        return LLMatcher.grammar_from_json_schema(schema, defaults=JSON_STYLE)
+    if kind == "regex":
+        return LLMatcher.grammar_from_regex(spec)
+    if kind == "lark":
+        return LLMatcher.grammar_from_lark(spec)
+    if kind == "choice":
+        if not isinstance(spec, list) or not spec or not all(isinstance(c, str) and c for c in spec):
+            raise UserError("choice: give a non-empty list of non-empty strings")
+        return llguidance.grammar_from("choice", json.dumps(spec))
+    raise UserError(f"unknown constraint {kind!r}: choose from {', '.join(KINDS)}")
+
+
+class Grammar:
+    """A constraint checked against one tokenizer; every sequence under it gets `matcher()`."""
+
+    def __init__(self, kind: str, spec, tokenizer: Tokenizer, rows: int):
+        self.kind, self.rows = kind, rows
+        self.vocab = byte_vocabulary(tokenizer.hf.to_str(), tuple(sorted(tokenizer.stop_ids)), rows)
+        self.text = grammar_text(kind, spec)
+        error = LLMatcher.validate_grammar(self.text, self.vocab)
+        if error:
+            raise UserError(f"{kind}: {error.splitlines()[0]}")
+        first = LLMatcher(self.vocab, self.text, log_level=0, limits=LIMITS)
+        if first.is_error():
+            raise UserError(f"{kind}: {first.get_error().splitlines()[0]}")
+        self._start = first
+
+    def matcher(self) -> "Matcher":
+        return Matcher(self._start.deep_copy(), self.rows)
+
+
+class Matcher:
+    """One sequence's place in the grammar."""
+
+    def __init__(self, state: LLMatcher, rows: int):
+        self.state, self.rows = state, rows
+
+    @property
+    def done(self) -> bool:
+        """Nothing more can follow: the sequence is complete."""
+        return self.state.is_stopped()
+
+    @property
+    def accepting(self) -> bool:
+        return self.state.is_accepting()
+
+    def accept(self, token: int):
+        """Advance past a token the mask allowed; a token it forbade is a bug, not a user error."""
+        if not self.state.consume_token(token):
+            raise RuntimeError(f"the grammar refused token {token}: {self.state.get_error().splitlines()[0]}")
+
+    def forced(self) -> list[int]:
+        """Tokens the grammar allows alone from here, to feed without sampling."""
+        return [] if self.done else self.state.compute_ff_tokens()
+
+    def fork(self) -> "Matcher":
+        return Matcher(self.state.deep_copy(), self.rows)
+
+    def valid_prefix(self, tokens: list[int]) -> int:
+        """How many of `tokens` the grammar accepts from here (the state does not move)."""
+        return self.state.validate_tokens(tokens)
+
+    def rollback(self, count: int):
+        if count and not self.state.rollback(count):
+            raise RuntimeError(f"the grammar could not roll back {count} tokens")
+
+
+def allowed_rows(matchers: list[Matcher | None], rows: int) -> torch.Tensor:
+    """(B, rows) bool: the tokens each matcher allows next; a row without a matcher allows everything."""
+    bitmask = lltorch.allocate_token_bitmask(len(matchers), rows)  # all bits set
+    for b, m in enumerate(matchers):
+        if m is not None:
+            lltorch.fill_next_token_bitmask(m.state, bitmask, b)
+    bits = np.unpackbits(bitmask.numpy().view(np.uint8), axis=-1, bitorder="little")[:, :rows]
+    return torch.from_numpy(bits.view(np.bool_))
+
+
+def mask_logits(logits: torch.Tensor, matchers: list[Matcher | None]) -> torch.Tensor:
+    """Forbidden tokens get -inf; logits (B, V) with V the model's rows."""
+    if all(m is None for m in matchers):
+        return logits
+    return torch.where(allowed_rows(matchers, logits.shape[-1]).to(logits.device), logits, float("-inf"))
