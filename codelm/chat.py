@@ -1,4 +1,4 @@
-"""Chat prompts: messages -> the model's chat template -> token ids.
+"""Chat prompts: messages -> the model's chat template -> token ids; tools offered and called in them.
 
 A checkpoint imported from HF or GGUF keeps its own Jinja chat template
 (tokenizer_config.json), rendered here as transformers renders it (sandboxed
@@ -9,10 +9,16 @@ The template's own special-token strings are mapped to their ids here, and
 only those: the template is rendered with a placeholder for each message's
 content, and the content is encoded as plain text, so a message that contains
 "<|im_end|>" cannot end its turn early (prompt injection through the template).
+
+Tools use the Hermes format (with_tools): their signatures join the system turn, calls are
+`<tool_call>{"name", "arguments"}</tool_call>` blocks, results come back as `<tool_response>` blocks; as plain
+text any template renders them. tools_grammar is the Lark grammar a reply's calls are decoded under,
+parse_calls reads them back in OpenAI's shape.
 """
 
 import json
 import re
+import uuid
 
 from codelm.errors import UserError
 from codelm.tokenizer import IM_END, IM_START, Tokenizer
@@ -25,6 +31,10 @@ TOOLS_PROMPT = ("# Tools\n\nYou may call one or more functions to assist with th
                 "each function call, return a json object with function name and arguments within "
                 f"{TOOL_OPEN}{TOOL_CLOSE} XML tags:\n{TOOL_OPEN}\n{{{{\"name\": <function-name>, \"arguments\": "
                 f"<args-json-object>}}}}\n{TOOL_CLOSE}")
+TEXT = r"TEXT: /(?s:.+)/ & ~/(?s:.*<tool_call>.*)/"  # a reply that opens no call (llguidance's & and ~)
+# How constrained JSON is written (llguidance's JSON options): ", " and ": ", no free whitespace, where a small
+# model would spend its whole budget on newlines; a schema's own "x-guidance" overrides it.
+JSON_STYLE = {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}
 CHATML = ("{% for message in messages %}{{ '" + IM_START + "' + message['role'] + '\n' + message['content'] + '"
           + IM_END + "\n' }}{% endfor %}{% if add_generation_prompt %}{{ '" + IM_START + "assistant\n' }}{% endif %}")
 
@@ -128,3 +138,41 @@ def encode_conversation(tok: Tokenizer, messages: list[dict], template: str | No
 def _no_end_of_turn() -> str:
     return ("the chat template ends an assistant turn without a special token (such as <|im_end|>): the model "
             "could not learn where a reply ends")
+
+
+def call_schema(functions: list[dict]) -> dict:
+    """The JSON of one call: the name of one of the functions and arguments valid under its parameters."""
+    options = [{"type": "object", "additionalProperties": False, "required": ["name", "arguments"],
+                "properties": {"name": {"const": f["name"]},
+                               "arguments": f.get("parameters", {"type": "object", "properties": {}})}}
+               for f in functions]
+    schema = options[0] if len(options) == 1 else {"anyOf": options}
+    return {**schema, "x-guidance": JSON_STYLE}
+
+
+def tools_grammar(functions: list[dict], choice: str, parallel: bool) -> str:
+    """Lark (llguidance's dialect: %json, [lazy], & and ~ on terminals) for a reply under tool_choice `choice`
+    ("none", "auto", "required"; a named function is "required" over that tool alone)."""
+    if choice == "none":
+        return f"start: TEXT\n{TEXT}\n"
+    body = f'"\\n" %json {json.dumps(call_schema(functions))} "\\n{TOOL_CLOSE}"'
+    more = f'("\\n{TOOL_OPEN}" {body})*' if parallel else ""
+    if choice == "required":
+        return f'start: "{TOOL_OPEN}" {body} {more}\n'
+    # auto: text, or text that opens a call (the lazy lead ends at the first tag), then the calls
+    return f'start: TEXT | lead {body} {more}\nlead[lazy]: /(?s:.*)/ "{TOOL_OPEN}"\n{TEXT}\n'
+
+
+def parse_calls(text: str) -> tuple[str, list[dict]]:
+    """(content before the first call, the calls in OpenAI's shape) of a reply in the Hermes format. The grammar
+    makes every finished call parse; a reply cut by max_tokens inside a call keeps it as text."""
+    content, _, rest = text.partition(TOOL_OPEN)
+    calls = []
+    for block in (TOOL_OPEN + rest).split(TOOL_OPEN)[1:]:
+        body, closed, _ = block.partition(TOOL_CLOSE)
+        if not closed:
+            return (text, []) if not calls else (content.strip(), calls)
+        call = json.loads(body)
+        calls.append({"id": f"call_{uuid.uuid4().hex[:24]}", "type": "function",
+                      "function": {"name": call["name"], "arguments": json.dumps(call["arguments"])}})
+    return content.strip() if calls else content, calls

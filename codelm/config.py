@@ -378,6 +378,10 @@ class GenerateConfig:
     regex: str = knob("", "constrain the completion to match this regular expression")
     grammar: str = knob("", "constrain the completion to this Lark grammar file (llguidance's Lark dialect)")
     choice: list[str] = knob(help="constrain the completion to one of these strings (repeatable)", factory=list)
+    chat: bool = knob(False, "ask the prompt as a user message through the model's chat template; the reply "
+                      "ends at the end of its turn")
+    tools: str = knob("", "with chat: a JSON file of OpenAI tool definitions the model may call")
+    tool_choice: str = knob("auto", "with tools: auto, none, required, or the name of the function to call")
 
     def check(self):
         if not self.checkpoint:
@@ -387,6 +391,8 @@ class GenerateConfig:
         given = [name for name in ("json_object", "json_schema", "regex", "grammar", "choice") if getattr(self, name)]
         if len(given) > 1:
             raise UserError(f"give at most one constraint, got {', '.join('--' + g.replace('_', '-') for g in given)}")
+        if self.tools and (given or not self.chat):
+            raise UserError("--tools needs --chat, and no other constraint (the tools' calls are the constraint)")
         if self.draft_checkpoint and self.prompt_lookup:
             raise UserError("give at most one drafter: --draft-checkpoint or --prompt-lookup")
         if self.num_draft < 1:

@@ -38,7 +38,7 @@ def small_tok():
 def engine(small_tok):
     torch.manual_seed(0)
     rows = small_tok.vocab_size + 7  # the model has padding rows the tokenizer never uses
-    model = Transformer(ModelConfig(vocab_size=rows, dim=32, n_layers=2, n_heads=2, n_kv_heads=1, max_seq_len=256))
+    model = Transformer(ModelConfig(vocab_size=rows, dim=32, n_layers=2, n_heads=2, n_kv_heads=1, max_seq_len=1024))
     return Engine(model.double(), small_tok)  # fp64: greedy ties cannot flip between decoding paths
 
 
@@ -166,3 +166,12 @@ def test_generate_cli_constraints(tmp_path, engine, small_tok):
     assert bad.returncode == 2 and "regex: at 1(8): invalid regex" in bad.stderr.strip().splitlines()[-1]
     both = run_codelm("generate", "--checkpoint", ckpt, "--prompt", "x", "--regex", "a", "--json-object", check=False)
     assert both.returncode == 2 and "at most one constraint" in both.stderr
+    tools = tmp_path / "tools.json"
+    tools.write_text(json.dumps([{"type": "function", "function": {"name": "lookup", "parameters": {
+        "type": "object", "properties": {"key": {"enum": ["a", "b"]}}, "required": ["key"]}}}]))
+    calls = run_codelm("generate", "--checkpoint", ckpt, "--chat", "--prompt", "find a", "--tools", tools,
+                       "--tool-choice", "lookup", "--max-new-tokens", "200", "--dtype", "fp32").stdout.splitlines()
+    assert calls and all(json.loads(json.loads(line)["arguments"])["key"] in ("a", "b") for line in calls)
+    reply = run_codelm("generate", "--checkpoint", ckpt, "--chat", "--prompt", "hi", "--regex", "(ab|ba){1,4}!",
+                       "--max-new-tokens", "200", "--dtype", "fp32").stdout
+    assert re.fullmatch(r"(ab|ba){1,4}!\n", reply)

@@ -53,9 +53,11 @@ def run_generate(args):
     cfg = resolve(args)
     g, params = cfg.generate, cfg.sampling
     engine = Engine.from_checkpoint(g.checkpoint, **cfg.engine.options())
+    prompt = read_input(g.prompt_file) if g.prompt_file else g.prompt
+    if g.chat:
+        return chat_reply(engine, g, params, prompt)
     constraint = constraint_of(g)
     grammar = engine.constraint(*constraint) if constraint else None
-    prompt = read_input(g.prompt_file) if g.prompt_file else g.prompt
     if g.draft_checkpoint or g.prompt_lookup:
         from codelm.inference.speculative import DraftModel, PromptLookup, speculative_generate
 
@@ -76,10 +78,43 @@ def run_generate(args):
         note_if_cut(completion)
         return
     completions = engine.generate([prompt], params, grammar=grammar)[0]
+    print_completions(prompt, completions)
+
+
+def print_completions(prompt: str, completions):
     for j, completion in enumerate(completions):
         score = f", score {completion.score:.3f}" if completion.score is not None else ""
         print(f"--- completion {j + 1} ({completion.finish_reason}{score})\n{prompt}{completion.text}")
     note_if_cut(completions[0])
+
+
+def chat_reply(engine, g: GenerateConfig, params, prompt: str):
+    """The prompt as a user turn; the reply, or with --tools the calls it made as JSON (one object per line)."""
+    from dataclasses import replace
+
+    from codelm.chat import encode_chat, parse_calls, tools_grammar, with_tools
+    from codelm.synth.teacher import turn_around
+
+    tools = json.loads(read_input(g.tools)) if g.tools else []
+    functions = [t["function"] if "function" in t else t for t in tools]
+    ids = encode_chat(engine.tok, with_tools([{"role": "user", "content": prompt}], tools), engine.tok.chat_template)
+    if tools:
+        named = [f for f in functions if f["name"] == g.tool_choice]
+        if g.tool_choice not in ("auto", "none", "required") and not named:
+            raise UserError(f"--tool-choice {g.tool_choice}: no tool of that name in {g.tools}")
+        grammar = engine.constraint("lark", tools_grammar(named or functions, "required" if named else g.tool_choice,
+                                                           parallel=True))
+    else:
+        constraint = constraint_of(g)
+        grammar = engine.constraint(*constraint) if constraint else None
+    end = turn_around(engine.tok.chat_template, [{"role": "user", "content": "Hi"},
+                                                  {"role": "assistant", "content": ""}])[1]
+    params = replace(params, stop=[*params.stop, end] if end else params.stop)
+    for j, completion in enumerate(engine.generate([ids], params, grammar=grammar)[0]):
+        content, calls = parse_calls(completion.text) if tools and g.tool_choice != "none" else (completion.text, [])
+        header = f"--- reply {j + 1} ({'tool_calls' if calls else completion.finish_reason})\n" if params.n > 1 else ""
+        print(header + "\n".join([content, *(json.dumps(c["function"]) for c in calls)]).strip())
+        note_if_cut(completion)
 
 
 def run_complete(args):

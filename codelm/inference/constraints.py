@@ -17,13 +17,11 @@ import numpy as np
 import torch
 from llguidance import LLMatcher, LLParserLimits
 
+from codelm.chat import JSON_STYLE
 from codelm.errors import UserError
 from codelm.tokenizer import Tokenizer
 
 KINDS = ("json_object", "json_schema", "regex", "lark", "choice")
-# JSON is written compactly but readably: ", " and ": ", no free whitespace (a small model given free whitespace
-# can spend its whole budget on newlines); a schema's own "x-guidance" settings override these.
-JSON_STYLE = {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}
 LIMITS = LLParserLimits(verbose_errors=False)
 
 

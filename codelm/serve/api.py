@@ -27,7 +27,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from codelm.chat import encode_chat, with_tools
+from codelm.chat import TOOL_OPEN, encode_chat, parse_calls, tools_grammar, with_tools
 from codelm.config import SamplingParams
 from codelm.data.fim import fim_prompt
 from codelm.errors import UserError
@@ -38,16 +38,7 @@ from codelm.serve.config import ServeConfig
 from codelm.serve.metrics import Metrics
 from codelm.serve.scheduler import Event, QueueFull, Scheduler, TokenLogprob
 from codelm.serve.scheduler import Request as Job
-from codelm.serve.structured import (
-    TOOL_OPEN,
-    NamedToolChoice,
-    ResponseFormat,
-    Strict,
-    Tool,
-    constraint_of,
-    parse_calls,
-    tools_grammar,
-)
+from codelm.serve.structured import NamedToolChoice, ResponseFormat, Strict, Tool, constraint_of
 from codelm.synth.teacher import turn_around
 from codelm.tokenizer import FILE_SEP
 
@@ -516,7 +507,8 @@ async def chat_completions(body: ChatBody, http: Request):
     messages = with_tools([m.plain() for m in body.messages], offered)
     ids = encode_chat(server.tok, messages, server.tok.chat_template)
     if tools:
-        grammar = server.grammar("lark", tools_grammar(tools[0], tools[1], body.parallel_tool_calls))
+        functions = [t.function.model_dump(exclude_none=True) for t in tools[0]]
+        grammar = server.grammar("lark", tools_grammar(functions, tools[1], body.parallel_tool_calls))
     else:
         grammar = server.grammar(*constraint) if constraint else None
     logprobs = (body.top_logprobs or 0) if body.logprobs else None

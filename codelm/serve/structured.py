@@ -1,4 +1,4 @@
-"""Structured outputs and tool calls for the server: request fields -> a grammar the engine decodes under.
+"""Structured outputs and tool calls for the server: the request fields that name a grammar.
 
 OpenAI's `response_format` (json_object, json_schema) and vLLM's extras (`guided_json`, `guided_regex`,
 `guided_grammar` in Lark, `guided_choice`) each name one constraint. Tools are offered to the model in its
@@ -13,16 +13,9 @@ and validate. tool_choice "required" or a named function constrains the whole re
 model write text, and once it opens a call, the call is decoded under that grammar; "none" allows no call.
 """
 
-import json
-import uuid
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
-
-from codelm.chat import TOOL_CLOSE, TOOL_OPEN
-from codelm.inference.constraints import JSON_STYLE
-
-TEXT = r"TEXT: /(?s:.+)/ & ~/(?s:.*<tool_call>.*)/"  # any reply that opens no call
 
 
 class Strict(BaseModel):
@@ -85,40 +78,3 @@ def constraint_of(response_format: ResponseFormat | None, guided_json, guided_re
     if len(given) > 1:
         raise ValueError(f"give at most one of response_format and guided_*; got {len(given)}")
     return given[0] if given else None
-
-
-def call_schema(tools: list[Tool]) -> dict:
-    """The JSON of one call: the name of one of the tools and arguments valid under its parameters."""
-    options = [{"type": "object", "additionalProperties": False, "required": ["name", "arguments"],
-                "properties": {"name": {"const": t.function.name}, "arguments": t.function.parameters}}
-               for t in tools]
-    schema = options[0] if len(options) == 1 else {"anyOf": options}
-    return {**schema, "x-guidance": JSON_STYLE}
-
-
-def tools_grammar(tools: list[Tool], choice: str, parallel: bool) -> str:
-    """Lark (llguidance's dialect: %json, [lazy], & and ~ on terminals) for a reply under tool_choice `choice`
-    ("none", "auto", "required"; a named function is "required" over that tool alone)."""
-    if choice == "none":
-        return f"start: TEXT\n{TEXT}\n"
-    body = f'"\\n" %json {json.dumps(call_schema(tools))} "\\n{TOOL_CLOSE}"'
-    more = f'("\\n{TOOL_OPEN}" {body})*' if parallel else ""
-    if choice == "required":
-        return f'start: "{TOOL_OPEN}" {body} {more}\n'
-    # auto: text, or text that opens a call (the lazy lead ends at the first tag), then the calls
-    return f'start: TEXT | lead {body} {more}\nlead[lazy]: /(?s:.*)/ "{TOOL_OPEN}"\n{TEXT}\n'
-
-
-def parse_calls(text: str) -> tuple[str, list[dict]]:
-    """(content before the first call, the calls in OpenAI's shape) of a reply in the Hermes format. The grammar
-    makes every finished call parse; a reply cut by max_tokens inside a call keeps it as text."""
-    content, _, rest = text.partition(TOOL_OPEN)
-    calls = []
-    for block in (TOOL_OPEN + rest).split(TOOL_OPEN)[1:]:
-        body, closed, _ = block.partition(TOOL_CLOSE)
-        if not closed:
-            return (text, []) if not calls else (content.strip(), calls)
-        call = json.loads(body)
-        calls.append({"id": f"call_{uuid.uuid4().hex[:24]}", "type": "function",
-                      "function": {"name": call["name"], "arguments": json.dumps(call["arguments"])}})
-    return content.strip() if calls else content, calls
