@@ -386,8 +386,8 @@ class GenerateConfig:
     def check(self):
         if not self.checkpoint:
             raise UserError("--checkpoint is required")
-        if bool(self.prompt) == bool(self.prompt_file):
-            raise UserError("give exactly one of --prompt TEXT and --prompt-file FILE")
+        if self.prompt and self.prompt_file:
+            raise UserError("give one of --prompt TEXT and --prompt-file FILE, not both")
         given = [name for name in ("json_object", "json_schema", "regex", "grammar", "choice") if getattr(self, name)]
         if len(given) > 1:
             raise UserError(f"give at most one constraint, got {', '.join('--' + g.replace('_', '-') for g in given)}")

@@ -317,6 +317,9 @@ def test_ray_executor_reproduces_the_local_run(curated, hostile_corpus, tmp_path
         pytest.fail("curation on a local Ray instance did not finish in 400 s")
     assert proc.returncode == 0, output[-3000:]
     on_ray = tmp_path / "ray"
+    written = (on_ray / "config.toml").read_text()  # the CLI's resolved settings, which --config replays
+    assert 'kind = "ray"' in written and "[[sources]]" in written
+    (on_ray / "config.toml").unlink()  # the fixture's corpus was curated through the API, which writes none
     _assert_same_files(curated, on_ray, except_names={"stats.json"})
     local_stats, ray_stats = (json.loads((out / "stats.json").read_text()) for out in (curated, on_ray))
     assert ray_stats["config"]["executor"].pop("kind") == "ray"

@@ -25,7 +25,8 @@ DOCS = [REPO / "README.md", *sorted((REPO / "docs").rglob("*.md"))]
 COMMAND_PAGES = REPO / "docs" / "commands"
 AS_DOCUMENTED = object()  # keep this optional group as the documentation writes it
 PRETRAIN_SETTINGS = ['data.tokens="tokens"', 'train.out_dir="run"', "train.max_steps=2", "train.compile=false",
-                     'train.precision="fp32"', "train.eval_tokens=4096"]
+                     'train.precision="fp32"', "train.eval_tokens=4096",
+                     "model.max_seq_len=1024"]  # room for a chat prompt that offers tools
 # per subcommand: optional groups to keep (their first flag -> the text to run) and placeholders to replace
 TINY = {
     "curate": {"--data": "--data src", "DIR": "corpus"},

@@ -123,7 +123,7 @@ def test_dpo_from_execution_learns_to_prefer_passing_programs(noisy_arithmetic_m
         "--set",
         "pairs.epochs=3",
         "--set",
-        "rl.workers=2",
+        "pairs.workers=2",
     )
     report = json.loads((out / "dpo.json").read_text())
     pairs = (out / "pairs.jsonl").read_text().splitlines()

@@ -14,6 +14,7 @@ from test_serve_scheduler import Collected, offline, run, scheduler
 from codelm import precision
 from codelm.checkpoint import load_model, save_checkpoint, save_model
 from codelm.cli import build_parser
+from codelm.cli.options import lookup, resolve
 from codelm.config import SamplingParams
 from codelm.errors import UserError
 from codelm.eval.results import EvalResults
@@ -175,13 +176,15 @@ def test_cli_quantize_and_dtype_flags(tiny_checkpoint, tmp_path, kernel):
     run_codelm("eval", "--checkpoint", str(tiny_checkpoint), "--tasks", "bpb", "--data", str(code),
                "--out", str(tmp_path / "eval"), "--quantize", "int8", "--dtype", "fp32")
     results = EvalResults.load(tmp_path / "eval" / "results.json")
-    assert results.settings.quantize == "int8" and results.precision == "float32"
+    assert results.settings.engine.quantize == "int8" and results.precision == "float32"
     assert results.tasks["bpb"].overall.bpb > 0
     for command in (["generate", "--checkpoint", "c", "--prompt", "x"], ["complete", "--checkpoint", "c",
                     "--prefix-file", "a", "--suffix-file", "b"], ["eval", "--checkpoint", "c"]):
-        args = build_parser().parse_args(command)
-        assert (args.dtype, args.quantize, args.compile) == ("auto", None, False)
-        assert build_parser().parse_args([*command, "--compile", "--quantize", "int8"]).compile
+        section = {"generate": "engine", "complete": "engine", "eval": "eval.engine"}[command[0]]
+        engine = lookup(resolve(build_parser().parse_args(command)), section)
+        assert (engine.dtype, engine.quantize, engine.compile) == ("auto", "none", False)
+        engine = lookup(resolve(build_parser().parse_args([*command, "--compile", "--quantize", "int8"])), section)
+        assert engine.compile and engine.options()["quantize"] == "int8"
     bad = run_codelm("generate", "--checkpoint", str(tiny_checkpoint), "--prompt", "x", "--quantize", "int4",
                      check=False)
     assert bad.returncode == 2 and "invalid choice" in bad.stderr
