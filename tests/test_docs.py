@@ -8,6 +8,7 @@ not run here (long runs on real models) sit in ```text or ```console blocks, whi
 """
 
 import argparse
+import functools
 import importlib.util
 import json
 import re
@@ -82,9 +83,15 @@ def documented_commands(paths: list[Path] = DOCS) -> list[tuple[str, str | None]
     return commands
 
 
+@functools.cache
+def full_parser() -> argparse.ArgumentParser:
+    """Every command's parser, built once (walking the documented commands asks for it hundreds of times)."""
+    return build_parser()
+
+
 def subcommand(argv: list[str]) -> tuple[str, argparse.ArgumentParser]:
     """The (nested) subcommand that argv names, and its parser."""
-    parser, path = build_parser(), []
+    parser, path = full_parser(), []
     while True:
         sub = next((a for a in parser._actions if isinstance(a, argparse._SubParsersAction)), None)
         if sub is None or len(argv) <= len(path) or argv[len(path)] not in sub.choices:
@@ -129,7 +136,7 @@ def leaf_commands(parser: argparse.ArgumentParser, prefix: str = "") -> list[str
 
 def test_every_command_is_documented_with_flags_it_has():
     documented = {subcommand(shlex.split(c)[1:])[0] for c, _ in COMMANDS}
-    leaves = leaf_commands(build_parser())
+    leaves = leaf_commands(full_parser())
     assert set(leaves) <= documented
     for leaf in leaves:  # each command has its page, whose bash blocks show the command itself
         page = page_of(leaf)
@@ -141,7 +148,7 @@ def test_every_command_is_documented_with_flags_it_has():
         unknown = set(re.findall(r"(?<![\w-])--[a-z][\w-]*", command)) - set(parser._option_string_actions)
         assert not unknown, f"docs: `{command}` names flags that `codelm {name}` lacks: {sorted(unknown)}"
         try:
-            build_parser().parse_args(instantiate(command))
+            full_parser().parse_args(instantiate(command))
         except SystemExit:
             pytest.fail(f"docs: `{command}` does not parse as `codelm {' '.join(instantiate(command))}`")
 

@@ -64,9 +64,7 @@ class Settings:
 
     root: Callable[[], object]
     sections: tuple[str, ...]
-    flags: dict[str, str] = field(
-        default_factory=dict
-    )  # shortcut flag -> config key ("--init-from": "train.init_from")
+    flags: dict[str, str] = field(default_factory=dict)  # shortcut flag -> key ("--init-from": "train.init_from")
     every_field: bool = False  # every field of the sections gets a flag named after it (--n for eval.n)
     default_file: Path | None = None  # read when no --config is given (a recipe's defaults)
     positional: dict[str, str] = field(default_factory=dict)  # positional argument -> config key
