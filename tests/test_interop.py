@@ -1,5 +1,5 @@
-"""Import and export: GGUF and HF folders, checked against transformers on SmolLM2-135M (a model nobody here "
-  "trained)."""
+"""Import and export: GGUF and HF folders, checked against transformers on SmolLM2-135M (a model nobody here
+trained)."""
 
 import dataclasses
 import importlib.util

@@ -123,8 +123,8 @@ class Scheduler:
         self.thread: threading.Thread | None = None
 
     def submit(self, request: Request):
-        """Queue a request's samples; QueueFull when the queue cannot take them, UserError when the cache never "
-          "could."""
+        """Queue a request's samples; QueueFull when the queue cannot take them, UserError when the cache never
+        could."""
         seqs = [Sequence(request, j, self.engine.tok, self.pool.block_size) for j in range(request.n)]
         if seqs[0].blocks_needed > self.pool.num_blocks:
             raise UserError(f"the prompt and max_tokens need {seqs[0].blocks_needed * self.pool.block_size} cache "

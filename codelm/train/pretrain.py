@@ -58,8 +58,8 @@ def pretrain(cfg: Config, resume: bool = False) -> dict:
     token_bytes = token_bytes_tensor(tok)
 
     def validate(model: Transformer, max_tokens: int | None, autocast) -> HeldOut:
-        """The whole validation split, or (max_tokens) every k-th document: a subset spread over it, the same each "
-        "time."""
+        """The whole validation split, or (max_tokens) every k-th document: a subset spread over it, the same each
+        time."""
         docs = val_docs
         if max_tokens:
             stride = max(1, val_docs.n_tokens // max_tokens)

@@ -51,8 +51,8 @@ def step_tokens_per_second(model_cfg: ModelConfig, cfg: Config, device: torch.de
 
 
 def non_embedding_params(c: ModelConfig) -> int:
-    """Weights of the layers and final norm: what the tokens-per-parameter rule counts (embeddings and head "
-      "excluded)."""
+    """Weights of the layers and final norm: what the tokens-per-parameter rule counts (embeddings and head
+    excluded)."""
     attention = c.dim * c.head_dim * (2 * c.n_heads + 2 * c.n_kv_heads) + 2 * c.head_dim * c.qk_norm
     return c.n_layers * (attention + 3 * c.dim * c.hidden_dim + 2 * c.dim) + c.dim
 
