@@ -51,19 +51,21 @@ def with_tools(messages: list[dict], tools: list[dict]) -> list[dict]:
             messages = messages[1:]
         else:
             out.append({"role": "system", "content": listing})
+    previous = None
     for m in messages:
         if m["role"] == "tool":
             response = f"<tool_response>\n{m['content']}\n</tool_response>"
-            if out and out[-1].get("tool_results"):
+            if previous == "tool":
                 out[-1]["content"] += "\n" + response
             else:
-                out.append({"role": "user", "content": response, "tool_results": True})
-            continue
-        calls = [f"{TOOL_OPEN}\n{json.dumps({'name': c['function']['name'], 'arguments': arguments(c)})}\n"
-                 f"{TOOL_CLOSE}" for c in m.get("tool_calls") or []]
-        content = "\n".join([m["content"], *calls] if m["content"] else calls)
-        out.append({"role": "system" if m["role"] == "developer" else m["role"], "content": content})
-    return [{"role": m["role"], "content": m["content"]} for m in out]
+                out.append({"role": "user", "content": response})
+        else:
+            calls = [f"{TOOL_OPEN}\n{json.dumps({'name': c['function']['name'], 'arguments': arguments(c)})}\n"
+                     f"{TOOL_CLOSE}" for c in m.get("tool_calls") or []]
+            content = "\n".join([m["content"], *calls] if m["content"] else calls)
+            out.append({"role": "system" if m["role"] == "developer" else m["role"], "content": content})
+        previous = m["role"]
+    return out
 
 
 def arguments(call: dict):

@@ -612,13 +612,17 @@ def parse_setting(text: str) -> dict:
         value = tomllib.loads(f"v = {raw}")["v"]
     except tomllib.TOMLDecodeError:
         value = raw
-    nested: dict = {}
-    node = nested
-    parts = key.strip().split(".")
-    for part in parts[:-1]:
+    return nested(key.strip(), value)
+
+
+def nested(key: str, value) -> dict:
+    """'a.b', 3 -> {'a': {'b': 3}}: one setting as apply_settings takes it."""
+    *sections, name = key.split(".")
+    out = node = {}
+    for part in sections:
         node = node.setdefault(part, {})
-    node[parts[-1]] = value
-    return nested
+    node[name] = value
+    return out
 
 
 def read_toml(path: str | Path) -> dict:

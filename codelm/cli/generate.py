@@ -54,10 +54,10 @@ def run_generate(args):
     g, params = cfg.generate, cfg.sampling
     engine = Engine.from_checkpoint(g.checkpoint, **cfg.engine.options())
     prompt = read_input(g.prompt_file) if g.prompt_file else g.prompt
-    if g.chat:
-        return chat_reply(engine, g, params, prompt)
     constraint = constraint_of(g)
     grammar = engine.constraint(*constraint) if constraint else None
+    if g.chat:
+        return chat_reply(engine, g, params, prompt, grammar)
     if g.draft_checkpoint or g.prompt_lookup:
         from codelm.inference.speculative import DraftModel, PromptLookup, speculative_generate
 
@@ -88,12 +88,13 @@ def print_completions(prompt: str, completions):
     note_if_cut(completions[0])
 
 
-def chat_reply(engine, g: GenerateConfig, params, prompt: str):
-    """The prompt as a user turn; the reply, or with --tools the calls it made as JSON (one object per line)."""
+def chat_reply(engine, g: GenerateConfig, params, prompt: str, grammar):
+    """The prompt as a user turn; the reply, or with --tools the calls it made as JSON (one object per line).
+    With tools their calls are the constraint (GenerateConfig.check refuses another one beside them)."""
     from dataclasses import replace
 
     from codelm.chat import encode_chat, parse_calls, tools_grammar, with_tools
-    from codelm.synth.teacher import turn_around
+    from codelm.synth.teacher import reply_end
 
     tools = json.loads(read_input(g.tools)) if g.tools else []
     functions = [t["function"] if "function" in t else t for t in tools]
@@ -104,11 +105,7 @@ def chat_reply(engine, g: GenerateConfig, params, prompt: str):
             raise UserError(f"--tool-choice {g.tool_choice}: no tool of that name in {g.tools}")
         grammar = engine.constraint("lark", tools_grammar(named or functions, "required" if named else g.tool_choice,
                                                            parallel=True))
-    else:
-        constraint = constraint_of(g)
-        grammar = engine.constraint(*constraint) if constraint else None
-    end = turn_around(engine.tok.chat_template, [{"role": "user", "content": "Hi"},
-                                                  {"role": "assistant", "content": ""}])[1]
+    end = reply_end(engine.tok.chat_template)
     params = replace(params, stop=[*params.stop, end] if end else params.stop)
     for j, completion in enumerate(engine.generate([ids], params, grammar=grammar)[0]):
         content, calls = parse_calls(completion.text) if tools and g.tool_choice != "none" else (completion.text, [])

@@ -17,7 +17,17 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from codelm.config import apply_settings, check, choices_of, help_of, parse_setting, read_toml, to_toml, toml_value
+from codelm.config import (
+    apply_settings,
+    check,
+    choices_of,
+    help_of,
+    nested,
+    parse_setting,
+    read_toml,
+    to_toml,
+    toml_value,
+)
 from codelm.errors import UserError
 from codelm.io import atomic_write_text
 
@@ -184,7 +194,7 @@ def given(args) -> dict:
     return {dest.replace("__", "."): value for dest, value in vars(args).items() if "__" in dest and value is not None}
 
 
-def resolve(args, file_settings: dict | None = None):
+def resolve(args):
     """The command's root config: defaults, its default file or --config, flags, then --set; checked.
 
     Keys outside the command's sections are refused: a setting the command would not read is a mistake."""
@@ -193,7 +203,7 @@ def resolve(args, file_settings: dict | None = None):
     layers = [
         read_toml(args.config) if args.config else read_toml(settings.default_file) if settings.default_file else {}
     ]
-    layers += [parse_setting(f"{key}={toml_value(value)}") for key, value in given(args).items()]
+    layers += [nested(key, value) for key, value in given(args).items()]
     layers += [parse_setting(text) for text in args.set]
     for layer in layers:
         outside = sorted(set(layer) - set(settings.sections))

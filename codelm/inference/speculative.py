@@ -185,14 +185,10 @@ def speculative_generate(
             if token in engine.tok.stop_ids:
                 result.finish_reason = "stop"
                 break
+            tracker.push(token)
             if matcher is not None:
                 matcher.accept(token)
-                if matcher.done:
-                    tracker.push(token)
-                    result.finish_reason = "stop"
-                    break
-            tracker.push(token)
-            if tracker.stopped:
+            if tracker.stopped or matcher is not None and matcher.done:
                 result.finish_reason = "stop"
                 break
             if len(result.token_ids) == limit:

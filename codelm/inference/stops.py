@@ -12,6 +12,14 @@ from codelm.tokenizer import Tokenizer
 INCOMPLETE = "\ufffd"  # what decoding shows for a partial UTF-8 character
 
 
+def partial_tail(text: str, marker: str) -> int:
+    """How many characters at the end of text begin `marker` (0: none): text that must wait for the next token."""
+    for n in range(min(len(marker) - 1, len(text)), 0, -1):
+        if text.endswith(marker[:n]):
+            return n
+    return 0
+
+
 def first_stop(text: str, stops: list[str], start: int = 0) -> int | None:
     """Where the earliest stop string begins in text (searching from start), or None."""
     hits = [i for s in stops if (i := text.find(s, start)) >= 0]
@@ -49,10 +57,5 @@ class StopTracker:
         return delta
 
     def _undecided_tail(self, text: str) -> int:
-        tail = len(text) - len(text.rstrip(INCOMPLETE))
-        for s in self.stops:  # the longest end of text that begins some stop string
-            for n in range(min(len(s) - 1, len(text)), 0, -1):
-                if text.endswith(s[:n]):
-                    tail = max(tail, n)
-                    break
-        return tail
+        incomplete = len(text) - len(text.rstrip(INCOMPLETE))
+        return max([incomplete, *(partial_tail(text, s) for s in self.stops)])

@@ -33,13 +33,14 @@ from codelm.data.fim import fim_prompt
 from codelm.errors import UserError
 from codelm.inference.constraints import Grammar
 from codelm.inference.engine import Engine, log
+from codelm.inference.stops import partial_tail
 from codelm.serve.blocks import BlockPool
 from codelm.serve.config import ServeConfig
 from codelm.serve.metrics import Metrics
 from codelm.serve.scheduler import Event, QueueFull, Scheduler, TokenLogprob
 from codelm.serve.scheduler import Request as Job
 from codelm.serve.structured import NamedToolChoice, ResponseFormat, Strict, Tool, constraint_of
-from codelm.synth.teacher import turn_around
+from codelm.synth.teacher import reply_end
 from codelm.tokenizer import FILE_SEP
 
 DISCONNECT_POLL_S = 0.5  # how often a non-streaming request checks that its client is still there
@@ -210,8 +211,7 @@ class Server:
                               cfg.prefix_caching)
         self.scheduler = Scheduler(engine, self.pool, self.metrics, cfg.max_seqs, cfg.max_queue, cfg.step_tokens)
         # a chat reply ends at the template's end of the assistant turn (ChatML: <|im_end|>)
-        self.reply_end = turn_around(self.tok.chat_template, [{"role": "user", "content": "Hi"},
-                                                              {"role": "assistant", "content": ""}])[1]
+        self.reply_end = reply_end(self.tok.chat_template)
         self.token_text: dict[int, str] = {}
         self.grammars: dict[str, Grammar] = {}
 
@@ -507,7 +507,7 @@ async def chat_completions(body: ChatBody, http: Request):
     messages = with_tools([m.plain() for m in body.messages], offered)
     ids = encode_chat(server.tok, messages, server.tok.chat_template)
     if tools:
-        functions = [t.function.model_dump(exclude_none=True) for t in tools[0]]
+        functions = [t["function"] for t in offered]
         grammar = server.grammar("lark", tools_grammar(functions, tools[1], body.parallel_tool_calls))
     else:
         grammar = server.grammar(*constraint) if constraint else None
@@ -572,10 +572,7 @@ def held_back(text: str) -> int:
     opened = text.find(TOOL_OPEN)
     if opened >= 0:
         return len(text[:opened].rstrip())
-    for n in range(min(len(TOOL_OPEN) - 1, len(text)), 0, -1):
-        if text.endswith(TOOL_OPEN[:n]):
-            return len(text) - n
-    return len(text)
+    return len(text) - partial_tail(text, TOOL_OPEN)
 
 
 @router.post("/infill")

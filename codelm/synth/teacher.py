@@ -60,6 +60,12 @@ def turn_around(template: str | None, messages: list[dict]) -> tuple[str, str]:
     return before, after.strip().split("\n", 1)[0].strip()
 
 
+def reply_end(template: str | None) -> str:
+    """Where an assistant's reply ends in this template ("<|im_end|>" for ChatML): a chat reply stops there,
+    before the engine's end-of-text."""
+    return turn_around(template, [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": ""}])[1]
+
+
 def pre_query(template: str | None, system: str = "") -> tuple[str, str]:
     """Magpie's pre-query prefix - the conversation rendered up to where the user's words begin (after the
     optional system message, or the one the template adds itself) - and the end of the user's turn, where an
@@ -121,8 +127,7 @@ class LocalTeacher(Teacher):
         self.id = f"checkpoint:{cfg.checkpoint}"
         self.batch_size = cfg.batch_size
         # the engine stops at end-of-text; a chat reply ends earlier, at the template's end of the assistant turn
-        self.reply_end = turn_around(self.template, [{"role": "user", "content": "Hi"},
-                                                     {"role": "assistant", "content": ""}])[1]
+        self.reply_end = reply_end(self.template)
 
     def sample(self, prompts, counts, params):
         tok, context = self.engine.tok, self.engine.model.config.max_seq_len
