@@ -8,7 +8,6 @@ names the tokens the grammar forces (fast-forward: they are fed to the model wit
 Once the grammar is complete (`done`), generation stops without sampling an end-of-text token.
 """
 
-import functools
 import json
 
 import llguidance
@@ -25,10 +24,10 @@ KINDS = ("json_object", "json_schema", "regex", "lark", "choice")
 LIMITS = LLParserLimits(verbose_errors=False)
 
 
-@functools.lru_cache(maxsize=8)
-def byte_vocabulary(tokenizer_json: str, stop_ids: tuple[int, ...], rows: int) -> llguidance.LLTokenizer:
-    """The tokenizer as llguidance sees it, sized to the model's rows (extra rows are never allowed)."""
-    return llguidance.LLTokenizer(tokenizer_json, n_vocab=rows, eos_token=list(stop_ids))
+def byte_vocabulary(tokenizer: Tokenizer, rows: int) -> llguidance.LLTokenizer:
+    """The tokenizer as llguidance sees it, sized to the model's rows (extra rows are never allowed). Building it
+    serializes the whole vocabulary: build it once per model (Engine.constraint keeps it)."""
+    return llguidance.LLTokenizer(tokenizer.hf.to_str(), n_vocab=rows, eos_token=sorted(tokenizer.stop_ids))
 
 
 def grammar_text(kind: str, spec) -> str:
@@ -52,9 +51,8 @@ def grammar_text(kind: str, spec) -> str:
 class Grammar:
     """A constraint checked against one tokenizer; every sequence under it gets `matcher()`."""
 
-    def __init__(self, kind: str, spec, tokenizer: Tokenizer, rows: int):
-        self.kind, self.rows = kind, rows
-        self.vocab = byte_vocabulary(tokenizer.hf.to_str(), tuple(sorted(tokenizer.stop_ids)), rows)
+    def __init__(self, kind: str, spec, vocab: llguidance.LLTokenizer):
+        self.kind, self.vocab, self.rows = kind, vocab, vocab.vocab_size
         self.text = grammar_text(kind, spec)
         error = LLMatcher.validate_grammar(self.text, self.vocab)
         if error:

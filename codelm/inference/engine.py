@@ -33,7 +33,7 @@ from codelm.checkpoint import load_model
 from codelm.data.fim import fim_prompt
 from codelm.errors import UserError
 from codelm.inference.cache import KVCache, SlotView
-from codelm.inference.constraints import Grammar, Matcher, mask_logits
+from codelm.inference.constraints import Grammar, Matcher, byte_vocabulary, mask_logits
 from codelm.inference.quant import quantize_int8
 from codelm.inference.sampling import (
     SamplingParams,
@@ -130,6 +130,7 @@ class Engine:
         param = next(model.parameters())
         self.device, self.dtype = param.device, param.dtype
         self._step = None
+        self._byte_vocab = None  # llguidance's view of the tokenizer, built on the first constraint
         if compile:  # CUDA graphs replay the whole step on GPU; inductor's C++ kernels on CPU
             self._step = torch.compile(slot_step, mode="reduce-overhead" if self.device.type == "cuda" else None)
 
@@ -178,7 +179,9 @@ class Engine:
 
     def constraint(self, kind: str, spec) -> Grammar:
         """A grammar over this engine's tokenizer, checked once (UserError naming what is wrong)."""
-        return Grammar(kind, spec, self.tok, self.model.config.vocab_size)
+        if self._byte_vocab is None:
+            self._byte_vocab = byte_vocabulary(self.tok, self.model.config.vocab_size)
+        return Grammar(kind, spec, self._byte_vocab)
 
     def complete_middle(self, prefix: str, suffix: str, params: SamplingParams) -> list[Completion]:
         """Fill-in-the-middle: completions of the PSM prompt, ending at end-of-text."""
