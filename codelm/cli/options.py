@@ -218,7 +218,7 @@ def resolve(args):
 
 
 def recipe_settings(args) -> list[str]:
-    """The flags given, as KEY=VALUE settings for a stage that loads its config itself (speedrun, recipes)."""
+    """The flags given, as KEY=VALUE settings for a stage that loads its config itself (the speedrun)."""
     return [f"{key}={toml_value(value)}" for key, value in given(args).items()]
 
 

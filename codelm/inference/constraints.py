@@ -77,10 +77,6 @@ class Matcher:
         """Nothing more can follow: the sequence is complete."""
         return self.state.is_stopped()
 
-    @property
-    def accepting(self) -> bool:
-        return self.state.is_accepting()
-
     def accept(self, token: int):
         """Advance past a token the mask allowed; a token it forbade is a bug, not a user error."""
         if not self.state.consume_token(token):
