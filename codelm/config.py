@@ -378,6 +378,10 @@ class GenerateConfig:
     regex: str = knob("", "constrain the completion to match this regular expression")
     grammar: str = knob("", "constrain the completion to this Lark grammar file (llguidance's Lark dialect)")
     choice: list[str] = knob(help="constrain the completion to one of these strings (repeatable)", factory=list)
+    constrain: Literal["none", "python"] = knob(
+        "none", "python: the completion must parse as Python (it continues the prompt's code; with --chat the "
+        "reply is the program), checked by Python's compiler at each line end with backtracking; the text is "
+        "printed when it is done")
     chat: bool = knob(False, "ask the prompt as a user message through the model's chat template; the reply "
                       "ends at the end of its turn")
     tools: str = knob("", "with chat: a JSON file of OpenAI tool definitions the model may call")
@@ -389,6 +393,7 @@ class GenerateConfig:
         if self.prompt and self.prompt_file:
             raise UserError("give one of --prompt TEXT and --prompt-file FILE, not both")
         given = [name for name in ("json_object", "json_schema", "regex", "grammar", "choice") if getattr(self, name)]
+        given += ["constrain"] if self.constrain != "none" else []
         if len(given) > 1:
             raise UserError(f"give at most one constraint, got {', '.join('--' + g.replace('_', '-') for g in given)}")
         if self.tools and (given or not self.chat):
@@ -459,6 +464,9 @@ class EvalConfig:
     humaneval_plus: str = knob("", "task humaneval+: EvalPlus's HumanEvalPlus.jsonl(.gz), as published")
     mbpp_plus: str = knob("", "task mbpp+: EvalPlus's MbppPlus.jsonl(.gz), as published")
     max_new_tokens: int = knob(0, "0: 512 for the code tasks, 64 single-line and 256 multi-line infilling")
+    constrain: Literal["none", "python"] = knob(
+        "none", "code tasks, base prompting: python makes every completion parse (Python's compiler checks each "
+        "line as it ends and the sampler backtracks); results.json reports the share that does not parse either way")
     batch_size: int = knob(16, "prompts generated together")
     seed: int = knob(0, "sampling seed")
     engine: EngineConfig = field(default_factory=EngineConfig)
@@ -492,6 +500,9 @@ class EvalConfig:
             raise UserError("--behaviour-inputs must be >= 1 and --bootstrap >= 0")
         if self.uncertainty and not any(t in CODE_TASKS for t in self.tasks):
             raise UserError(f"--uncertainty needs a code task ({', '.join(CODE_TASKS)})")
+        if self.constrain == "python" and self.chat:
+            raise UserError("--constrain python continues a base prompt's code; a --chat reply mixes prose and code "
+                            "(use generate --chat --constrain python for a reply that is only code)")
         if self.codet and not self.uncertainty:
             raise UserError(
                 "--codet picks an answer among --uncertainty's samples by the model's own tests: add "

@@ -47,6 +47,7 @@ TINY = {
 }
 SCRATCH_FILES = {  # the inputs the documented commands name
     "f.py": "def parse(line):\n",
+    "stub.py": 'def add(a, b):\n    """The sum of a and b."""\n',
     "before.py": "def add(a, b):\n    ",
     "after.py": "\n\n\nprint(add(1, 2))\n",
     "program.py": "def add(a, b):\n    return a + b\n",

@@ -144,6 +144,9 @@ def create(client, stream: bool, **settings):
      "no tool named 'nope'"),
     ({"extra_body": {"logit_bias": {"1": 5}}}, "logit_bias: not supported by this server"),
     ({"extra_body": {"presence_penalty": 0.5}}, "presence_penalty: not supported"),
+    ({"extra_body": {"constrain": "python"}, "logprobs": True}, "cannot report logprobs"),
+    ({"extra_body": {"constrain": "python", "guided_regex": "a"}}, "at most one of response_format"),
+    ({"extra_body": {"constrain": "java"}}, "constrain: Input should be 'python'"),
 ])
 def test_bad_requests_are_400s_and_the_server_keeps_serving(client, body, message):
     with pytest.raises(openai.BadRequestError) as error:

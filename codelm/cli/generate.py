@@ -17,7 +17,8 @@ def generate(sub, name, text):
     add_command(sub, name, text, "Continue a prompt with the KV-cache engine. A single completion streams to the "
                 "terminal; stop strings are matched on the decoded text. A constraint (a JSON schema, a regex, a "
                 "Lark grammar or a list of choices) masks what the grammar forbids before sampling and ends "
-                "the completion when the grammar is complete.", run_generate, GENERATE)
+                "the completion when the grammar is complete; --constrain python keeps the code parsing.",
+                run_generate, GENERATE)
 
 
 def complete(sub, name, text):
@@ -44,6 +45,8 @@ def constraint_of(g: GenerateConfig) -> tuple[str, object] | None:
         return "lark", read_input(g.grammar)
     if g.regex:
         return "regex", g.regex
+    if g.constrain == "python":
+        return "python", "reply" if g.chat else "prompt"
     return ("choice", g.choice) if g.choice else None
 
 

@@ -28,6 +28,8 @@ class HumanEvalScore:
     generate_seconds: float
     passed_problems: list[str]
     seconds: float = 0.0
+    syntax_errors: float | None = None  # share of programs (prompt + completion) that do not parse
+    backtracks: float | None = None  # --constrain python: times per completion the constraint went back
     defines_entry_point: float | None = None  # chat: share of replies whose code defines the function asked for
     uncertainty: UncertaintyReport | None = None  # --uncertainty: semantic entropy, selection by agreement
 
@@ -41,7 +43,9 @@ class HumanEvalScore:
         usable = ("" if self.defines_entry_point is None
                   else f", {100 * self.defines_entry_point:.0f}% of replies define the entry point")
         uncertainty = f"\n{self.uncertainty.summary()}" if self.uncertainty else ""
-        return f"{scores} over {self.problems} problems ({self.statuses}){usable}{uncertainty}"
+        syntax = "" if self.syntax_errors is None else f", {100 * self.syntax_errors:.0f}% do not parse"
+        constrained = "" if self.backtracks is None else f" (python-constrained, {self.backtracks:.1f} backtracks each)"
+        return f"{scores} over {self.problems} problems ({self.statuses}){syntax}{constrained}{usable}{uncertainty}"
 
 
 @dataclass

@@ -47,6 +47,7 @@ from codelm.eval.passk import mean_pass_at_k
 from codelm.eval.results import EvalResults, HumanEvalScore, InfillingScore
 from codelm.eval.uncertainty import UncertaintyReport, problem_uncertainty, summarize
 from codelm.inference.engine import Engine
+from codelm.inference.syntax import syntax_error
 from codelm.io import atomic_write_bytes
 from codelm.sandbox.supervisor import Limits, environment, run_many
 from codelm.tasks import behaviour, evalplus, humaneval, mbpp, model_tests
@@ -57,8 +58,9 @@ DEFAULT_MAX_NEW_TOKENS = {**{task: 512 for task in CODE_TASKS}, "humaneval-infil
 
 
 def generate_batched(engine, prompts: list[list[int]], params: SamplingParams, batch_size: int,
-                     desc: str) -> list[list]:
-    """params.n completions per prompt (token ids), batched by length; None for a prompt that leaves no room.
+                     desc: str, constraint=None) -> list[list]:
+    """params.n completions per prompt (token ids), batched by length, under `constraint` when one is given;
+    None for a prompt that leaves no room.
 
     The engine runs each prompt until its stop, max_new_tokens or the end of the context."""
     context = engine.model.config.max_seq_len
@@ -68,7 +70,8 @@ def generate_batched(engine, prompts: list[list[int]], params: SamplingParams, b
     with tqdm(total=len(fits), desc=desc, unit=" prompts") as bar:
         for start in range(0, len(fits), batch_size):
             batch = fits[start:start + batch_size]
-            for i, completions in zip(batch, engine.generate([prompts[i] for i in batch], params)):
+            for i, completions in zip(batch, engine.generate([prompts[i] for i in batch], params,
+                                                                   grammar=constraint)):
                 results[i] = completions
             bar.update(len(batch))
     return results
@@ -144,11 +147,12 @@ class Evaluation:
         prompts = [self.code_prompt(p, problems) for p in chosen]
         params = task_sampling(cfg, task, [] if cfg.chat else humaneval.STOP_SEQUENCES)
         started = time.time()
-        outputs = generate_batched(engine, prompts, params, cfg.batch_size, f"{task}: generating")
+        constraint = engine.constraint("python", "prompt") if cfg.constrain == "python" else None
+        outputs = generate_batched(engine, prompts, params, cfg.batch_size, f"{task}: generating", constraint)
         greedy = None
         if cfg.uncertainty:  # the answer whose failure the scores predict
             greedy = generate_batched(engine, prompts, replace(params, strategy="greedy", n=1), cfg.batch_size,
-                                      f"{task}: greedy")
+                                      f"{task}: greedy", constraint)
         generate_seconds = time.time() - started
         rows, jobs = self.code_rows(task, chosen, prompts, outputs, cfg.n)
         statuses = self.execute(rows, jobs, limits)
@@ -169,6 +173,8 @@ class Evaluation:
             curve={str(k): v for k, v in mean_pass_at_k(per_problem, list(range(1, cfg.n + 1))).items()},
             statuses=statuses, generate_seconds=round(generate_seconds, 1),
             passed_problems=sorted((pid for pid, (_, c) in counts.items() if c), key=task_number),
+            syntax_errors=sum(not r["parses"] for r in rows) / max(len(rows), 1),
+            backtracks=(sum(r["backtracks"] for r in rows) / max(len(rows), 1)) if constraint else None,
             defines_entry_point=(sum(humaneval.defines(r["completion"], p["entry_point"])
                                      for r, p in zip(rows, (p for p in chosen for _ in range(cfg.n))))
                                  / max(len(rows), 1)) if cfg.chat else None,
@@ -186,6 +192,8 @@ class Evaluation:
                 rows.append({"task": task, "id": problem["task_id"], "sample": sample or j,
                              "prompt": self.engine.tok.decode(prompt), "reply": text if self.cfg.chat else None,
                              "completion": completion,
+                             "parses": syntax_error(humaneval.job(problem, completion)[0], complete=True) is None,
+                             "backtracks": completions[j].backtracks if completions else 0,
                              "finish_reason": completions[j].finish_reason if completions else "skipped"})
                 jobs.append(humaneval.job(problem, completion) if completions else None)
         return rows, jobs

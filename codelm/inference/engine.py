@@ -42,6 +42,7 @@ from codelm.inference.sampling import (
     sample_rows,
 )
 from codelm.inference.stops import StopTracker, first_stop
+from codelm.inference.syntax import PythonSyntax, without
 from codelm.model.llama import Transformer
 from codelm.model.lora import lora_spec, merge_and_unload
 from codelm.precision import DTYPES, PrecisionChoice, choose_precision
@@ -67,6 +68,7 @@ class Completion:
     finish_reason: str = "length"  # "stop": end-of-text token or stop string; "length": max_new_tokens or context full
     score: float | None = None  # beam search: length-normalized log-probability
     cut: str | None = None  # set when the context could not hold max_new_tokens: a one-line note to show
+    backtracks: int = 0  # times a Python-syntax constraint sent the sequence back
 
 
 def fork_per_row(grammar: Grammar | None, n: int, prompts: int) -> list[Matcher | None]:
@@ -131,6 +133,7 @@ class Engine:
         self.device, self.dtype = param.device, param.dtype
         self._step = None
         self._byte_vocab = None  # llguidance's view of the tokenizer, built on the first constraint
+        self._line_ends = None  # the tokens holding a newline, found on the first Python-syntax constraint
         if compile:  # CUDA graphs replay the whole step on GPU; inductor's C++ kernels on CPU
             self._step = torch.compile(slot_step, mode="reduce-overhead" if self.device.type == "cuda" else None)
 
@@ -165,20 +168,31 @@ class Engine:
 
     def generate(
         self, prompts: list[str | list[int]], params: SamplingParams, on_text: TextCallback | None = None,
-        grammar: Grammar | None = None,
+        grammar: Grammar | PythonSyntax | None = None,
     ) -> list[list[Completion]]:
         """params.n completions for each prompt (text, or token ids used as they are), each under its own
-        matcher of `grammar` when one is given.
+        matcher of `grammar`, or its own checker of a Python-syntax constraint, when one is given (the
+        checked text then reaches `on_text` when the sequence ends, never before).
 
         A prompt gets max_new_tokens, or fewer when the context fills first (see `budget`)."""
         ids = [self.encode(p) if isinstance(p, str) else list(p) for p in prompts]
         budgets = [self.budget(p, params.max_new_tokens) for p in ids]
         if params.strategy == "beam":
+            if isinstance(grammar, PythonSyntax):
+                raise UserError("the Python-syntax constraint works with greedy decoding and sampling, not beams")
             return [self._beam_search(p, params, *b, grammar) for p, b in zip(ids, budgets)]
         return self._decode(ids, params, budgets, on_text, grammar)
 
-    def constraint(self, kind: str, spec) -> Grammar:
-        """A grammar over this engine's tokenizer, checked once (UserError naming what is wrong)."""
+    def constraint(self, kind: str, spec) -> Grammar | PythonSyntax:
+        """A grammar over this engine's tokenizer, checked once (UserError naming what is wrong); or, for kind
+        "python", Python syntax for a completion that continues the prompt's code (spec "prompt") or is a
+        program by itself (spec "reply", e.g. a chat reply)."""
+        if kind == "python":
+            if spec not in ("prompt", "reply"):
+                raise UserError(f"python: say whether the code continues the prompt or is the reply, not {spec!r}")
+            if self._line_ends is None:
+                self._line_ends = PythonSyntax.line_ends(self.tok)
+            return PythonSyntax(self.tok, self._line_ends, continues_prompt=spec == "prompt")
         if self._byte_vocab is None:
             self._byte_vocab = byte_vocabulary(self.tok, self.model.config.vocab_size)
         return Grammar(kind, spec, self._byte_vocab)
@@ -253,7 +267,7 @@ class Engine:
         params: SamplingParams,
         budgets: list[tuple[int, str | None]],
         on_text: TextCallback | None,
-        grammar: Grammar | None = None,
+        constraint: Grammar | PythonSyntax | None = None,
     ):
         cache, logits, next_pos = self.prefill(prompts, max(limit for limit, _ in budgets))
         n = params.n
@@ -268,13 +282,16 @@ class Engine:
         trackers = [StopTracker(self.tok, params.stop) for _ in rows]
         limits = [budgets[i][0] for i, _ in rows]
         results = [Completion("", [], cut=budgets[i][1]) for i, _ in rows]
-        matchers = fork_per_row(grammar, n, len(prompts))
+        matchers = fork_per_row(constraint if isinstance(constraint, Grammar) else None, n, len(prompts))
+        checkers = [self._checker(constraint, prompts[i]) for i, _ in rows]
         active = list(range(len(rows)))  # batch row b is rows[active[b]]
         while True:  # until every row has finished
             history = None
             if params.repetition_penalty != 1.0:
                 history = [prompts[rows[r][0]] + results[r].token_ids for r in active]
             allowed = mask_logits(logits, [matchers[r] for r in active])
+            allowed = without(allowed, [checkers[r].banned(len(results[r].token_ids)) if checkers[r] else set()
+                                        for r in active])
             tokens = self._choose(allowed, params, history, [generators[r] for r in active])
             logprobs = logits.log_softmax(-1).gather(1, tokens[:, None])[:, 0].tolist()
             keep, feeds, closing = [], [], set()
@@ -283,6 +300,14 @@ class Engine:
                 feed = self._advance(matchers[r], int(tokens[b]), limits[r] - before - 1)
                 finished, delta = self._record(results[r], trackers[r], feed, logprobs[b], limits[r], matchers[r])
                 taken = results[r].token_ids[before:]
+                if checkers[r] is not None:
+                    ended = finished and results[r].finish_reason == "stop"
+                    back = checkers[r].after(results[r].token_ids, len(taken), trackers[r].text if ended else None)
+                    if back is not None:
+                        trackers[r], refeed = self._go_back(results[r], back.keep, params.stop,
+                                                            prompts[rows[r][0]], cache, b, next_pos)
+                        finished, taken = False, [refeed]
+                    delta = trackers[r].text if finished else ""
                 if not finished or len(taken) > 1:  # a row that ended on forced tokens stays to have them scored
                     keep.append(b)
                     feeds.append(taken)
@@ -302,6 +327,29 @@ class Engine:
         for result, tracker in zip(results, trackers):
             result.text = tracker.text
         return [results[i * n : (i + 1) * n] for i in range(len(prompts))]
+
+    def _checker(self, constraint, prompt: list[int]):
+        """A sequence's Python-syntax checker (None under any other constraint, or none)."""
+        if not isinstance(constraint, PythonSyntax):
+            return None
+        return constraint.checker(self.tok.hf.decode(prompt, skip_special_tokens=True)
+                                  if constraint.continues_prompt else "")
+
+    def _go_back(self, result: Completion, keep: int, stops: list[str], prompt: list[int], cache: KVCache, b: int,
+                 next_pos: torch.Tensor) -> tuple[StopTracker, int]:
+        """Rewind batch row b to its first `keep` generated tokens: (its new stop tracker, the token to feed
+        again). The cache forgets the row's slots from that token's on, and the token goes in again at its
+        position, so the next logits are the ones after it."""
+        del result.token_ids[keep:], result.logprobs[keep:]
+        result.finish_reason, result.backtracks = "length", result.backtracks + 1
+        tracker = StopTracker(self.tok, stops)
+        for token in result.token_ids:
+            tracker.push(token)
+        position = len(prompt) + keep - 1  # every token of a row has one valid slot, in order
+        slot = int(cache.valid[b].nonzero()[position])
+        cache.valid[b, slot:] = False
+        next_pos[b] = position
+        return tracker, [*prompt, *result.token_ids][position]
 
     def _keep(self, keep: list[int], active: list[int], cache: KVCache, next_pos: torch.Tensor):
         """Only batch rows `keep` go on (finished rows leave the batch): (their row ids, their next positions)."""

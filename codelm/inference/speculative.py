@@ -146,6 +146,9 @@ def speculative_generate(
     the output is exactly the constrained output."""
     if k < 1:
         raise UserError("the number of draft tokens per round must be at least 1")
+    if grammar is not None and not isinstance(grammar, Grammar):
+        raise UserError("speculative decoding takes grammar constraints; the Python-syntax one backtracks "
+                        "whole lines, which drafts do not")
     if params.strategy not in ("greedy", "sample") or params.n != 1 or params.repetition_penalty != 1.0:
         raise UserError("speculative decoding supports greedy or sample, n=1, and no repetition penalty")
     if isinstance(drafter, DraftModel):

@@ -89,11 +89,17 @@ class SamplingBody(Strict):
     guided_regex: str | None = None
     guided_grammar: str | None = None  # Lark, in llguidance's dialect
     guided_choice: list[str] | None = None
+    constrain: Literal["python"] | None = None  # codelm's extra: the code parses (codelm.inference.syntax)
 
-    def constraint(self):
+    def constraint(self, code: str):
+        """The request's constraint as (kind, spec); `code` says where a Python-syntax one finds the code:
+        "prompt" (the completion continues it) or "reply" (the reply is the program)."""
+        if self.constrain is not None and getattr(self, "logprobs", None) not in (None, False):
+            raise ApiError(400, "constrain python takes tokens back, so it cannot report logprobs: drop one",
+                           "constrain")
         try:
             return constraint_of(self.response_format, self.guided_json, self.guided_regex, self.guided_grammar,
-                                 self.guided_choice)
+                                 self.guided_choice, code if self.constrain else None)
         except ValueError as e:
             raise ApiError(400, str(e), "response_format") from None
 
@@ -454,7 +460,10 @@ async def completions(body: CompletionBody, http: Request):
     prompts = completion_prompts(server, body)
     ids = [p for p, _ in prompts]
     echo_logprobs = body.echo and body.logprobs is not None
-    constraint = body.constraint()
+    constraint = body.constraint("prompt")
+    if constraint and constraint[0] == "python" and body.suffix is not None:
+        raise ApiError(400, "constrain python continues the prompt's code; with a suffix the middle is not a "
+                       "program prefix", "constrain")
     grammar = server.grammar(*constraint) if constraint else None
     flight = Flight(server, jobs_for(server, ids, body, body.max_tokens or 16, body.logprobs, echo_logprobs,
                                      grammar=grammar))
@@ -500,7 +509,7 @@ async def completions(body: CompletionBody, http: Request):
 async def chat_completions(body: ChatBody, http: Request):
     server = server_of(http)
     tools = body.tool_mode()
-    constraint = body.constraint()
+    constraint = body.constraint("reply")
     if tools and constraint:
         raise ApiError(400, "tools: give either tools or a response format / guided constraint, not both", "tools")
     offered = [t.model_dump(exclude_none=True) for t in tools[0]] if tools else []

@@ -13,6 +13,9 @@ blocks go back to the pool.
 A request may carry a grammar (structured output); each of its samples then has its own matcher, which
 masks that sequence's logits before sampling and ends it when the grammar is complete. Matchers belong to
 sequences, never to cached blocks, so prefix caching shares keys and values but no constraint state.
+Under the Python-syntax constraint a sequence may go back to an earlier token (codelm.inference.syntax):
+it then forgets its tokens past that point and feeds the last kept one again, so the blocks past the prompt
+are rewritten, which is why they are not indexed for prefix caching; its text is sent when it ends.
 
 Each sample of a request is its own sequence with its own generator, seeded as
 Engine.generate seeds it (sample_seed), and its own sampling settings, so its
@@ -37,6 +40,7 @@ from codelm.inference.constraints import Grammar, mask_logits
 from codelm.inference.engine import Engine, sample_seed
 from codelm.inference.sampling import apply_processors, processors, sample_rows
 from codelm.inference.stops import StopTracker
+from codelm.inference.syntax import PythonSyntax, without
 from codelm.serve.blocks import BatchView, BlockPool, chain_key
 from codelm.serve.metrics import Metrics
 
@@ -76,7 +80,7 @@ class Request:
     logprobs: int | None = None  # how many top alternatives per token (0: only the chosen token's)
     prompt_logprobs: bool = False  # logprobs of the prompt's tokens too (OpenAI's echo with logprobs)
     extra_stops: list[str] = field(default_factory=list)  # e.g. the chat template's end of turn
-    grammar: Grammar | None = None  # structured output: each sample gets its own matcher (never shared)
+    grammar: Grammar | PythonSyntax | None = None  # each sample gets its own matcher or checker (never shared)
     arrival: float = field(default_factory=time.perf_counter)
     cancelled: bool = False  # set by the server when the client goes away
 
@@ -97,7 +101,12 @@ class Sequence:
         self.generator = torch.Generator().manual_seed(sample_seed(request.params.seed, request.prompt, sample))
         self.tracker = StopTracker(tokenizer, [*request.params.stop, *request.extra_stops])
         self.prompt_logprobs: list[TokenLogprob] = [TokenLogprob(request.prompt[0], None)]
-        self.matcher = request.grammar.matcher() if request.grammar is not None else None
+        grammar = request.grammar
+        self.matcher = grammar.matcher() if isinstance(grammar, Grammar) else None
+        self.checker = None
+        if isinstance(grammar, PythonSyntax):
+            prefix = tokenizer.hf.decode(request.prompt, skip_special_tokens=True) if grammar.continues_prompt else ""
+            self.checker = grammar.checker(prefix)
         # keys/values are written for every token but the last generated one
         self.blocks_needed = -(-(self.prompt_len + request.max_new_tokens - 1) // block_size)
 
@@ -125,7 +134,7 @@ class Scheduler:
     def submit(self, request: Request):
         """Queue a request's samples; QueueFull when the queue cannot take them, UserError when the cache never
         could."""
-        seqs = [Sequence(request, j, self.engine.tok, self.pool.block_size) for j in range(request.n)]
+        seqs = [Sequence(request, j, self.engine.tok, self.pool.block_size) for j in range(request.n)]  # UserError
         if seqs[0].blocks_needed > self.pool.num_blocks:
             raise UserError(f"the prompt and max_tokens need {seqs[0].blocks_needed * self.pool.block_size} cache "
                             f"tokens; this server holds {self.pool.num_blocks * self.pool.block_size}")
@@ -214,7 +223,8 @@ class Scheduler:
         """`count` more tokens of seq are in its blocks: index the blocks that became full."""
         seq.cached += count
         size = self.pool.block_size
-        for i in range(len(seq.keys), seq.cached // size):
+        final = seq.cached if seq.checker is None else min(seq.cached, seq.prompt_len)  # see the module's note
+        for i in range(len(seq.keys), final // size):
             seq.keys.append(chain_key(seq.keys[-1] if seq.keys else b"", seq.tokens[i * size:(i + 1) * size]))
             self.pool.index(seq.blocks[i], seq.keys[i])
 
@@ -288,9 +298,28 @@ class Scheduler:
             best = list(zip(ids.tolist(), values.tolist()))
         return TokenLogprob(token, float(logprobs[token]), best)
 
+    def _checked(self, seq: Sequence, event: Event) -> bool:
+        """The Python-syntax check after seq's newest token: True when seq went back (it then feeds its last
+        kept token again); else the event's text is held back until the end, then all of it."""
+        ended = event.finish_reason == "stop"
+        back = seq.checker.after(seq.tokens[seq.prompt_len:], 1, seq.tracker.text if ended else None)
+        if back is None:
+            event.text = seq.tracker.text if event.finish_reason else ""
+            seq.tracker.flush()  # nothing is held back any more: the whole text goes now or at the end
+            return False
+        del seq.tokens[seq.prompt_len + back.keep:]
+        seq.generated = back.keep
+        seq.cached = len(seq.tokens) - 1  # blocks past the prompt are never indexed, so rewriting them is safe
+        seq.tracker = StopTracker(self.engine.tok, seq.tracker.stops)
+        for token in seq.tokens[seq.prompt_len:]:
+            seq.tracker.push(token)
+        return True
+
     def _choose(self, seq: Sequence, logits: torch.Tensor) -> int:
         """The next token from fp32 logits (V,), as Engine._choose picks it for this sample."""
         params, row = seq.request.params, mask_logits(logits[None], [seq.matcher])
+        if seq.checker is not None:
+            row = without(row, [seq.checker.banned(seq.generated)])
         if params.repetition_penalty != 1.0:
             history = torch.tensor([seq.tokens], device=row.device)
             chain = processors(params, history, torch.ones_like(history, dtype=torch.bool))
@@ -323,6 +352,8 @@ class Scheduler:
             event.finish_reason = "stop"
         elif seq.generated >= seq.request.max_new_tokens:
             event.finish_reason = "length"
+        if seq.checker is not None and self._checked(seq, event):
+            return  # it went back: nothing to say yet
         if event.finish_reason:
             event.text += tracker.flush()
             self._leave(seq)

@@ -1,7 +1,8 @@
 """Structured outputs and tool calls for the server: the request fields that name a grammar.
 
-OpenAI's `response_format` (json_object, json_schema) and vLLM's extras (`guided_json`, `guided_regex`,
-`guided_grammar` in Lark, `guided_choice`) each name one constraint. Tools are offered to the model in its
+OpenAI's `response_format` (json_object, json_schema), vLLM's extras (`guided_json`, `guided_regex`,
+`guided_grammar` in Lark, `guided_choice`) and codelm's `constrain: "python"` (code that parses) each name
+one constraint. Tools are offered to the model in its
 chat prompt (codelm.chat renders them) and called in the Hermes format the prompt describes,
 
     <tool_call>
@@ -58,9 +59,11 @@ class NamedToolChoice(Strict):
 
 
 def constraint_of(response_format: ResponseFormat | None, guided_json, guided_regex: str | None,
-                  guided_grammar: str | None, guided_choice: list[str] | None) -> tuple[str, object] | None:
-    """The one constraint a request asks for, as (kind, spec) for Engine.constraint; ValueError if several."""
-    given = []
+                  guided_grammar: str | None, guided_choice: list[str] | None,
+                  python: str | None = None) -> tuple[str, object] | None:
+    """The one constraint a request asks for, as (kind, spec) for Engine.constraint; ValueError if several.
+    `python`: the spec of a Python-syntax constraint ("prompt" or "reply"), None without one."""
+    given = [("python", python)] if python is not None else []
     if response_format is not None and response_format.type == "json_object":
         given.append(("json_object", None))
     if response_format is not None and response_format.type == "json_schema":
@@ -76,5 +79,5 @@ def constraint_of(response_format: ResponseFormat | None, guided_json, guided_re
     if guided_choice is not None:
         given.append(("choice", guided_choice))
     if len(given) > 1:
-        raise ValueError(f"give at most one of response_format and guided_*; got {len(given)}")
+        raise ValueError(f"give at most one of response_format, guided_* and constrain; got {len(given)}")
     return given[0] if given else None
