@@ -189,7 +189,8 @@ class AnswerKey:
     def encode(self, text):
         return self.tok.encode(text)
 
-    def generate(self, prompts, params):
+    def generate(self, prompts, params, grammar=None):
+        assert grammar is None  # an answer key knows no constraint
         from codelm.inference.engine import Completion
 
         texts = [self.tok.decode(p) for p in prompts]
@@ -224,7 +225,8 @@ def test_humaneval_task_scores_a_model_that_knows_the_answers(code_tok, tmp_path
 class ChatAnswerKey(AnswerKey):
     """Answers a chat prompt by the problem its last user message asks for."""
 
-    def generate(self, prompts, params):
+    def generate(self, prompts, params, grammar=None):
+        assert grammar is None  # an answer key knows no constraint
         from codelm.inference.engine import Completion
 
         asked = [self.tok.decode(p).rsplit("<|im_start|>user", 1)[-1] for p in prompts]

@@ -74,6 +74,18 @@ def test_guided_extras_on_both_routes(client):
     assert reply.choices[0].text.startswith("SELECT ") and " FROM " in reply.choices[0].text
 
 
+def test_forced_tokens_take_no_step_of_their_own(client, live):
+    sentence = "the quick brown fox jumps over the lazy dog and then over the lazy cat"
+    steps = live.state.metrics.steps
+    reply = client.completions.create(model="tiny", prompt="say: ", max_tokens=60, temperature=0,
+                                      extra_body={"guided_choice": [sentence]})
+    assert reply.choices[0].text == sentence and reply.usage.completion_tokens > 10
+    assert live.state.metrics.steps - steps <= 2  # the first token is sampled; the grammar then forces the rest
+    scored = client.completions.create(model="tiny", prompt="say: ", max_tokens=60, temperature=0, logprobs=0,
+                                       extra_body={"guided_choice": [sentence]}).choices[0]
+    assert scored.text == sentence and len(scored.logprobs.token_logprobs) == reply.usage.completion_tokens
+
+
 def test_prefix_cached_requests_with_different_constraints_do_not_interfere(client, live):
     prompt = "shared prefix " * 20
     a = client.completions.create(model="tiny", prompt=prompt, max_tokens=20, temperature=0,

@@ -12,7 +12,7 @@ from codelm.checkpoint import load_model
 from codelm.config import EvalConfig, SamplingParams
 from codelm.errors import UserError
 from codelm.inference.engine import Engine
-from codelm.inference.syntax import PythonSyntax, syntax_error
+from codelm.inference.syntax import RETRIES, PythonSyntax, syntax_error
 from codelm.tasks import procedural
 
 PROMPT = "def f(x):\n"
@@ -82,18 +82,22 @@ def samples(engine, grammar, n=8):
     return tasks, engine.generate([t["prompt"] for t in tasks], params, grammar=grammar)
 
 
+@pytest.mark.slow
 def test_constrained_samples_parse_and_the_rewound_cache_scores_like_a_fresh_forward(noisy_arithmetic_model):
     model, tok, _ = load_model(noisy_arithmetic_model)
     engine = Engine(model.double(), tok)  # fp64: the teacher-forced check below is exact up to fp32 logits
     tasks, free = samples(engine, None)
     broken = sum(syntax_error(t["prompt"] + c.text, complete=True) is not None
                  for t, cs in zip(tasks, free) for c in cs)
-    assert broken >= 4  # hot sampling breaks this model's syntax often enough to see the constraint work
+    assert broken >= 24  # hot sampling breaks this model's syntax often enough to see the constraint work
     tasks, constrained = samples(engine, engine.constraint("python", "prompt"))
-    went_back = finished = 0
+    went_back = finished = gave_up = 0
     for task, completions in zip(tasks, constrained):
         for c in completions:
             program = task["prompt"] + c.text
+            gave_up += c.backtracks == RETRIES
+            if c.backtracks == RETRIES:  # it went on unchecked
+                continue
             if c.finish_reason == "stop":  # a finished program compiles; one cut at the limit is a valid start
                 assert syntax_error(program, complete=True) is None, c.text
             else:
@@ -105,9 +109,10 @@ def test_constrained_samples_parse_and_the_rewound_cache_scores_like_a_fresh_for
                 logprobs = engine.model(torch.tensor([ids + c.token_ids])).float().log_softmax(-1)[0]
             fresh = [float(logprobs[len(ids) - 1 + i, t]) for i, t in enumerate(c.token_ids)]
             assert c.logprobs == pytest.approx(fresh, abs=1e-4)  # no slot of a taken-back token is still seen
-    assert went_back >= 4 and finished >= 24
+    assert went_back >= 20 and finished >= 24 and gave_up <= 8  # most of what went wrong was repaired
 
 
+@pytest.mark.slow
 def test_the_server_backtracks_as_the_engine_does(noisy_arithmetic_model):
     """Sampled with the same seeds, the server's constrained replies are the engine's offline ones: the scheduler
     rewinds a sequence's blocks as the engine rewinds its cache rows."""
@@ -121,6 +126,7 @@ def test_the_server_backtracks_as_the_engine_does(noisy_arithmetic_model):
                     "constrain": "python"}
             reply = httpx.post(f"{live.url}/v1/completions", json=body, timeout=60).json()
             assert [c["text"] for c in reply["choices"]] == [c.text for c in completions]
+            assert reply["usage"]["completion_tokens"] == sum(len(c.token_ids) for c in completions)  # kept ones
         for bad, message in (({"prompt": "Here is code:\nx = (\n1\n"}, "not the start of a Python program"),
                              ({"prompt": PROMPT, "suffix": "    return 1\n"}, "with a suffix")):
             response = httpx.post(f"{live.url}/v1/completions", json={**bad, "constrain": "python"}, timeout=60)

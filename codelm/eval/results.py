@@ -28,7 +28,8 @@ class HumanEvalScore:
     generate_seconds: float
     passed_problems: list[str]
     seconds: float = 0.0
-    syntax_errors: float | None = None  # share of programs (prompt + completion) that do not parse
+    syntax_errors: float | None = None  # share of programs (prompt + completion) with a syntax error
+    unfinished: float | None = None  # share cut at the token limit that are a valid start of a program
     backtracks: float | None = None  # --constrain python: times per completion the constraint went back
     defines_entry_point: float | None = None  # chat: share of replies whose code defines the function asked for
     uncertainty: UncertaintyReport | None = None  # --uncertainty: semantic entropy, selection by agreement
@@ -43,7 +44,8 @@ class HumanEvalScore:
         usable = ("" if self.defines_entry_point is None
                   else f", {100 * self.defines_entry_point:.0f}% of replies define the entry point")
         uncertainty = f"\n{self.uncertainty.summary()}" if self.uncertainty else ""
-        syntax = "" if self.syntax_errors is None else f", {100 * self.syntax_errors:.0f}% do not parse"
+        syntax = ("" if self.syntax_errors is None else
+                  f", {100 * self.syntax_errors:.0f}% syntax errors, {100 * self.unfinished:.0f}% cut unfinished")
         constrained = "" if self.backtracks is None else f" (python-constrained, {self.backtracks:.1f} backtracks each)"
         return f"{scores} over {self.problems} problems ({self.statuses}){syntax}{constrained}{usable}{uncertainty}"
 

@@ -47,7 +47,7 @@ from codelm.eval.passk import mean_pass_at_k
 from codelm.eval.results import EvalResults, HumanEvalScore, InfillingScore
 from codelm.eval.uncertainty import UncertaintyReport, problem_uncertainty, summarize
 from codelm.inference.engine import Engine
-from codelm.inference.syntax import syntax_error
+from codelm.inference.syntax import program_syntax
 from codelm.io import atomic_write_bytes
 from codelm.sandbox.supervisor import Limits, environment, run_many
 from codelm.tasks import behaviour, evalplus, humaneval, mbpp, model_tests
@@ -161,6 +161,7 @@ class Evaluation:
             n, c = counts.get(row["id"], (0, 0))
             counts[row["id"]] = (n + 1, c + (row["status"] == "passed"))
         per_problem = list(counts.values())
+        generated = sum(r["syntax"] is not None for r in rows)  # the shares leave out prompts that did not fit
         uncertainty = None
         if cfg.uncertainty:
             greedy_rows, greedy_jobs = self.code_rows(task, chosen, prompts, greedy, 1, "greedy")
@@ -173,8 +174,9 @@ class Evaluation:
             curve={str(k): v for k, v in mean_pass_at_k(per_problem, list(range(1, cfg.n + 1))).items()},
             statuses=statuses, generate_seconds=round(generate_seconds, 1),
             passed_problems=sorted((pid for pid, (_, c) in counts.items() if c), key=task_number),
-            syntax_errors=sum(not r["parses"] for r in rows) / max(len(rows), 1),
-            backtracks=(sum(r["backtracks"] for r in rows) / max(len(rows), 1)) if constraint else None,
+            syntax_errors=sum(r["syntax"] == "error" for r in rows) / max(generated, 1),
+            unfinished=sum(r["syntax"] == "unfinished" for r in rows) / max(generated, 1),
+            backtracks=(sum(r["backtracks"] for r in rows) / max(generated, 1)) if constraint else None,
             defines_entry_point=(sum(humaneval.defines(r["completion"], p["entry_point"])
                                      for r, p in zip(rows, (p for p in chosen for _ in range(cfg.n))))
                                  / max(len(rows), 1)) if cfg.chat else None,
@@ -189,12 +191,13 @@ class Evaluation:
             for j in range(n):
                 text = completions[j].text if completions else ""
                 completion = humaneval.chat_completion(problem, text) if self.cfg.chat and completions else text
+                finish = completions[j].finish_reason if completions else "skipped"
                 rows.append({"task": task, "id": problem["task_id"], "sample": sample or j,
                              "prompt": self.engine.tok.decode(prompt), "reply": text if self.cfg.chat else None,
-                             "completion": completion,
-                             "parses": syntax_error(humaneval.job(problem, completion)[0], complete=True) is None,
-                             "backtracks": completions[j].backtracks if completions else 0,
-                             "finish_reason": completions[j].finish_reason if completions else "skipped"})
+                             "completion": completion, "finish_reason": finish,
+                             "syntax": program_syntax(humaneval.job(problem, completion)[0], cut=finish == "length")
+                             if completions else None,
+                             "backtracks": completions[j].backtracks if completions else 0})
                 jobs.append(humaneval.job(problem, completion) if completions else None)
         return rows, jobs
 

@@ -53,6 +53,16 @@ def syntax_error(source: str, complete: bool) -> SyntaxError | None:
     return None
 
 
+def program_syntax(program: str, cut: bool) -> str:
+    """"ok" when the program compiles; "unfinished" when it was `cut` at a token limit and is still a valid start
+    of one (what the constraint promises then); else "error"."""
+    if syntax_error(program, complete=True) is None:
+        return "ok"
+    if cut and syntax_error(program[:program.rfind("\n") + 1], complete=False) is None:
+        return "unfinished"
+    return "error"
+
+
 def blamed_char(source: str, error: SyntaxError) -> int | None:
     """The index in `source` of the character the error blames: for an indentation error, the last character
     before the line's first non-blank one (its indentation, or the newline before it); None when unknown."""

@@ -398,7 +398,7 @@ def chat_logprobs(server: Server, tokens: list[TokenLogprob]) -> dict:
 
 def absorb(choice: Choice, event: Event):
     choice.text += event.text
-    choice.generated += event.error is None
+    choice.generated = event.generated if event.error is None else choice.generated
     choice.finish_reason = event.finish_reason or choice.finish_reason
     choice.error = event.error or choice.error
     if event.prompt_logprobs:

@@ -11,7 +11,9 @@ and (4) runs all of them in one forward, so the weights are read once a step
 blocks go back to the pool.
 
 A request may carry a grammar (structured output); each of its samples then has its own matcher, which
-masks that sequence's logits before sampling and ends it when the grammar is complete. Matchers belong to
+masks that sequence's logits before sampling and ends it when the grammar is complete. Tokens the grammar
+forces are appended without sampling and fed with the sampled one as one chunk of the next step
+(fast-forward), as a prefill chunk is. Matchers belong to
 sequences, never to cached blocks, so prefix caching shares keys and values but no constraint state.
 Under the Python-syntax constraint a sequence may go back to an earlier token (codelm.inference.syntax):
 it then forgets its tokens past that point and feeds the last kept one again, so the blocks past the prompt
@@ -66,6 +68,7 @@ class Event:
     finish_reason: str | None = None  # "stop", "length", or "error" (then `error` says why)
     error: str | None = None
     prompt_logprobs: list[TokenLogprob] | None = None  # with the first token, when the request asked
+    generated: int = 0  # the sample's tokens so far (forced ones included, taken-back ones not)
 
 
 @dataclass
@@ -171,8 +174,8 @@ class Scheduler:
         within the token budget."""
         self._drop_cancelled()
         self._admit()
-        work = [(s, 1) for s in self.running if s.prefilled]
-        budget = self.step_tokens - len(work)
+        work = [(s, len(s.tokens) - s.cached) for s in self.running if s.prefilled]  # 1, or forced tokens too
+        budget = self.step_tokens - sum(count for _, count in work)
         for seq in [s for s in self.running if not s.prefilled]:
             if budget <= 0:
                 break
@@ -298,6 +301,23 @@ class Scheduler:
             best = list(zip(ids.tolist(), values.tolist()))
         return TokenLogprob(token, float(logprobs[token]), best)
 
+    def _fast_forward(self, seq: Sequence) -> str:
+        """The tokens seq's grammar now forces join it without a step of their own: the next step feeds them
+        with the sampled one in one chunk. Their text; not when the request wants logprobs (each token then
+        gets its own event, scored by its own step)."""
+        if seq.request.logprobs is not None or seq.tracker.stopped:
+            return ""
+        text = ""
+        for token in seq.matcher.forced()[:seq.request.max_new_tokens - seq.generated]:
+            seq.matcher.accept(token)
+            seq.tokens.append(token)
+            seq.generated += 1
+            self.metrics.generation_tokens += 1
+            text += seq.tracker.push(token)
+            if seq.tracker.stopped:
+                break
+        return text
+
     def _checked(self, seq: Sequence, event: Event) -> bool:
         """The Python-syntax check after seq's newest token: True when seq went back (it then feeds its last
         kept token again); else the event's text is held back until the end, then all of it."""
@@ -348,12 +368,14 @@ class Scheduler:
         event.text = "" if token in stop_ids else tracker.push(token)
         if seq.matcher is not None and token not in stop_ids:
             seq.matcher.accept(token)
+            event.text += self._fast_forward(seq)
         if token in stop_ids or tracker.stopped or seq.matcher is not None and seq.matcher.done:
             event.finish_reason = "stop"
         elif seq.generated >= seq.request.max_new_tokens:
             event.finish_reason = "length"
         if seq.checker is not None and self._checked(seq, event):
             return  # it went back: nothing to say yet
+        event.generated = seq.generated
         if event.finish_reason:
             event.text += tracker.flush()
             self._leave(seq)
