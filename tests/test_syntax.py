@@ -6,7 +6,8 @@ import json
 import httpx2 as httpx
 import pytest
 import torch
-from serve_live import LiveServer
+from conftest import run_codelm
+from serve_live import LiveServer, tiny_checkpoint
 
 from codelm.checkpoint import load_model
 from codelm.config import EvalConfig, SamplingParams
@@ -139,6 +140,24 @@ def test_the_server_backtracks_as_the_engine_does(noisy_arithmetic_model):
         assert "".join(texts) == offline[0][0].text and sum(bool(t) for t in texts) == 1  # sent when it ends
     finally:
         live.close()
+
+
+@pytest.mark.slow
+def test_eval_reports_syntax_with_and_without_the_constraint(tmp_path, code_tok):
+    checkpoint = tiny_checkpoint(tmp_path / "ckpt", code_tok, 1024)
+    for constrain in ("none", "python"):
+        out = tmp_path / constrain
+        run_codelm("eval", "--checkpoint", checkpoint, "--limit", "3", "--max-new-tokens", "40", "--out", out,
+                   "--constrain", constrain, "--dtype", "fp32")
+        score = json.loads((out / "results.json").read_text())["tasks"]["humaneval"]
+        rows = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
+        assert len(rows) == 3 and score["syntax_errors"] == sum(r["syntax"] == "error" for r in rows) / 3
+        assert score["unfinished"] == sum(r["syntax"] == "unfinished" for r in rows) / 3
+        if constrain == "python":  # a random model: what is not taken back for good is cut at the limit
+            assert score["backtracks"] == sum(r["backtracks"] for r in rows) / 3
+            assert all(r["syntax"] != "error" for r in rows if r["backtracks"] < RETRIES)
+        else:
+            assert score["backtracks"] is None and all(r["backtracks"] == 0 for r in rows)
 
 
 def test_beams_drafts_and_chat_evaluation_refuse_the_python_constraint(code_tok):

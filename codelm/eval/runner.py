@@ -40,7 +40,7 @@ from codelm.config import BENCHMARK_FILES, CODE_TASKS, MODEL_TASKS, EvalConfig, 
 from codelm.data.corpus import TokenizedStats
 from codelm.data.fim import fim_prompt
 from codelm.errors import UserError
-from codelm.eval import infilling
+from codelm.eval import hallucination, infilling
 from codelm.eval.bpb import BpbScore, evaluate_languages
 from codelm.eval.contamination import ContaminationReport, contamination_report, humaneval_texts
 from codelm.eval.passk import mean_pass_at_k
@@ -167,6 +167,7 @@ class Evaluation:
             greedy_rows, greedy_jobs = self.code_rows(task, chosen, prompts, greedy, 1, "greedy")
             self.execute(greedy_rows, greedy_jobs, limits)
             uncertainty = self.uncertainty(task, chosen, rows, greedy_rows, outputs, greedy)
+        hallucinations = hallucination.report(rows, greedy_rows if cfg.uncertainty else None)
         return HumanEvalScore(
             problems=len(chosen), n=cfg.n, prompting=("chat, zero-shot CoT" if cfg.cot else "chat") if cfg.chat
             else "base", few_shot=cfg.few_shot,
@@ -180,7 +181,7 @@ class Evaluation:
             defines_entry_point=(sum(humaneval.defines(r["completion"], p["entry_point"])
                                      for r, p in zip(rows, (p for p in chosen for _ in range(cfg.n))))
                                  / max(len(rows), 1)) if cfg.chat else None,
-            uncertainty=uncertainty)
+            uncertainty=uncertainty, hallucination=hallucinations)
 
     def code_rows(self, task: str, chosen: list[dict], prompts: list[list[int]], outputs: list, n: int,
                   sample: str | None = None) -> tuple[list[dict], list]:
@@ -291,17 +292,32 @@ class Evaluation:
         return items
 
     def execute(self, rows: list[dict], jobs: list, limits: Limits = humaneval.LIMITS) -> dict:
-        """Run the jobs (None: not generated) in the sandbox; fills each row's status and error; status counts."""
+        """Check the jobs' programs for hallucinations, then run the jobs (None: not generated) in the sandbox;
+        fills each row's flags, status, error and what kind of failure it was; status counts."""
         runnable = [i for i, job in enumerate(jobs) if job is not None]
+        flags = self.hallucinations([jobs[i][0] for i in runnable], limits)
         results = run_many([jobs[i] for i in runnable], limits, self.cfg.workers, progress="executing")
-        for i, result in zip(runnable, results):
+        for i, result, found in zip(runnable, results, flags):
+            rows[i]["hallucinations"] = found
             rows[i]["status"] = result.status
+            rows[i]["failure"] = hallucination.runtime_kind(result.status, result.detail)
             rows[i]["error"] = "" if result.status == "passed" else error_excerpt(result)
         for row in rows:
+            row.setdefault("hallucinations", [])
             row.setdefault("status", "skipped")
+            row.setdefault("failure", None)
             row.setdefault("error", "prompt does not fit the model's context")
         self.samples += rows
         return dict(Counter(row["status"] for row in rows))
+
+    def hallucinations(self, programs: list[str], limits: Limits) -> list[list[list[str]]]:
+        """Each program's static flags: names never defined, then what its probe (run in the sandbox, one run
+        per distinct probe) finds of its imports, module attributes and call arities."""
+        probes = [hallucination.probe(p) for p in programs]
+        codes = sorted({code for _, code in probes if code})
+        printed = dict(zip(codes, run_many([(code, "") for code in codes], limits, self.cfg.workers,
+                                           progress="probing imports")))
+        return [found + (hallucination.probe_flags(printed[code].stdout) if code else []) for found, code in probes]
 
     def write(self, results: EvalResults):
         self.out.mkdir(parents=True, exist_ok=True)

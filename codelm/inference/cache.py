@@ -73,9 +73,11 @@ class KVCache(DenseAttention):
 
     def reserve(self, slots: int):
         """Room for `slots` more slots past the ones in use, growing the buffers if needed (left-padded chunks of
-        forced tokens use slots faster than the rows' tokens)."""
+        forced tokens, and rows that went back, use slots faster than the rows' tokens); by a quarter at least,
+        so that a cache that keeps needing one more slot is not copied every step."""
         extra = self.length + slots - self.max_len
         if extra > 0:
+            extra = max(extra, self.max_len // 4)
             self.k = [F.pad(k, (0, 0, 0, extra)) for k in self.k]
             self.v = [F.pad(v, (0, 0, 0, extra)) for v in self.v]
             self.valid = F.pad(self.valid, (0, extra))
