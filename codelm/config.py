@@ -464,6 +464,10 @@ class EvalConfig:
     humaneval_plus: str = knob("", "task humaneval+: EvalPlus's HumanEvalPlus.jsonl(.gz), as published")
     mbpp_plus: str = knob("", "task mbpp+: EvalPlus's MbppPlus.jsonl(.gz), as published")
     max_new_tokens: int = knob(0, "0: 512 for the code tasks, 64 single-line and 256 multi-line infilling")
+    repair: int = knob(0, "code tasks, n 1: rounds of self-repair; an answer that fails the examples its prompt "
+                       "states gets the failure as a follow-up turn and answers again (hidden tests never shown); "
+                       "reports pass@1 after each round and best of R+1 samples by the same examples")
+    repair_baseline_temperature: float = knob(0.8, "repair: sampling temperature of the best-of-(R+1) baseline")
     constrain: Literal["none", "python"] = knob(
         "none", "code tasks, base prompting: python makes every completion parse (Python's compiler checks each "
         "line as it ends and the sampler backtracks); results.json reports the share that does not parse either way")
@@ -500,6 +504,11 @@ class EvalConfig:
             raise UserError("--behaviour-inputs must be >= 1 and --bootstrap >= 0")
         if self.uncertainty and not any(t in CODE_TASKS for t in self.tasks):
             raise UserError(f"--uncertainty needs a code task ({', '.join(CODE_TASKS)})")
+        if self.repair < 0 or self.repair and (self.n != 1 or self.uncertainty):
+            raise UserError(f"--repair R needs R >= 0, --n 1 and no --uncertainty (it scores one final answer per "
+                            f"problem); got --repair {self.repair} --n {self.n}")
+        if self.repair and self.repair_baseline_temperature <= 0:
+            raise UserError("--repair's baseline samples R+1 answers: eval.repair_baseline_temperature must be > 0")
         if self.constrain == "python" and self.chat:
             raise UserError("--constrain python continues a base prompt's code; a --chat reply mixes prose and code "
                             "(use generate --chat --constrain python for a reply that is only code)")

@@ -12,6 +12,7 @@ from codelm.config import CODE_TASKS, EvalConfig, apply_settings
 from codelm.eval.bpb import BpbScore
 from codelm.eval.contamination import ContaminationReport
 from codelm.eval.hallucination import HallucinationReport
+from codelm.eval.repair import RepairReport
 from codelm.eval.uncertainty import UncertaintyReport
 from codelm.io import atomic_write_json
 
@@ -35,12 +36,14 @@ class HumanEvalScore:
     defines_entry_point: float | None = None  # chat: share of replies whose code defines the function asked for
     uncertainty: UncertaintyReport | None = None  # --uncertainty: semantic entropy, selection by agreement
     hallucination: HallucinationReport | None = None  # names and APIs that do not exist, and failing
+    repair: RepairReport | None = None  # --repair: pass@1 per round, and the equal-budget baseline
 
     @classmethod
     def from_json(cls, d: dict) -> "HumanEvalScore":
-        uncertainty, flags = d.get("uncertainty"), d.get("hallucination")
+        uncertainty, flags, repaired = d.get("uncertainty"), d.get("hallucination"), d.get("repair")
         return cls(**{**d, "uncertainty": UncertaintyReport.from_json(uncertainty) if uncertainty else None,
-                      "hallucination": HallucinationReport(**flags) if flags else None})
+                      "hallucination": HallucinationReport(**flags) if flags else None,
+                      "repair": RepairReport(**repaired) if repaired else None})
 
     def summary(self) -> str:
         scores = ", ".join(f"pass@{k} {v:.3f}" for k, v in self.pass_at_k.items())
@@ -48,6 +51,7 @@ class HumanEvalScore:
                   else f", {100 * self.defines_entry_point:.0f}% of replies define the entry point")
         uncertainty = f"\n{self.uncertainty.summary()}" if self.uncertainty else ""
         uncertainty += f"\n{self.hallucination.summary()}" if self.hallucination else ""
+        uncertainty += f"\n{self.repair.summary()}" if self.repair else ""
         syntax = ("" if self.syntax_errors is None else
                   f", {100 * self.syntax_errors:.0f}% syntax errors, {100 * self.unfinished:.0f}% cut unfinished")
         constrained = "" if self.backtracks is None else f" (python-constrained, {self.backtracks:.1f} backtracks each)"

@@ -40,16 +40,17 @@ from codelm.config import BENCHMARK_FILES, CODE_TASKS, MODEL_TASKS, EvalConfig, 
 from codelm.data.corpus import TokenizedStats
 from codelm.data.fim import fim_prompt
 from codelm.errors import UserError
-from codelm.eval import hallucination, infilling
+from codelm.eval import hallucination, infilling, repair
 from codelm.eval.bpb import BpbScore, evaluate_languages
 from codelm.eval.contamination import ContaminationReport, contamination_report, humaneval_texts
 from codelm.eval.passk import mean_pass_at_k
+from codelm.eval.repair import RepairReport
 from codelm.eval.results import EvalResults, HumanEvalScore, InfillingScore
 from codelm.eval.uncertainty import UncertaintyReport, problem_uncertainty, summarize
 from codelm.inference.engine import Engine
 from codelm.inference.syntax import program_syntax
 from codelm.io import atomic_write_bytes
-from codelm.sandbox.supervisor import Limits, environment, run_many
+from codelm.sandbox.supervisor import Limits, Result, environment, run_many
 from codelm.tasks import behaviour, evalplus, humaneval, mbpp, model_tests
 from codelm.tokenizer import FIM_MIDDLE, FIM_PREFIX, FIM_SUFFIX
 
@@ -132,20 +133,13 @@ class Evaluation:
             return mbpp.load(self.cfg.mbpp), humaneval.LIMITS
         return evalplus.load(getattr(self.cfg, BENCHMARK_FILES[task])), evalplus.LIMITS
 
-    def code_prompt(self, problem: dict, problems: list[dict]) -> list[int]:
-        cfg, engine = self.cfg, self.engine
-        examples = humaneval.shots(problem, problems, cfg.few_shot)
-        if cfg.chat:
-            return encode_chat(engine.tok, humaneval.chat_messages(problem, examples, reasoning=cfg.cot),
-                               engine.tok.chat_template)
-        return engine.encode(humaneval.base_prompt(problem, examples))
 
     def code_task(self, task: str) -> HumanEvalScore:
         cfg, engine = self.cfg, self.engine
         problems, limits = self.code_problems(task)
         chosen = problems[:cfg.limit] if cfg.limit else problems
-        prompts = [self.code_prompt(p, problems) for p in chosen]
-        params = task_sampling(cfg, task, [] if cfg.chat else humaneval.STOP_SEQUENCES)
+        prompts = [self.encode_turn(self.code_turn(p, problems)) for p in chosen]
+        params = self.sampling(task)
         started = time.time()
         constraint = engine.constraint("python", "prompt") if cfg.constrain == "python" else None
         outputs = generate_batched(engine, prompts, params, cfg.batch_size, f"{task}: generating", constraint)
@@ -167,6 +161,10 @@ class Evaluation:
             greedy_rows, greedy_jobs = self.code_rows(task, chosen, prompts, greedy, 1, "greedy")
             self.execute(greedy_rows, greedy_jobs, limits)
             uncertainty = self.uncertainty(task, chosen, rows, greedy_rows, outputs, greedy)
+        repaired = self.self_repair(task, chosen, problems, prompts, rows, jobs, limits) if cfg.repair else None
+        if repaired:  # the scores are the final answers'
+            counts = {row["id"]: (1, int(row["status"] == "passed")) for row in rows}
+            per_problem, statuses = list(counts.values()), dict(Counter(row["status"] for row in rows))
         hallucinations = hallucination.report(rows, greedy_rows if cfg.uncertainty else None)
         return HumanEvalScore(
             problems=len(chosen), n=cfg.n, prompting=("chat, zero-shot CoT" if cfg.cot else "chat") if cfg.chat
@@ -181,7 +179,7 @@ class Evaluation:
             defines_entry_point=(sum(humaneval.defines(r["completion"], p["entry_point"])
                                      for r, p in zip(rows, (p for p in chosen for _ in range(cfg.n))))
                                  / max(len(rows), 1)) if cfg.chat else None,
-            uncertainty=uncertainty, hallucination=hallucinations)
+            uncertainty=uncertainty, hallucination=hallucinations, repair=repaired)
 
     def code_rows(self, task: str, chosen: list[dict], prompts: list[list[int]], outputs: list, n: int,
                   sample: str | None = None) -> tuple[list[dict], list]:
@@ -310,6 +308,104 @@ class Evaluation:
         self.samples += rows
         return dict(Counter(row["status"] for row in rows))
 
+    def self_repair(self, task: str, chosen: list[dict], problems: list[dict], prompts: list[list[int]],
+                    rows: list[dict], jobs: list, limits: Limits) -> RepairReport:
+        """--repair R: R rounds in which each answer that fails its visible checks gets the feedback as a
+        follow-up turn and answers again (a follow-up that does not fit the context keeps the answer); every
+        round's answers scored on the hidden tests, rows ending with the last round's. Then the baseline."""
+        cfg = self.cfg
+        checks = self.checkable(chosen, limits)
+        turns = [self.code_turn(p, problems) for p in chosen]  # the conversation (chat) or the text (base)
+        results = self.visible(chosen, rows, checks, limits)
+        hidden, visible = [passing(rows)], [passing(results)]
+        for round_ in range(1, cfg.repair + 1):
+            failing = [i for i, result in enumerate(results) if result is not None and result.status != "passed"]
+            follow = [repair.follow_up(turns[i], rows[i]["reply"] or rows[i]["completion"],
+                                       repair.feedback(results[i]), chosen[i]["prompt"]) for i in failing]
+            outputs = generate_batched(self.engine, [self.encode_turn(t) for t in follow], self.sampling(task),
+                                       cfg.batch_size, f"{task}: repair round {round_}")
+            again, again_jobs = self.code_rows(task, [chosen[i] for i in failing],
+                                               [self.encode_turn(t) for t in follow], outputs, 1)
+            for i, turn, row, job, output in zip(failing, follow, again, again_jobs, outputs):
+                if output is not None:
+                    earlier = [*rows[i].get("rounds", []), {"completion": rows[i]["completion"],
+                                                            "feedback": repair.feedback(results[i])}]
+                    turns[i], rows[i], jobs[i] = turn, {**row, "rounds": earlier}, job
+            self.samples = self.samples[:-len(rows)]  # scored again: samples.jsonl keeps the last round's rows
+            self.execute(rows, jobs, limits)
+            results = self.visible(chosen, rows, checks, limits)
+            hidden.append(passing(rows))
+            visible.append(passing(results))
+        baseline = self.best_of(task, chosen, prompts, checks, limits)
+        return RepairReport(
+            rounds=cfg.repair, pass_at_1=[mean(h) for h in hidden], visible_pass=[mean(v) for v in visible],
+            repaired=sum(not a and b for a, b in zip(hidden[0], hidden[-1])),
+            broken=sum(a and not b for a, b in zip(hidden[0], hidden[-1])),
+            without_checks=sum(not c for c in checks), baseline_samples=cfg.repair + 1,
+            baseline_temperature=cfg.repair_baseline_temperature, baseline_pass_at_1=mean(baseline[0]),
+            baseline_visible_pass=mean(baseline[1]))
+
+    def checkable(self, chosen: list[dict], limits: Limits) -> list[list[repair.Check]]:
+        """Each problem's visible checks. A problem whose reference solution fails them gets none (four of
+        HumanEval's prompts state a wrong result or an unquoted string): repair must not chase a typo."""
+        checks = [repair.visible_checks(p["prompt"], p["entry_point"]) for p in chosen]
+        own = [i for i, p in enumerate(chosen) if checks[i] and p.get("canonical_solution")]
+        results = run_many([(chosen[i]["prompt"] + chosen[i]["canonical_solution"], repair.check_code(checks[i]))
+                            for i in own], limits, self.cfg.workers)
+        for i, result in zip(own, results):
+            checks[i] = checks[i] if result.status == "passed" else []
+        return checks
+
+    def visible(self, chosen: list[dict], rows: list[dict], checks: list[list[repair.Check]], limits: Limits
+                ) -> list[Result | None]:
+        """Each answer run on its problem's visible checks (None: no checks, or nothing generated)."""
+        runnable = [i for i, row in enumerate(rows) if checks[i] and row["syntax"] is not None]
+        results = run_many([(humaneval.job(chosen[i], rows[i]["completion"])[0], repair.check_code(checks[i]))
+                            for i in runnable], limits, self.cfg.workers, progress="visible checks")
+        found: list[Result | None] = [None] * len(rows)
+        for i, result in zip(runnable, results):
+            found[i] = result
+        return found
+
+    def best_of(self, task: str, chosen: list[dict], prompts: list[list[int]], checks: list[list[repair.Check]],
+                limits: Limits) -> tuple[list[bool], list[bool]]:
+        """The equal-budget baseline: R + 1 independent samples per problem, the first that passes the visible
+        checks (else the first) as the answer; (hidden passed, visible passed) per problem."""
+        cfg = self.cfg
+        samples = cfg.repair + 1
+        params = replace(self.sampling(task), strategy="sample", temperature=cfg.repair_baseline_temperature,
+                         top_p=cfg.top_p, n=samples)
+        outputs = generate_batched(self.engine, prompts, params, cfg.batch_size, f"{task}: best of {samples}")
+        rows, jobs = self.code_rows(task, chosen, prompts, outputs, samples, "baseline")
+        results = self.visible([p for p in chosen for _ in range(samples)], rows,
+                               [c for c in checks for _ in range(samples)], limits)
+        picks, visible = [], []
+        for i in range(len(chosen)):
+            own = range(i * samples, (i + 1) * samples)
+            good = [j for j in own if results[j] is not None and results[j].status == "passed"]
+            picks.append(good[0] if good else i * samples)
+            visible.append(bool(good))
+        runnable = [j for j in picks if jobs[j] is not None]
+        hidden = dict(zip(runnable, run_many([jobs[j] for j in runnable], limits, cfg.workers,
+                                             progress="baseline")))
+        return [j in hidden and hidden[j].status == "passed" for j in picks], visible
+
+    def code_turn(self, problem: dict, problems: list[dict]) -> list[dict] | str:
+        """What a problem asks: the chat messages, or the base prompt's text."""
+        cfg = self.cfg
+        examples = humaneval.shots(problem, problems, cfg.few_shot)
+        if cfg.chat:
+            return humaneval.chat_messages(problem, examples, reasoning=cfg.cot)
+        return humaneval.base_prompt(problem, examples)
+
+    def encode_turn(self, turn: list[dict] | str) -> list[int]:
+        if isinstance(turn, list):
+            return encode_chat(self.engine.tok, turn, self.engine.tok.chat_template)
+        return self.engine.encode(turn)
+
+    def sampling(self, task: str) -> SamplingParams:
+        return task_sampling(self.cfg, task, [] if self.cfg.chat else humaneval.STOP_SEQUENCES)
+
     def hallucinations(self, programs: list[str], limits: Limits) -> list[list[list[str]]]:
         """Each program's static flags: names never defined, then what its probe (run in the sandbox, one run
         per distinct probe) finds of its imports, module attributes and call arities."""
@@ -326,6 +422,15 @@ class Evaluation:
         if self.uncertainty_rows:
             atomic_write_bytes(self.out / "uncertainty.jsonl",
                                [(json.dumps(row) + "\n").encode() for row in self.uncertainty_rows])
+
+
+def passing(rows: list) -> list[bool]:
+    """Which rows (samples.jsonl rows or sandbox results; None: not run) passed."""
+    return [row is not None and (row["status"] if isinstance(row, dict) else row.status) == "passed" for row in rows]
+
+
+def mean(flags: list[bool]) -> float:
+    return sum(flags) / max(len(flags), 1)
 
 
 def same_code(a: str, b: str) -> bool:
