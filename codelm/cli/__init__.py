@@ -33,6 +33,7 @@ COMMANDS = {  # name: ("module:function", one-line help)
     "sandbox": ("sandbox:sandbox", "run untrusted code with the evaluator's isolation"),
     "eval": ("eval:eval_", "evaluate a checkpoint: pass@k, infilling, bits per byte, contamination"),
     "synth": ("synth:synth", "instruction data made from code"),
+    "tasks": ("tasks:tasks", "benchmark tasks made offline: bug-fix tasks from a repository and its tests"),
     "scaling": ("scaling:scaling", "scaling laws: FLOPs accounting, IsoFLOP sweeps, Chinchilla fits"),
 }
 
