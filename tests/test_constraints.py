@@ -3,6 +3,7 @@
 
 import json
 import re
+from dataclasses import replace
 
 import jsonschema
 import pytest
@@ -109,11 +110,12 @@ def test_every_sample_of_a_schema_validates_and_logprobs_cover_forced_tokens(eng
 
 
 def reference_greedy(engine, prompt: str, grammar: Grammar, limit: int) -> list[int]:
-    """Constrained greedy the slow way: the whole sequence through the model each step, mask, argmax."""
+    """Constrained greedy the slow way: the whole sequence through the model each step, mask (closing near the
+    limit), argmax."""
     ids, out, matcher = engine.encode(prompt), [], grammar.matcher()
     while len(out) < limit and not matcher.done:
         logits = engine.model(torch.tensor([ids + out]))[:, -1].float()
-        token = int(mask_logits(logits, [matcher]).argmax())
+        token = int(mask_logits(logits, [matcher], [limit - len(out)]).argmax())
         if token in engine.tok.stop_ids:
             break
         matcher.accept(token)
@@ -138,6 +140,20 @@ def test_greedy_fast_forward_beam_and_speculative_give_the_constrained_greedy_ou
         assert spec_out.token_ids == greedy.token_ids and spec_out.text == greedy.text
     if kind != "json_object":  # a closed grammar ends the completion by itself
         assert greedy.finish_reason == "stop" and grammar.matcher().valid_prefix(greedy.token_ids) == len(expected)
+
+
+def test_a_sequence_near_its_limit_closes_an_unbounded_field(engine):
+    """An integer without a maximum lets a model write digits until max_new_tokens; near the end the mask keeps
+    only the tokens that close something, so every sample is whole (random weights: noise, but valid)."""
+    schema = {"type": "object", "properties": {"n": {"type": "integer"}, "s": {"type": "string"}},
+              "required": ["n", "s"], "additionalProperties": False}
+    grammar = engine.constraint("json_schema", schema)
+    params = SamplingParams(max_new_tokens=40, strategy="sample", temperature=1.0, n=6, seed=4)
+    [samples] = engine.generate(["x = "], params, grammar=grammar)
+    for c in samples:
+        jsonschema.validate(json.loads(c.text), schema)
+    [free] = engine.generate(["x = "], replace(params, max_new_tokens=400), grammar=grammar)
+    assert [c.text for c in free] != [c.text for c in samples]  # with room, nothing was closed early
 
 
 def test_batched_rows_under_different_constraints_do_not_interfere(engine):

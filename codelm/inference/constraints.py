@@ -6,6 +6,14 @@ tokenizer's byte vocabulary (a bad one is a UserError naming the problem). Each 
 advances on each accepted token, forks for n > 1 and beams, rolls back rejected speculative drafts, and
 names the tokens the grammar forces (fast-forward: they are fed to the model without sampling).
 Once the grammar is complete (`done`), generation stops without sampling an end-of-text token.
+
+A grammar cannot make an unbounded field end (an integer without a maximum, a free string), and a small model
+can loop inside one until max_tokens, leaving a valid prefix that is not a whole value. So in its last CLOSING
+tokens a sequence whose grammar is not complete looks for the shortest way to finish (a breadth-first search
+over closing tokens: quotes, brackets, commas, a 0 for a value still missing, the bytes that finish a
+character; with the tokens the grammar
+forces on the way), and once the tokens left are within SLACK of what that way needs, it takes it (end-of-text
+when the grammar may end). Until then the model chooses freely; a sequence that finishes on its own is untouched.
 """
 
 import json
@@ -21,13 +29,25 @@ from codelm.errors import UserError
 from codelm.tokenizer import Tokenizer
 
 KINDS = ("json_object", "json_schema", "regex", "lark", "choice")
+CLOSING = 16  # tokens left at which a still-open sequence starts looking for its shortest way to finish
+CLOSERS = set("\"'}]),;0")
+CONTINUATIONS = {bytes([b]) for b in range(0x80, 0xC0)}  # to finish a character cut mid-way before closing
+SEARCH_STATES = 256  # per depth of that search
+SLACK = 8  # held to the way once it needs this close to all that is left: one free token can lengthen it
 LIMITS = LLParserLimits(verbose_errors=False)
 
 
-def byte_vocabulary(tokenizer: Tokenizer, rows: int) -> llguidance.LLTokenizer:
-    """The tokenizer as llguidance sees it, sized to the model's rows (extra rows are never allowed). Building it
-    serializes the whole vocabulary: build it once per model (Engine.constraint keeps it)."""
-    return llguidance.LLTokenizer(tokenizer.hf.to_str(), n_vocab=rows, eos_token=sorted(tokenizer.stop_ids))
+class ByteVocabulary:
+    """The tokenizer as llguidance sees it, sized to the model's rows (extra rows are never allowed), and which
+    tokens close a structure. Building it serializes and decodes the whole vocabulary: build it once per model
+    (Engine.constraint keeps it)."""
+
+    def __init__(self, tokenizer: Tokenizer, rows: int):
+        self.llg = llguidance.LLTokenizer(tokenizer.hf.to_str(), n_vocab=rows, eos_token=sorted(tokenizer.stop_ids))
+        self.stop_ids = sorted(tokenizer.stop_ids)
+        self.closers = [t for t in range(tokenizer.vocab_size) if t not in tokenizer.stop_ids
+                        and ((text := tokenizer.decode([t]).strip()) and set(text) <= CLOSERS
+                             or self.llg.decode_bytes([t]) in CONTINUATIONS)]
 
 
 def grammar_text(kind: str, spec) -> str:
@@ -51,26 +71,26 @@ def grammar_text(kind: str, spec) -> str:
 class Grammar:
     """A constraint checked against one tokenizer; every sequence under it gets `matcher()`."""
 
-    def __init__(self, kind: str, spec, vocab: llguidance.LLTokenizer):
-        self.kind, self.vocab, self.rows = kind, vocab, vocab.vocab_size
+    def __init__(self, kind: str, spec, vocab: ByteVocabulary):
+        self.kind, self.vocab, self.rows = kind, vocab, vocab.llg.vocab_size
         self.text = grammar_text(kind, spec)
-        error = LLMatcher.validate_grammar(self.text, self.vocab)
+        error = LLMatcher.validate_grammar(self.text, vocab.llg)
         if error:
             raise UserError(f"{kind}: {error.splitlines()[0]}")
-        first = LLMatcher(self.vocab, self.text, log_level=0, limits=LIMITS)
+        first = LLMatcher(vocab.llg, self.text, log_level=0, limits=LIMITS)
         if first.is_error():
             raise UserError(f"{kind}: {first.get_error().splitlines()[0]}")
         self._start = first
 
     def matcher(self) -> "Matcher":
-        return Matcher(self._start.deep_copy(), self.rows)
+        return Matcher(self._start.deep_copy(), self.rows, self.vocab)
 
 
 class Matcher:
     """One sequence's place in the grammar."""
 
-    def __init__(self, state: LLMatcher, rows: int):
-        self.state, self.rows = state, rows
+    def __init__(self, state: LLMatcher, rows: int, vocab: ByteVocabulary):
+        self.state, self.rows, self.vocab = state, rows, vocab
 
     @property
     def done(self) -> bool:
@@ -87,11 +107,33 @@ class Matcher:
         return [] if self.done else self.state.compute_ff_tokens()
 
     def fork(self) -> "Matcher":
-        return Matcher(self.state.deep_copy(), self.rows)
+        return Matcher(self.state.deep_copy(), self.rows, self.vocab)
 
     def valid_prefix(self, tokens: list[int]) -> int:
         """How many of `tokens` the grammar accepts from here (the state does not move)."""
         return self.state.validate_tokens(tokens)
+
+    def finish(self, depth: int) -> list[int] | None:
+        """The shortest way to complete the grammar from here with closing tokens (forced tokens included), at
+        most `depth` choices long: [] when it may end now, None when no such way is found."""
+        if self.done or self.state.is_accepting():
+            return []
+        frontier = [(self.state, [])]
+        for _ in range(depth):
+            reached = []
+            for state, path in frontier:
+                for token in self.vocab.closers:
+                    if state.validate_tokens([token]) != 1:
+                        continue
+                    after = state.deep_copy()
+                    after.consume_token(token)
+                    forced = after.compute_ff_tokens()
+                    after.consume_tokens(forced)
+                    if after.is_stopped() or after.is_accepting():
+                        return [*path, token, *forced]
+                    reached.append((after, [*path, token, *forced]))
+            frontier = reached[:SEARCH_STATES]
+        return None
 
     def rollback(self, count: int):
         if count and not self.state.rollback(count):
@@ -108,8 +150,18 @@ def allowed_rows(matchers: list[Matcher | None], rows: int) -> torch.Tensor:
     return torch.from_numpy(bits.view(np.bool_))
 
 
-def mask_logits(logits: torch.Tensor, matchers: list[Matcher | None]) -> torch.Tensor:
-    """Forbidden tokens get -inf; logits (B, V) with V the model's rows."""
+def mask_logits(logits: torch.Tensor, matchers: list[Matcher | None], left: list[int] | None = None
+                ) -> torch.Tensor:
+    """Forbidden tokens get -inf; logits (B, V) with V the model's rows. `left`: tokens each row may still
+    generate: a row with no more left than its shortest way to finish needs is held to that way (module note)."""
     if all(m is None for m in matchers):
         return logits
-    return torch.where(allowed_rows(matchers, logits.shape[-1]).to(logits.device), logits, float("-inf"))
+    allowed = allowed_rows(matchers, logits.shape[-1])
+    for b, m in enumerate(matchers):
+        if m is not None and left is not None and left[b] <= CLOSING:
+            way = m.finish(left[b])
+            if way is not None and len(way) + SLACK >= left[b]:
+                only = torch.zeros_like(allowed[b])
+                only[way[:1] or m.vocab.stop_ids] = True
+                allowed[b] &= only
+    return torch.where(allowed.to(logits.device), logits, float("-inf"))

@@ -33,7 +33,7 @@ from codelm.checkpoint import load_model
 from codelm.data.fim import fim_prompt
 from codelm.errors import UserError
 from codelm.inference.cache import KVCache, SlotView
-from codelm.inference.constraints import Grammar, Matcher, byte_vocabulary, mask_logits
+from codelm.inference.constraints import ByteVocabulary, Grammar, Matcher, mask_logits
 from codelm.inference.quant import quantize_int8
 from codelm.inference.sampling import (
     SamplingParams,
@@ -194,7 +194,7 @@ class Engine:
                 self._line_ends = PythonSyntax.line_ends(self.tok)
             return PythonSyntax(self.tok, self._line_ends, continues_prompt=spec == "prompt")
         if self._byte_vocab is None:
-            self._byte_vocab = byte_vocabulary(self.tok, self.model.config.vocab_size)
+            self._byte_vocab = ByteVocabulary(self.tok, self.model.config.vocab_size)
         return Grammar(kind, spec, self._byte_vocab)
 
     def complete_middle(self, prefix: str, suffix: str, params: SamplingParams) -> list[Completion]:
@@ -289,7 +289,8 @@ class Engine:
             history = None
             if params.repetition_penalty != 1.0:
                 history = [prompts[rows[r][0]] + results[r].token_ids for r in active]
-            allowed = mask_logits(logits, [matchers[r] for r in active])
+            allowed = mask_logits(logits, [matchers[r] for r in active],
+                                  [limits[r] - len(results[r].token_ids) for r in active])
             allowed = without(allowed, [checkers[r].banned(len(results[r].token_ids)) if checkers[r] else set()
                                         for r in active])
             tokens = self._choose(allowed, params, history, [generators[r] for r in active])
@@ -442,7 +443,8 @@ class Engine:
             return score / length**alpha
 
         for step in range(limit):
-            logprobs = apply_processors(mask_logits(logits, matchers), processors(params)).log_softmax(-1)
+            masked = mask_logits(logits, matchers, [limit - step] * len(matchers))
+            logprobs = apply_processors(masked, processors(params)).log_softmax(-1)
             candidates = (scores[:, None] + logprobs).flatten()
             top_scores, top_index = candidates.topk(min(2 * width, candidates.numel()))
             survivors = []

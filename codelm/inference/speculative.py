@@ -176,7 +176,8 @@ def speculative_generate(
         fed = torch.tensor([[context[-1], *drafts]], device=engine.device)
         logits = engine.forward(fed, cache, last_only=False)[0]
         stats.target_forwards += 1
-        p = distribution(mask_logits(logits, draft_masks(matcher, drafts)), params)
+        p = distribution(mask_logits(logits, draft_masks(matcher, drafts), [left - i for i in range(len(drafts) + 1)]),
+                         params)
         accepted = verify(drafts, q[: len(drafts)] if q is not None else None, p, generator)
         stats.proposed += len(drafts)
         stats.accepted += len(accepted) - 1

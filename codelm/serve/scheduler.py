@@ -337,7 +337,8 @@ class Scheduler:
 
     def _choose(self, seq: Sequence, logits: torch.Tensor) -> int:
         """The next token from fp32 logits (V,), as Engine._choose picks it for this sample."""
-        params, row = seq.request.params, mask_logits(logits[None], [seq.matcher])
+        params = seq.request.params
+        row = mask_logits(logits[None], [seq.matcher], [seq.request.max_new_tokens - seq.generated])
         if seq.checker is not None:
             row = without(row, [seq.checker.banned(seq.generated)])
         if params.repetition_penalty != 1.0:
