@@ -9,11 +9,11 @@ Once the grammar is complete (`done`), generation stops without sampling an end-
 
 A grammar cannot make an unbounded field end (an integer without a maximum, a free string), and a small model
 can loop inside one until max_tokens, leaving a valid prefix that is not a whole value. So in its last CLOSING
-tokens a sequence whose grammar is not complete looks for the shortest way to finish (a breadth-first search
-over closing tokens: quotes, brackets, commas, a 0 for a value still missing, the bytes that finish a
-character; with the tokens the grammar
-forces on the way), and once the tokens left are within SLACK of what that way needs, it takes it (end-of-text
-when the grammar may end). Until then the model chooses freely; a sequence that finishes on its own is untouched.
+tokens a sequence whose grammar is not complete looks for a short way to finish (a depth-first search over
+closing tokens, those that end more first: quotes, brackets, commas, a 0 and a space for a value still missing,
+the bytes that finish a character; with the tokens the grammar forces on the way), and once the tokens left
+are within SLACK of what that way needs, it takes it (end-of-text when the grammar may end). Until then the
+model chooses freely; a sequence that finishes on its own is untouched.
 """
 
 import json
@@ -29,10 +29,11 @@ from codelm.errors import UserError
 from codelm.tokenizer import Tokenizer
 
 KINDS = ("json_object", "json_schema", "regex", "lark", "choice")
-CLOSING = 16  # tokens left at which a still-open sequence starts looking for its shortest way to finish
-CLOSERS = set("\"'}]),;0")
+CLOSING = 16  # tokens left at which a still-open sequence starts looking for a way to finish
+CLOSERS_FIRST = "\"}])',;0"  # closing characters, the ones that end more first
+CLOSERS = set(CLOSERS_FIRST)
 CONTINUATIONS = {bytes([b]) for b in range(0x80, 0xC0)}  # to finish a character cut mid-way before closing
-SEARCH_STATES = 256  # per depth of that search
+SEARCH_BUDGET = 2000  # token checks per search
 SLACK = 8  # held to the way once it needs this close to all that is left: one free token can lengthen it
 LIMITS = LLParserLimits(verbose_errors=False)
 
@@ -45,9 +46,11 @@ class ByteVocabulary:
     def __init__(self, tokenizer: Tokenizer, rows: int):
         self.llg = llguidance.LLTokenizer(tokenizer.hf.to_str(), n_vocab=rows, eos_token=sorted(tokenizer.stop_ids))
         self.stop_ids = sorted(tokenizer.stop_ids)
-        self.closers = [t for t in range(tokenizer.vocab_size) if t not in tokenizer.stop_ids
-                        and ((text := tokenizer.decode([t]).strip()) and set(text) <= CLOSERS
-                             or self.llg.decode_bytes([t]) in CONTINUATIONS)]
+        closers = [(CLOSERS_FIRST.index(text[0]), len(text), t) for t in range(tokenizer.vocab_size)
+                   if t not in tokenizer.stop_ids and (text := tokenizer.decode([t]).strip()) and set(text) <= CLOSERS]
+        spaces = [t for t in range(tokenizer.vocab_size) if tokenizer.decode([t]) == " "]  # before a value
+        continuations = [t for t in range(tokenizer.vocab_size) if self.llg.decode_bytes([t]) in CONTINUATIONS]
+        self.closers = [t for *_, t in sorted(closers)] + spaces + continuations  # likelier ends first
 
 
 def grammar_text(kind: str, spec) -> str:
@@ -114,26 +117,36 @@ class Matcher:
         return self.state.validate_tokens(tokens)
 
     def finish(self, depth: int) -> list[int] | None:
-        """The shortest way to complete the grammar from here with closing tokens (forced tokens included), at
-        most `depth` choices long: [] when it may end now, None when no such way is found."""
+        """A short way to complete the grammar from here with closing tokens (forced tokens included), at most
+        `depth` tokens: [] when it may end now, None when none is found. Depth-first, likelier ends first, within
+        SEARCH_BUDGET token checks, so it costs microseconds where the structure closes plainly."""
         if self.done or self.state.is_accepting():
             return []
-        frontier = [(self.state, [])]
-        for _ in range(depth):
-            reached = []
-            for state, path in frontier:
-                for token in self.vocab.closers:
-                    if state.validate_tokens([token]) != 1:
-                        continue
-                    after = state.deep_copy()
-                    after.consume_token(token)
-                    forced = after.compute_ff_tokens()
-                    after.consume_tokens(forced)
-                    if after.is_stopped() or after.is_accepting():
-                        return [*path, token, *forced]
-                    reached.append((after, [*path, token, *forced]))
-            frontier = reached[:SEARCH_STATES]
-        return None
+        budget = SEARCH_BUDGET
+
+        def walk(state: LLMatcher, path: list[int]) -> list[int] | None:
+            nonlocal budget
+            for token in self.vocab.closers:
+                budget -= 1
+                if budget < 0:
+                    return None
+                if state.validate_tokens([token]) != 1:
+                    continue
+                after = state.deep_copy()
+                after.consume_token(token)
+                forced = after.compute_ff_tokens()
+                after.consume_tokens(forced)
+                way = [*path, token, *forced]
+                if len(way) > depth:
+                    continue
+                if after.is_stopped() or after.is_accepting():
+                    return way
+                found = walk(after, way)
+                if found is not None or budget < 0:
+                    return found
+            return None
+
+        return walk(self.state, [])
 
     def rollback(self, count: int):
         if count and not self.state.rollback(count):
@@ -153,7 +166,7 @@ def allowed_rows(matchers: list[Matcher | None], rows: int) -> torch.Tensor:
 def mask_logits(logits: torch.Tensor, matchers: list[Matcher | None], left: list[int] | None = None
                 ) -> torch.Tensor:
     """Forbidden tokens get -inf; logits (B, V) with V the model's rows. `left`: tokens each row may still
-    generate: a row with no more left than its shortest way to finish needs is held to that way (module note)."""
+    generate: a row with little more left than its way to finish needs is held to that way (module note)."""
     if all(m is None for m in matchers):
         return logits
     allowed = allowed_rows(matchers, logits.shape[-1])
