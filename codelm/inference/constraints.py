@@ -10,10 +10,10 @@ Once the grammar is complete (`done`), generation stops without sampling an end-
 A grammar cannot make an unbounded field end (an integer without a maximum, a free string), and a small model
 can loop inside one until max_tokens, leaving a valid prefix that is not a whole value. So in its last CLOSING
 tokens a sequence whose grammar is not complete looks for a short way to finish (a depth-first search over
-closing tokens, those that end more first: quotes, brackets, commas, a 0 and a space for a value still missing,
-the bytes that finish a character; with the tokens the grammar forces on the way), and once the tokens left
-are within SLACK of what that way needs, it takes it (end-of-text when the grammar may end). Until then the
-model chooses freely; a sequence that finishes on its own is untouched.
+closing tokens, those that end more first: quotes, brackets, commas; a 0, a space, an empty list or object
+for a value still missing; the bytes that finish a character; with the tokens the grammar forces on the way),
+and once the tokens left are within SLACK of what that way needs, it takes it (end-of-text when the grammar
+may end). Until then the model chooses freely; a sequence that finishes on its own is untouched.
 """
 
 import json
@@ -29,8 +29,8 @@ from codelm.errors import UserError
 from codelm.tokenizer import Tokenizer
 
 KINDS = ("json_object", "json_schema", "regex", "lark", "choice")
-CLOSING = 16  # tokens left at which a still-open sequence starts looking for a way to finish
-CLOSERS_FIRST = "\"}])',;0"  # closing characters, the ones that end more first
+CLOSING = 32  # tokens left at which a still-open sequence starts looking for a way to finish
+CLOSERS_FIRST = "\"}])',;0[{"  # closing characters, the ones that end more first (then openers: an empty list)
 CLOSERS = set(CLOSERS_FIRST)
 CONTINUATIONS = {bytes([b]) for b in range(0x80, 0xC0)}  # to finish a character cut mid-way before closing
 SEARCH_BUDGET = 2000  # token checks per search
