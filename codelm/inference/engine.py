@@ -42,7 +42,7 @@ from codelm.inference.sampling import (
     sample_rows,
 )
 from codelm.inference.stops import StopTracker, first_stop
-from codelm.inference.syntax import PythonSyntax, without
+from codelm.inference.syntax import PythonSyntax, SyntaxChecker, without
 from codelm.model.llama import Transformer
 from codelm.model.lora import lora_spec, merge_and_unload
 from codelm.precision import DTYPES, PrecisionChoice, choose_precision
@@ -283,7 +283,7 @@ class Engine:
         limits = [budgets[i][0] for i, _ in rows]
         results = [Completion("", [], cut=budgets[i][1]) for i, _ in rows]
         matchers = fork_per_row(constraint if isinstance(constraint, Grammar) else None, n, len(prompts))
-        checkers = [self._checker(constraint, prompts[i]) for i, _ in rows]
+        checkers = self._checkers(constraint, prompts, n)
         active = list(range(len(rows)))  # batch row b is rows[active[b]]
         while True:  # until every row has finished
             history = None
@@ -329,12 +329,17 @@ class Engine:
             result.text = tracker.text
         return [results[i * n : (i + 1) * n] for i in range(len(prompts))]
 
-    def _checker(self, constraint, prompt: list[int]):
-        """A sequence's Python-syntax checker (None under any other constraint, or none)."""
+    def _checkers(self, constraint, prompts: list[list[int]], n: int) -> list[SyntaxChecker | None]:
+        """Each row's Python-syntax checker (None under any other constraint, or none); a prompt is decoded and
+        checked once for its n samples."""
         if not isinstance(constraint, PythonSyntax):
-            return None
-        return constraint.checker(self.tok.hf.decode(prompt, skip_special_tokens=True)
-                                  if constraint.continues_prompt else "")
+            return [None] * (len(prompts) * n)
+        checkers = []
+        for prompt in prompts:
+            first = constraint.checker(self.tok.hf.decode(prompt, skip_special_tokens=True)
+                                       if constraint.continues_prompt else "")
+            checkers += [first, *(SyntaxChecker(constraint, first.prefix) for _ in range(n - 1))]
+        return checkers
 
     def _go_back(self, result: Completion, keep: int, stops: list[str], prompt: list[int], cache: KVCache, b: int,
                  next_pos: torch.Tensor) -> tuple[StopTracker, int]:
