@@ -348,9 +348,7 @@ class Engine:
         position, so the next logits are the ones after it."""
         del result.token_ids[keep:], result.logprobs[keep:]
         result.finish_reason, result.backtracks = "length", result.backtracks + 1
-        tracker = StopTracker(self.tok, stops)
-        for token in result.token_ids:
-            tracker.push(token)
+        tracker = StopTracker.replayed(self.tok, stops, result.token_ids)
         position = len(prompt) + keep - 1  # every token of a row has one valid slot, in order
         slot = int(cache.valid[b].nonzero()[position])
         cache.valid[b, slot:] = False

@@ -35,6 +35,15 @@ class StopTracker:
         self.emitted = 0
         self.stopped = False
 
+    @classmethod
+    def replayed(cls, tok: Tokenizer, stops: list[str], ids: list[int]) -> "StopTracker":
+        """A tracker that has seen these tokens (none of them ended the text): how a sequence that went back
+        gets its tracker again."""
+        tracker = cls(tok, stops)
+        for token in ids:
+            tracker.push(token)
+        return tracker
+
     def push(self, token_id: int) -> str:
         """Add one token; the new text that is safe to show (sets `stopped` when a stop string appears)."""
         self.ids.append(token_id)

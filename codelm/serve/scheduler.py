@@ -330,9 +330,7 @@ class Scheduler:
         del seq.tokens[seq.prompt_len + back.keep:]
         seq.generated = back.keep
         seq.cached = len(seq.tokens) - 1  # blocks past the prompt are never indexed, so rewriting them is safe
-        seq.tracker = StopTracker(self.engine.tok, seq.tracker.stops)
-        for token in seq.tokens[seq.prompt_len:]:
-            seq.tracker.push(token)
+        seq.tracker = StopTracker.replayed(self.engine.tok, seq.tracker.stops, seq.tokens[seq.prompt_len:])
         return True
 
     def _choose(self, seq: Sequence, logits: torch.Tensor) -> int:
